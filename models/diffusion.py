@@ -1,0 +1,290 @@
+"""Gaussian diffusion math: beta schedules, respacing, forward noising, the reverse-step posterior.
+
+Tables are float64 and indexed by the *respaced* index i = 0..N-1; the network is fed the
+original timestep `timestep_map[i]`. Per-sample coefficients are looked up in float64 and cast
+to float32 before they touch the float32 tensors, as the reference does.
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+from dataclasses import dataclass, field
+from functools import lru_cache
+from typing import Any, Mapping, Sequence
+
+import torch
+
+from .config import ConfigError, DiffusionConfig, diffusion_config
+
+
+class MeanType(str, enum.Enum):
+    EPSILON = "epsilon"   # the network predicts the noise
+    START_X = "start_x"   # the network predicts x_0
+
+
+class VarianceType(str, enum.Enum):
+    LEARNED_RANGE = "learned_range"  # interpolate log(beta) and log(posterior variance)
+    LEARNED = "learned"              # the network outputs the log variance
+    FIXED_LARGE = "fixed_large"      # beta_t (with the posterior variance at t = 0)
+    FIXED_SMALL = "fixed_small"      # the posterior variance
+
+
+def beta_schedule(name: str, num_steps: int) -> torch.Tensor:
+    """Named beta schedules of DDPM (linear) and Improved DDPM (cosine), float64 [num_steps]."""
+    if name == "linear":
+        scale = 1000 / num_steps
+        return torch.linspace(scale * 0.0001, scale * 0.02, num_steps, dtype=torch.float64)
+    if name == "cosine":
+        def alpha_bar(t: float) -> float:
+            return math.cos((t + 0.008) / 1.008 * math.pi / 2) ** 2
+        betas = [min(1 - alpha_bar((i + 1) / num_steps) / alpha_bar(i / num_steps), 0.999)
+                 for i in range(num_steps)]
+        return torch.tensor(betas, dtype=torch.float64)
+    raise ConfigError(f"unknown beta schedule {name!r}")
+
+
+def space_timesteps(num_timesteps: int, section_counts: str | Sequence[int]) -> list[int]:
+    """Which original timesteps a respaced process keeps, sorted.
+
+    `section_counts` is "250" (one section), "10,15,20" (equal-sized sections with their own
+    counts) or "ddimN" (DDIM's fixed stride). Each section keeps evenly spaced steps, rounded
+    with Python's round-half-to-even, as the reference does.
+    """
+    if isinstance(section_counts, str):
+        if section_counts.startswith("ddim"):
+            desired = int(section_counts[len("ddim"):])
+            for stride in range(1, num_timesteps):
+                if len(range(0, num_timesteps, stride)) == desired:
+                    return list(range(0, num_timesteps, stride))
+            raise ConfigError(f"cannot create exactly {desired} steps with an integer stride")
+        try:
+            section_counts = [int(x) for x in section_counts.split(",")]
+        except ValueError:
+            raise ConfigError(f"timestep_respacing must look like '250' or '10,20', got {section_counts!r}") from None
+    size_per, extra = divmod(num_timesteps, len(section_counts))
+    start = 0
+    kept: list[int] = []
+    for i, count in enumerate(section_counts):
+        size = size_per + (1 if i < extra else 0)
+        if not 1 <= count <= size:
+            raise ConfigError(f"cannot take {count} steps from a section of {size} diffusion steps")
+        stride = 1 if count <= 1 else (size - 1) / (count - 1)
+        position = 0.0
+        for _ in range(count):
+            kept.append(start + round(position))
+            position += stride
+        start += size
+    return sorted(set(kept))
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """Coefficient tables of one (possibly respaced) process, float64, indexed by respaced index."""
+
+    timestep_map: tuple[int, ...]
+    betas: torch.Tensor
+    alphas_cumprod: torch.Tensor = field(init=False)
+    alphas_cumprod_prev: torch.Tensor = field(init=False)
+    sqrt_alphas_cumprod: torch.Tensor = field(init=False)
+    sqrt_one_minus_alphas_cumprod: torch.Tensor = field(init=False)
+    sqrt_recip_alphas_cumprod: torch.Tensor = field(init=False)
+    sqrt_recipm1_alphas_cumprod: torch.Tensor = field(init=False)
+    posterior_variance: torch.Tensor = field(init=False)
+    posterior_log_variance_clipped: torch.Tensor = field(init=False)
+    posterior_mean_coef1: torch.Tensor = field(init=False)
+    posterior_mean_coef2: torch.Tensor = field(init=False)
+    log_betas: torch.Tensor = field(init=False)
+
+    def __post_init__(self) -> None:
+        b = self.betas
+        assert b.dtype == torch.float64 and b.ndim == 1 and len(b) == len(self.timestep_map)
+        assert bool(((b > 0) & (b <= 1)).all()), "betas must lie in (0, 1]"
+        alphas = 1.0 - b
+        ac = torch.cumprod(alphas, 0)
+        ac_prev = torch.cat([torch.ones(1, dtype=torch.float64), ac[:-1]])
+        post_var = b * (1.0 - ac_prev) / (1.0 - ac)
+        # The posterior variance is 0 at index 0; its log is clipped to the next value.
+        post_log_var = torch.log(torch.cat([post_var[1:2], post_var[1:]])) if len(b) > 1 \
+            else torch.log(b)
+        values = dict(
+            alphas_cumprod=ac,
+            alphas_cumprod_prev=ac_prev,
+            sqrt_alphas_cumprod=ac.sqrt(),
+            sqrt_one_minus_alphas_cumprod=(1.0 - ac).sqrt(),
+            sqrt_recip_alphas_cumprod=(1.0 / ac).sqrt(),
+            sqrt_recipm1_alphas_cumprod=(1.0 / ac - 1).sqrt(),
+            posterior_variance=post_var,
+            posterior_log_variance_clipped=post_log_var,
+            posterior_mean_coef1=b * ac_prev.sqrt() / (1.0 - ac),
+            posterior_mean_coef2=(1.0 - ac_prev) * alphas.sqrt() / (1.0 - ac),
+            log_betas=torch.log(b),
+        )
+        for name, value in values.items():
+            object.__setattr__(self, name, value)
+
+    def __len__(self) -> int:
+        return len(self.timestep_map)
+
+
+# Per-step coefficients the sampler needs, in the order of `Diffusion.coefficient_rows`.
+COEFFICIENTS = ("timestep", "sqrt_recip_ac", "sqrt_recipm1_ac", "coef1", "coef2",
+                "min_log", "max_log", "fixed_log_var", "sqrt_ac", "sqrt_1m_ac", "beta")
+
+
+@dataclass(frozen=True, kw_only=True)
+class Diffusion:
+    """A base diffusion process plus the modes of its network; respaced views are cached.
+
+    `default_steps` is the number of sampling steps of the conf's `timestep_respacing`.
+    """
+
+    config: DiffusionConfig
+    mean_type: MeanType
+    var_type: VarianceType
+
+    @property
+    def base_betas(self) -> torch.Tensor:
+        return beta_schedule(self.config.noise_schedule, self.config.diffusion_steps)
+
+    @property
+    def default_steps(self) -> int:
+        return len(self.schedule(None))
+
+    def schedule(self, steps: int | None) -> Schedule:
+        """The process respaced to `steps` sampling steps (None: the conf's own respacing)."""
+        spec = self.config.timestep_respacing if steps is None else str(steps)
+        return _respaced(self.config.noise_schedule, self.config.diffusion_steps, spec)
+
+    def coefficient_rows(self, steps: int) -> list[tuple[float, ...]]:
+        """Row i holds the COEFFICIENTS at respaced index i of the `steps` schedule."""
+        return _coefficient_rows(self, steps if steps != self.default_steps else None)
+
+    def coefficients(self, t: torch.Tensor, steps: int | None = None) -> dict[str, torch.Tensor]:
+        """Coefficients at respaced indices t [N] of the `steps` schedule, as [N x 1 x 1 x 1]."""
+        rows = self.coefficient_rows(steps or self.default_steps)
+        return gather_coefficients([rows[int(i)] for i in t.tolist()], t.device)
+
+    def p_mean_variance(self, model, x_t: torch.Tensor, t: torch.Tensor, *, steps: int | None = None,
+                        y: torch.Tensor | None = None, clip_denoised: bool = True) -> dict[str, torch.Tensor]:
+        """p(x_{t-1} | x_t) at respaced indices t; the model receives the original timesteps."""
+        c = self.coefficients(t, steps)
+        return p_mean_variance(self, model(x_t, c["timestep"], y), x_t, c, clip_denoised=clip_denoised)
+
+    def q_sample(self, x_start: torch.Tensor, t: torch.Tensor, noise: torch.Tensor, *,
+                 steps: int | None = None) -> torch.Tensor:
+        """Forward noising to respaced indices t."""
+        return q_sample(x_start, noise, self.coefficients(t, steps))
+
+
+@lru_cache(maxsize=64)
+def _respaced(noise_schedule: str, diffusion_steps: int, spec: str) -> Schedule:
+    base_betas = beta_schedule(noise_schedule, diffusion_steps)
+    if not spec:
+        return Schedule(tuple(range(diffusion_steps)), base_betas)
+    kept = space_timesteps(diffusion_steps, spec)
+    base_ac = torch.cumprod(1.0 - base_betas, 0)
+    betas, last = [], 1.0
+    for i in kept:
+        # Respaced betas keep the cumulative products of the kept steps.
+        ac = float(base_ac[i])
+        betas.append(1.0 - ac / last)
+        last = ac
+    return Schedule(tuple(kept), torch.tensor(betas, dtype=torch.float64))
+
+
+@lru_cache(maxsize=64)
+def _coefficient_rows(diffusion: Diffusion, steps: int | None) -> list[tuple[float, ...]]:
+    s = diffusion.schedule(steps)
+    # FIXED_LARGE uses beta_t, with the posterior variance at index 0 for a better log-likelihood.
+    large_var = torch.cat([s.posterior_variance[1:2], s.betas[1:]])
+    fixed_log = (torch.log(large_var) if diffusion.var_type == VarianceType.FIXED_LARGE
+                 else s.posterior_log_variance_clipped)
+    timesteps = torch.tensor(s.timestep_map, dtype=torch.float64)
+    if diffusion.config.rescale_timesteps:
+        # Networks trained with rescaled timesteps always see the 0..1000 range.
+        timesteps = timesteps * (1000.0 / diffusion.config.diffusion_steps)
+    columns = [timesteps, s.sqrt_recip_alphas_cumprod,
+               s.sqrt_recipm1_alphas_cumprod, s.posterior_mean_coef1, s.posterior_mean_coef2,
+               s.posterior_log_variance_clipped, s.log_betas, fixed_log, s.sqrt_alphas_cumprod,
+               s.sqrt_one_minus_alphas_cumprod, s.betas]
+    return [tuple(row) for row in torch.stack(columns, 1).tolist()]
+
+
+def gather_coefficients(rows: Sequence[tuple[float, ...]], device: torch.device) -> dict[str, torch.Tensor]:
+    """Stack per-sample rows into [N x 1 x 1 x 1] float32 tensors (one host-to-device copy)."""
+    table = torch.tensor(rows, dtype=torch.float64).to(torch.float32)
+    table = table.to(device, non_blocking=True)
+    out = {name: table[:, k].view(-1, 1, 1, 1) for k, name in enumerate(COEFFICIENTS)}
+    steps = [r[0] for r in rows]
+    if all(float(t).is_integer() for t in steps):
+        # Network timesteps as int64, as the reference feeds them.
+        out["timestep"] = torch.tensor([int(t) for t in steps], dtype=torch.int64).to(device, non_blocking=True)
+    else:
+        out["timestep"] = table[:, 0]
+    return out
+
+
+def q_sample(x_start: torch.Tensor, noise: torch.Tensor, c: Mapping[str, torch.Tensor]) -> torch.Tensor:
+    """Forward noising q(x_t | x_0) = N(sqrt(ac_t) x_0, (1 - ac_t) I)."""
+    return c["sqrt_ac"] * x_start + c["sqrt_1m_ac"] * noise
+
+
+def predict_xstart_from_eps(x_t: torch.Tensor, eps: torch.Tensor, c: Mapping[str, torch.Tensor]) -> torch.Tensor:
+    return c["sqrt_recip_ac"] * x_t - c["sqrt_recipm1_ac"] * eps
+
+
+def predict_eps_from_xstart(x_t: torch.Tensor, x_start: torch.Tensor, c: Mapping[str, torch.Tensor]) -> torch.Tensor:
+    return (c["sqrt_recip_ac"] * x_t - x_start) / c["sqrt_recipm1_ac"]
+
+
+def q_posterior_mean(x_start: torch.Tensor, x_t: torch.Tensor, c: Mapping[str, torch.Tensor]) -> torch.Tensor:
+    """Mean of q(x_{t-1} | x_t, x_0)."""
+    return c["coef1"] * x_start + c["coef2"] * x_t
+
+
+def p_mean_variance(diffusion: Diffusion, model_output: torch.Tensor, x_t: torch.Tensor,
+                    c: Mapping[str, torch.Tensor], *, clip_denoised: bool = True) -> dict[str, torch.Tensor]:
+    """Mean, variance and x_0 estimate of p(x_{t-1} | x_t) from the network's output.
+
+    model_output: [N x (2C if the variance is learned else C) x H x W]; x_t: [N x C x H x W].
+    """
+    n, ch = x_t.shape[:2]
+    if diffusion.var_type in (VarianceType.LEARNED, VarianceType.LEARNED_RANGE):
+        assert model_output.shape == (n, 2 * ch, *x_t.shape[2:]), model_output.shape
+        model_output, var_values = model_output.split(ch, dim=1)
+        if diffusion.var_type == VarianceType.LEARNED:
+            log_variance = var_values
+        else:
+            frac = (var_values + 1) / 2
+            log_variance = frac * c["max_log"] + (1 - frac) * c["min_log"]
+    else:
+        assert model_output.shape == x_t.shape, model_output.shape
+        log_variance = c["fixed_log_var"].expand_as(x_t)
+    if diffusion.mean_type == MeanType.EPSILON:
+        pred_xstart = predict_xstart_from_eps(x_t, model_output, c)
+    else:
+        pred_xstart = model_output
+    if clip_denoised:
+        pred_xstart = pred_xstart.clamp(-1, 1)
+    return {
+        "mean": q_posterior_mean(pred_xstart, x_t, c),
+        "variance": torch.exp(log_variance),
+        "log_variance": log_variance,
+        "pred_xstart": pred_xstart,
+    }
+
+
+def make_diffusion(config: DiffusionConfig) -> Diffusion:
+    if config.learn_sigma:
+        var_type = VarianceType.LEARNED_RANGE
+    else:
+        var_type = VarianceType.FIXED_SMALL if config.sigma_small else VarianceType.FIXED_LARGE
+    return Diffusion(config=config,
+                     mean_type=MeanType.START_X if config.predict_xstart else MeanType.EPSILON,
+                     var_type=var_type)
+
+
+def build_diffusion(conf: Mapping[str, Any]) -> Diffusion:
+    """A Diffusion from the diffusion keys of an official conf (other keys are ignored)."""
+    return make_diffusion(diffusion_config(conf))
