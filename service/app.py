@@ -1,0 +1,64 @@
+"""The FastAPI application: `create_app(settings)` so tests can build their own."""
+
+from __future__ import annotations
+
+import logging
+from contextlib import asynccontextmanager
+
+import redis.exceptions
+from fastapi import FastAPI, HTTPException, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from redis import Redis
+
+from .metrics import HttpMetrics, HttpMetricsMiddleware, RedisJobCollector
+from .routes import health, inpaint, jobs, models
+from .settings import ApiSettings
+
+log = logging.getLogger("repaint.api")
+
+DESCRIPTION = """Diffusion inpainting with RePaint (Lugmayr et al., CVPR 2022).
+
+Upload an image and a mask (white = region to fill) to `POST /inpaint`, then poll
+`GET /jobs/{id}` until the status is `succeeded` and fetch `GET /jobs/{id}/result`.
+Statuses: `queued` -> `running` -> `succeeded` | `failed` (and `canceled`).
+Errors are JSON `{"detail": ...}` with a 4xx code."""
+
+
+def create_app(settings: ApiSettings | None = None) -> FastAPI:
+    settings = settings or ApiSettings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        yield
+        app.state.redis.close()
+
+    app = FastAPI(title="repaint-server", version="0.1.0", description=DESCRIPTION, lifespan=lifespan)
+    app.state.settings = settings
+    app.state.redis = Redis.from_url(settings.redis_url, socket_timeout=10, socket_connect_timeout=5,
+                                     health_check_interval=30)
+    registry = CollectorRegistry()
+    registry.register(RedisJobCollector(app.state.redis))
+    app.add_middleware(HttpMetricsMiddleware, metrics=HttpMetrics(registry))
+
+    for router in (inpaint.router, jobs.router, models.router, health.router):
+        app.include_router(router)
+
+    @app.get("/metrics", tags=["health"], summary="Prometheus metrics", response_class=Response)
+    def metrics() -> Response:
+        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+
+    @app.exception_handler(redis.exceptions.ConnectionError)
+    @app.exception_handler(redis.exceptions.TimeoutError)
+    async def redis_down(request: Request, exc: Exception) -> JSONResponse:
+        log.warning("redis unavailable: %s", exc)
+        return JSONResponse({"detail": "the job store (Redis) is unavailable; retry shortly"}, status_code=503,
+                            headers={"Retry-After": "5"})
+
+    return app
+
+
+def app_factory() -> FastAPI:
+    """For `uvicorn --factory service.app:app_factory`."""
+    return create_app()

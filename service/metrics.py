@@ -1,0 +1,83 @@
+"""GET /metrics: cluster-wide job figures read from Redis at scrape time, plus HTTP metrics.
+
+Job figures come from Redis, not from this process, so they are the same whichever API
+replica or uvicorn process Prometheus scrapes. HTTP request metrics are per process.
+"""
+
+from __future__ import annotations
+
+import time
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+from redis import Redis
+from rq import Worker
+from starlette.middleware.base import BaseHTTPMiddleware
+from starlette.requests import Request
+
+from worker import jobs
+
+from . import jobstore
+
+FINAL_STATUSES = ("succeeded", "failed", "canceled")
+
+
+class RedisJobCollector:
+    """Reads every model's counters and histograms from Redis on each scrape."""
+
+    def __init__(self, redis: Redis):
+        self.redis = redis
+
+    def collect(self):
+        depth = GaugeMetricFamily("repaint_queue_depth", "Jobs waiting in a model's queue", labels=["model"])
+        workers = GaugeMetricFamily("repaint_workers", "Live workers serving a model", labels=["model"])
+        finished = CounterMetricFamily("repaint_jobs", "Jobs that reached a final status",
+                                       labels=["model", "status"])
+        evaluations = CounterMetricFamily("repaint_model_evaluations", "Network evaluations of finished jobs",
+                                          labels=["model"])
+        waits = HistogramMetricFamily("repaint_queue_wait_seconds", "Time from submission to start",
+                                      labels=["model"])
+        runs = HistogramMetricFamily("repaint_job_run_seconds", "Time from start to a final status",
+                                     labels=["model"])
+        for model in sorted(jobstore.registered_models(self.redis)):
+            queue = jobstore.queue_for(self.redis, model)
+            depth.add_metric([model], queue.count)
+            workers.add_metric([model], Worker.count(connection=self.redis, queue=queue))
+            raw = {k.decode(): float(v) for k, v in self.redis.hgetall(jobs.metrics_key(model)).items()}
+            for status in FINAL_STATUSES:
+                finished.add_metric([model, status], raw.get(f"jobs_{status}_total", 0.0))
+            evaluations.add_metric([model], raw.get("model_evaluations_total", 0.0))
+            for family, name in ((waits, "queue_wait"), (runs, "run")):
+                buckets = [(str(b), raw.get(f"{name}_bucket:{b}", 0.0)) for b in jobs.DURATION_BUCKETS]
+                buckets.append(("+Inf", raw.get(f"{name}_count", 0.0)))
+                family.add_metric([model], buckets, raw.get(f"{name}_sum", 0.0))
+        yield from (depth, workers, finished, evaluations, waits, runs)
+
+
+class HttpMetrics:
+    def __init__(self, registry: CollectorRegistry):
+        self.requests = Counter("repaint_http_requests", "HTTP requests", ["method", "route", "status"],
+                                registry=registry)
+        self.latency = Histogram("repaint_http_request_duration_seconds", "HTTP request latency",
+                                 ["method", "route"], registry=registry)
+
+
+class HttpMetricsMiddleware(BaseHTTPMiddleware):
+    """Counts requests by route template (not raw path: job ids would explode the labels)."""
+
+    def __init__(self, app, metrics: HttpMetrics):
+        super().__init__(app)
+        self.metrics = metrics
+
+    async def dispatch(self, request: Request, call_next):
+        start = time.perf_counter()
+        status = 500
+        try:
+            response = await call_next(request)
+            status = response.status_code
+            return response
+        finally:
+            route = request.scope.get("route")
+            template = getattr(route, "path", "unmatched")
+            self.metrics.requests.labels(request.method, template, str(status)).inc()
+            self.metrics.latency.labels(request.method, template).observe(time.perf_counter() - start)

@@ -1,0 +1,92 @@
+"""POST /inpaint: validate the upload, store it in Redis, queue a job for a model worker."""
+
+from __future__ import annotations
+
+import secrets
+from typing import Annotated
+
+from fastapi import APIRouter, File, Form, HTTPException, Response, UploadFile, status
+
+from worker.jobs import JobStatus, count_evaluations
+
+from .. import jobstore, uploads
+from ..deps import RedisDep, SettingsDep
+from ..schemas import ErrorBody, JobCreated, Links
+
+router = APIRouter(tags=["jobs"])
+
+MAX_SEED = 2**62
+
+
+@router.post(
+    "/inpaint", status_code=status.HTTP_202_ACCEPTED, response_model=JobCreated,
+    responses={404: {"model": ErrorBody, "description": "unknown model"},
+               413: {"model": ErrorBody, "description": "upload or image too large"},
+               415: {"model": ErrorBody, "description": "not a PNG, JPEG or WebP"},
+               422: {"model": ErrorBody, "description": "invalid image, mask or parameter"}},
+    summary="Queue an inpainting job",
+)
+def create_inpaint_job(
+    redis: RedisDep,
+    settings: SettingsDep,
+    response: Response,
+    image: Annotated[UploadFile, File(description="PNG, JPEG or WebP image")],
+    mask: Annotated[UploadFile, File(description="same size as the image; white (>50%) = region to fill")],
+    model: Annotated[str | None, Form(description="model name (GET /models); default: the service's")] = None,
+    seed: Annotated[int | None, Form(ge=0, lt=MAX_SEED, description="random seed; drawn if omitted")] = None,
+    num_samples: Annotated[int, Form(ge=1, description="independent results, seeds seed..seed+n-1")] = 1,
+    steps: Annotated[int | None, Form(ge=1, description="sampling steps t_T (default: the model's)")] = None,
+    jump_length: Annotated[int | None, Form(ge=1, description="resampling stretch length")] = None,
+    jump_n_sample: Annotated[int | None, Form(ge=1, description="times each stretch is sampled")] = None,
+    class_label: Annotated[int | None, Form(ge=0, description="class for class-conditional models")] = None,
+    classifier_scale: Annotated[float | None, Form(ge=0, le=100, description="classifier guidance scale")] = None,
+) -> JobCreated:
+    model = model or settings.model
+    info = jobstore.registered_models(redis).get(model)
+    if info is None:
+        known = sorted(jobstore.registered_models(redis))
+        raise HTTPException(404, f"unknown model {model!r}; available: {known}")
+    if num_samples > settings.max_num_samples:
+        raise HTTPException(422, f"num_samples must be at most {settings.max_num_samples}")
+    defaults = info["defaults"]
+    steps = steps or defaults["steps"]
+    jump_length = jump_length or defaults["jump_length"]
+    jump_n_sample = jump_n_sample or defaults["jump_n_sample"]
+    if steps > info["diffusion_steps"]:
+        raise HTTPException(422, f"steps must be at most {info['diffusion_steps']} for model {model}")
+    if info["class_cond"]:
+        if class_label is None:
+            raise HTTPException(422, f"model {model} is class-conditional: class_label is required")
+        if class_label >= info["num_classes"]:
+            raise HTTPException(422, f"class_label must be below {info['num_classes']}")
+        if classifier_scale is None:
+            classifier_scale = defaults.get("classifier_scale", 0.0) if info.get("classifier") else 0.0
+        if classifier_scale and not info.get("classifier"):
+            raise HTTPException(422, f"model {model} is served without a classifier: classifier_scale must be 0")
+    elif class_label is not None or classifier_scale:
+        raise HTTPException(422, f"model {model} is not class-conditional: omit class_label and classifier_scale")
+    evaluations = count_evaluations(steps, jump_length, jump_n_sample)
+    if evaluations > settings.max_evaluations:
+        raise HTTPException(422, f"these settings need {evaluations} network evaluations per sample; "
+                                 f"the limit is {settings.max_evaluations}")
+
+    img = uploads.open_image(uploads.read_limited(image.file, settings.max_upload_bytes, "image"),
+                             "image", settings.max_image_pixels)
+    msk = uploads.open_image(uploads.read_limited(mask.file, settings.max_upload_bytes, "mask"),
+                             "mask", settings.max_image_pixels)
+    prepared = uploads.prepare(img, msk)
+    size = info["image_size"]
+    if (prepared.width, prepared.height) != (size, size):
+        raise HTTPException(422, f"model {model} needs a {size}x{size} image; got "
+                                 f"{prepared.width}x{prepared.height}")
+
+    params = {"seed": secrets.randbits(62) if seed is None else seed, "num_samples": num_samples,
+              "steps": steps, "jump_length": jump_length, "jump_n_sample": jump_n_sample,
+              "evaluations_per_sample": evaluations}
+    if info["class_cond"]:
+        params.update(class_label=class_label, classifier_scale=classifier_scale)
+    job_id = jobstore.create_job(redis, settings, model=model, params=params, image_png=prepared.image_png,
+                                 mask_png=prepared.mask_png, evaluations=evaluations * num_samples)
+    response.headers["Location"] = f"/jobs/{job_id}"
+    return JobCreated(id=job_id, status=JobStatus.QUEUED.value,
+                      links=Links(self=f"/jobs/{job_id}", result=f"/jobs/{job_id}/result"))

@@ -1,0 +1,59 @@
+"""GET /jobs/<id> and its result."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, HTTPException, Query, Response
+
+from worker.jobs import JobStatus
+
+from .. import jobstore
+from ..deps import RedisDep
+from ..schemas import ErrorBody, JobPublic, Links
+
+router = APIRouter(prefix="/jobs", tags=["jobs"])
+
+NOT_FOUND = {404: {"model": ErrorBody, "description": "unknown or expired job"}}
+
+
+def _links(job_id: str, record: dict) -> Links:
+    links = Links(self=f"/jobs/{job_id}", result=f"/jobs/{job_id}/result")
+    if record["status"] == JobStatus.SUCCEEDED.value:
+        count = record.get("result", {}).get("count", record.get("num_samples", 1))
+        links.results = [f"/jobs/{job_id}/result?index={i}" for i in range(count)]
+    return links
+
+
+def _found(redis, job_id: str) -> dict:
+    record = jobstore.read_job(redis, job_id)
+    if record is None:
+        raise HTTPException(404, f"no job {job_id} (unknown, or expired after its results' lifetime)")
+    return record
+
+
+@router.get("/{job_id}", response_model=JobPublic, responses=NOT_FOUND, summary="Job status and progress")
+def get_job(job_id: str, redis: RedisDep) -> JobPublic:
+    r = _found(redis, job_id)
+    return JobPublic(
+        id=job_id, status=r["status"], model=r["model"], position=r.get("position"),
+        progress=r.get("progress"), created_at=jobstore.iso(r["created_at"]),
+        started_at=jobstore.iso(r.get("started_at")), finished_at=jobstore.iso(r.get("finished_at")),
+        attempts=r.get("attempts", 0), params=r["params"], error=r.get("error"), links=_links(job_id, r))
+
+
+@router.get("/{job_id}/result", response_class=Response, summary="A finished job's PNG",
+            responses={200: {"content": {"image/png": {}}}, **NOT_FOUND,
+                       409: {"model": ErrorBody, "description": "the job has not succeeded (yet)"}})
+def get_result(job_id: str, redis: RedisDep,
+               index: Annotated[int, Query(ge=0, description="which sample, for num_samples > 1")] = 0) -> Response:
+    r = _found(redis, job_id)
+    if r["status"] != JobStatus.SUCCEEDED.value:
+        raise HTTPException(409, {"message": f"job {job_id} is {r['status']}, not succeeded", "status": r["status"]})
+    count = r.get("result", {}).get("count", 1)
+    if index >= count:
+        raise HTTPException(404, f"job {job_id} has {count} result(s); index {index} does not exist")
+    data = jobstore.result_bytes(redis, job_id, index)
+    if data is None:
+        raise HTTPException(404, f"the result of job {job_id} has expired")
+    return Response(content=data, media_type="image/png")

@@ -1,0 +1,77 @@
+"""Response schemas, named by role."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+
+class Links(BaseModel):
+    self: str
+    result: str | None = None
+    results: list[str] | None = None
+
+
+class JobCreated(BaseModel):
+    id: str = Field(description="unguessable job id (uuid4)")
+    status: str
+    links: Links
+
+
+class Progress(BaseModel):
+    step: int = Field(description="network evaluations done per sample")
+    total: int
+    fraction: float
+    eta_seconds: float | None = None
+    updated_at: float | None = None
+
+
+class JobError(BaseModel):
+    type: str
+    message: str
+
+
+class JobPublic(BaseModel):
+    id: str
+    status: str = Field(description="queued | running | succeeded | failed | canceled")
+    model: str
+    position: int | None = Field(None, description="0-based place in the model's queue while queued")
+    progress: Progress | None = None
+    created_at: str
+    started_at: str | None = None
+    finished_at: str | None = None
+    attempts: int = 0
+    params: dict[str, Any] = Field(description="the parameters used, seed included")
+    error: JobError | None = None
+    links: Links
+
+
+class ModelDefaults(BaseModel):
+    steps: int
+    jump_length: int
+    jump_n_sample: int
+    classifier_scale: float = 0.0
+
+
+class ModelPublic(BaseModel):
+    name: str
+    description: str
+    image_size: int
+    class_cond: bool
+    num_classes: int | None = None
+    classifier: bool = False
+    diffusion_steps: int
+    defaults: ModelDefaults
+    default: bool = Field(description="used when POST /inpaint names no model")
+    workers: int = Field(description="live workers serving this model")
+    queued: int = Field(description="jobs waiting in this model's queue")
+
+
+class ModelList(BaseModel):
+    default: str
+    models: list[ModelPublic]
+
+
+class ErrorBody(BaseModel):
+    detail: Any

@@ -1,0 +1,24 @@
+"""API settings, read once from REPAINT_* environment variables."""
+
+from __future__ import annotations
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class ApiSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="REPAINT_", extra="ignore")
+
+    redis_url: str = Field("redis://127.0.0.1:6379/0", description="Redis shared with the workers")
+    model: str = Field("tiny", description="default model for POST /inpaint")
+    max_upload_bytes: int = Field(20 * 1024 * 1024, ge=1024, description="largest accepted upload, per file")
+    max_image_pixels: int = Field(40_000_000, ge=1, description="largest accepted width x height")
+    max_num_samples: int = Field(8, ge=1, description="largest num_samples per job")
+    max_evaluations: int = Field(50_000, ge=1, description="largest network evaluations per sample")
+    input_ttl: int = Field(24 * 3600, ge=60, description="seconds an upload waits for a worker")
+    result_ttl: int = Field(24 * 3600, ge=60, description="seconds results and finished jobs are kept")
+    job_timeout: int | None = Field(None, ge=1, description="fixed RQ job timeout in seconds; "
+                                    "default: derived from the job's evaluations and measured speed")
+    seconds_per_evaluation: float = Field(
+        0.5, gt=0, description="assumed seconds per evaluation before a worker has measured one")
+    min_job_timeout: int = Field(600, ge=1, description="floor of the derived job timeout")

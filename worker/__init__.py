@@ -1,0 +1,1 @@
+"""Queue workers that keep a RePaint model resident and run inpainting jobs from Redis."""

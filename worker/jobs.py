@@ -1,0 +1,113 @@
+"""The job contract shared by the API and the workers: statuses, Redis keys, payload fields.
+
+Torch-free on purpose: the API imports this module and must stay small and start fast. The
+API enqueues `TASK_PATH` by its dotted path, so it never imports the worker's code.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import time
+from typing import Any
+
+TASK_PATH = "worker.tasks.inpaint"
+PREFIX = "repaint"
+
+
+class JobStatus(str, enum.Enum):
+    """queued -> running -> succeeded | failed; queued | running -> canceled."""
+
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELED = "canceled"
+
+    @property
+    def final(self) -> bool:
+        return self in (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELED)
+
+
+def queue_name(model: str) -> str:
+    """One RQ queue per model: a worker holds one model and listens on its queue."""
+    return f"inpaint-{model}"
+
+
+def job_key(job_id: str) -> str:
+    """Hash with the job's record: status, parameters, timestamps, progress, error."""
+    return f"{PREFIX}:job:{job_id}"
+
+
+def input_key(job_id: str, name: str) -> str:
+    """Bytes of an upload ('image' or 'mask'), stored as normalised PNG."""
+    return f"{PREFIX}:job:{job_id}:{name}"
+
+
+def result_key(job_id: str, index: int) -> str:
+    return f"{PREFIX}:job:{job_id}:result:{index}"
+
+
+def models_key() -> str:
+    """Hash model name -> JSON description, written by workers when they start."""
+    return f"{PREFIX}:models"
+
+
+def speed_key(model: str) -> str:
+    """Measured seconds per network evaluation of one sample, for ETAs and timeouts."""
+    return f"{PREFIX}:speed:{model}"
+
+
+def metrics_key(model: str) -> str:
+    """Hash of cluster-wide job counters and histogram buckets for one model."""
+    return f"{PREFIX}:metrics:{model}"
+
+
+# Histogram buckets (seconds) for queue wait and run time, shared by writer and reader.
+DURATION_BUCKETS = (0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600, 7200, 21600)
+
+
+def record_duration(pipe, model: str, name: str, seconds: float) -> None:
+    """Add one observation to the Redis-held histogram `name` (e.g. 'queue_wait')."""
+    key = metrics_key(model)
+    for bound in DURATION_BUCKETS:
+        if seconds <= bound:
+            pipe.hincrby(key, f"{name}_bucket:{bound}", 1)
+    pipe.hincrbyfloat(key, f"{name}_sum", seconds)
+    pipe.hincrby(key, f"{name}_count", 1)
+
+
+def now() -> float:
+    return time.time()
+
+
+def dumps(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"))
+
+
+def decode_record(raw: dict) -> dict[str, Any]:
+    """A job hash as Python values: JSON fields parsed, numbers as numbers."""
+    out: dict[str, Any] = {}
+    for key, value in raw.items():
+        key = key.decode() if isinstance(key, bytes) else key
+        value = value.decode() if isinstance(value, bytes) else value
+        if key in ("params", "progress", "error", "result"):
+            out[key] = json.loads(value)
+        elif key in ("created_at", "started_at", "finished_at", "updated_at"):
+            out[key] = float(value)
+        elif key in ("num_samples", "attempts", "evaluations"):
+            out[key] = int(value)
+        else:
+            out[key] = value
+    return out
+
+
+def count_evaluations(steps: int, jump_length: int, jump_n_sample: int) -> int:
+    """Network evaluations per sample of a RePaint jump schedule, without building it.
+
+    Every step is evaluated once, and each of the stretches that start below
+    `steps - jump_length` is redone `jump_n_sample - 1` more times (equal to counting
+    `models.jump_schedule`; a test checks it).
+    """
+    stretches = len(range(0, steps - jump_length, jump_length))
+    return steps + (jump_n_sample - 1) * jump_length * stretches

@@ -1,0 +1,26 @@
+"""Worker settings, read once from REPAINT_* environment variables."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class WorkerSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="REPAINT_", extra="ignore")
+
+    redis_url: str = Field("redis://127.0.0.1:6379/0", description="Redis shared with the API")
+    model: str = Field("tiny", description="preset this worker serves (see GET /models)")
+    checkpoint: str | None = Field(None, description="path of the preset's UNet weights")
+    classifier_checkpoint: str | None = Field(None, description="noisy classifier weights (imagenet256)")
+    device: str = Field("auto", description="'auto' (cuda if available), 'cpu', 'cuda', 'cuda:1', ...")
+    dtype: Literal["auto", "float32", "float16", "bfloat16"] = Field(
+        "auto", description="'auto': float16 on CUDA for confs with use_fp16, else float32")
+    channels_last: bool = Field(False, description="channels-last memory format for the UNet")
+    compile: bool = Field(False, description="torch.compile the UNet (slow start, faster steps)")
+    result_ttl: int = Field(24 * 3600, ge=60, description="seconds results and finished jobs are kept")
+    progress_interval: float = Field(0.5, gt=0, le=1.0, description="seconds between progress writes")
+    worker_name: str | None = Field(None, description="RQ worker name (default: host and pid)")
+    log_level: str = "INFO"
