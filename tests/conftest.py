@@ -21,3 +21,41 @@ def load_reference(name: str):
     if path.suffix == ".json":
         return json.loads(path.read_text())
     return torch.load(path, weights_only=True)
+
+
+@pytest.fixture(scope="session")
+def redis_server():
+    """One private redis-server for the session; tests that kill Redis start their own."""
+    from tests.procs import RedisServer
+
+    server = RedisServer().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture()
+def redis_db(redis_server):
+    client = redis_server.client()
+    client.flushall()
+    yield client
+    client.flushall()
+
+
+def png_bytes(img) -> bytes:
+    import io
+
+    out = io.BytesIO()
+    img.save(out, format="PNG")
+    return out.getvalue()
+
+
+def face_and_mask(size: int = 32, seed: int = 0):
+    """A random RGB image and a mask whose centre square is white (to fill)."""
+    from PIL import Image
+
+    g = torch.Generator().manual_seed(seed)
+    pixels = torch.randint(0, 256, (size, size, 3), generator=g, dtype=torch.uint8)
+    image = Image.fromarray(pixels.numpy(), "RGB")
+    mask = Image.new("L", (size, size), 0)
+    mask.paste(255, (size // 4, size // 4, 3 * size // 4, 3 * size // 4))
+    return image, mask

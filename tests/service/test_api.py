@@ -1,0 +1,167 @@
+"""The HTTP contract against a real Redis: every documented 4xx path, no worker needed."""
+
+from __future__ import annotations
+
+import io
+import json
+import random
+import uuid
+import zlib
+
+import pytest
+from fastapi.testclient import TestClient
+from PIL import Image
+
+from service.app import create_app
+from service.settings import ApiSettings
+from tests.conftest import face_and_mask, png_bytes
+from worker import jobs
+from worker.runtime import Runtime
+from worker.settings import WorkerSettings
+
+
+@pytest.fixture(scope="module")
+def tiny_description():
+    return Runtime(WorkerSettings(model="tiny", device="cpu")).describe()
+
+
+@pytest.fixture()
+def client(redis_server, redis_db, tiny_description):
+    redis_db.hset(jobs.models_key(), "tiny", json.dumps(tiny_description))
+    settings = ApiSettings(redis_url=redis_server.url, max_upload_bytes=200_000, max_image_pixels=1_000_000)
+    with TestClient(create_app(settings)) as c:
+        yield c
+
+
+def post(client, image=None, mask=None, **fields):
+    img, msk = face_and_mask()
+    files = {"image": ("image.png", image if image is not None else png_bytes(img)),
+             "mask": ("mask.png", mask if mask is not None else png_bytes(msk))}
+    return client.post("/inpaint", files=files, data={k: str(v) for k, v in fields.items()})
+
+
+def test_accepted_job_is_queued_with_location_and_defaults(client, redis_db):
+    r = post(client, seed=7)
+    assert r.status_code == 202
+    body = r.json()
+    assert uuid.UUID(body["id"]).version == 4
+    assert r.headers["location"] == f"/jobs/{body['id']}" == body["links"]["self"]
+    job = client.get(f"/jobs/{body['id']}").json()
+    assert job["status"] == "queued" and job["position"] == 0 and job["model"] == "tiny"
+    assert job["params"] == {"seed": 7, "num_samples": 1, "steps": 250, "jump_length": 10,
+                             "jump_n_sample": 10, "evaluations_per_sample": 2410}
+    # The upload travels in its own keys with a TTL; the RQ payload is JSON.
+    assert 0 < redis_db.ttl(jobs.input_key(body["id"], "image")) <= 24 * 3600
+    raw = zlib.decompress(redis_db.hget(f"rq:job:{body['id']}", "data"))
+    assert json.loads(raw)[0] == jobs.TASK_PATH  # JSON, not pickle
+
+
+def test_seed_is_drawn_and_reported_when_omitted(client):
+    job_id = post(client).json()["id"]
+    assert isinstance(client.get(f"/jobs/{job_id}").json()["params"]["seed"], int)
+
+
+def test_queue_position_counts_jobs_ahead(client):
+    ids = [post(client).json()["id"] for _ in range(3)]
+    assert [client.get(f"/jobs/{i}").json()["position"] for i in ids] == [0, 1, 2]
+
+
+def test_result_before_finish_is_409_with_status(client):
+    job_id = post(client).json()["id"]
+    r = client.get(f"/jobs/{job_id}/result")
+    assert r.status_code == 409 and r.json()["detail"]["status"] == "queued"
+
+
+@pytest.mark.parametrize("path", [f"/jobs/{uuid.uuid4()}", "/jobs/not-a-uuid", f"/jobs/{uuid.uuid4()}/result"])
+def test_unknown_jobs_are_404(client, path):
+    r = client.get(path)
+    assert r.status_code == 404 and "detail" in r.json()
+
+
+def _image(size=(32, 32), fmt="PNG", mode="RGB") -> bytes:
+    out = io.BytesIO()
+    Image.new(mode, size, 128).save(out, format=fmt)
+    return out.getvalue()
+
+
+@pytest.mark.parametrize("kwargs, code, fragment", [
+    ({"image": b"definitely not an image"}, 422, "not a readable image"),
+    ({"image": _image()[:60]}, 422, "not a readable image"),
+    ({"image": _image(fmt="GIF", mode="P")}, 415, "PNG, JPEG or WebP"),
+    ({"mask": _image((16, 16), mode="L")}, 422, "must match"),
+    ({"image": _image((64, 64)), "mask": png_bytes(Image.new("L", (64, 64), 255))}, 422, "needs a 32x32 image"),
+    ({"mask": _image(mode="L")[:0]}, 422, "empty"),
+    ({"mask": png_bytes(Image.new("L", (32, 32), 0))}, 422, "selects no pixel"),
+    ({"model": "nope"}, 404, "unknown model"),
+    ({"seed": -1}, 422, None),
+    ({"steps": "abc"}, 422, None),
+    ({"steps": 5000}, 422, "at most 1000"),
+    ({"num_samples": 99}, 422, "num_samples"),
+    ({"jump_length": 0}, 422, None),
+    ({"class_label": 3}, 422, "not class-conditional"),
+    ({"steps": 1000, "jump_n_sample": 500}, 422, "network evaluations"),
+])
+def test_bad_input_is_a_clear_4xx(client, kwargs, code, fragment):
+    r = post(client, **kwargs)
+    assert r.status_code == code, r.text
+    assert "detail" in r.json()
+    if fragment:
+        assert fragment in json.dumps(r.json()["detail"])
+
+
+def test_upload_over_the_limit_is_413(client):
+    big = png_bytes(Image.frombytes("RGB", (400, 400), random.Random(0).randbytes(400 * 400 * 3)))
+    assert len(big) > 200_000
+    r = post(client, image=big)
+    assert r.status_code == 413 and "limit" in r.json()["detail"]
+
+
+def test_decompression_bomb_is_refused_from_the_header(client):
+    r = post(client, image=_image((1100, 1000), mode="L"), mask=_image((1100, 1000), mode="L"))
+    assert r.status_code == 413 and "pixel limit" in r.json()["detail"]
+
+
+def test_full_mask_is_plain_generation_and_allowed(client):
+    assert post(client, mask=png_bytes(Image.new("L", (32, 32), 255))).status_code == 202
+
+
+def test_transparent_mask_pixels_count_as_unpainted(client, redis_db):
+    mask = Image.new("RGBA", (32, 32), (255, 255, 255, 0))
+    mask.paste((255, 255, 255, 255), (0, 0, 8, 8))
+    job_id = post(client, mask=png_bytes(mask)).json()["id"]
+    stored = Image.open(io.BytesIO(redis_db.get(jobs.input_key(job_id, "mask"))))
+    assert stored.histogram()[255] == 64
+
+
+def test_models_lists_sizes_defaults_and_the_default(client):
+    body = client.get("/models").json()
+    assert body["default"] == "tiny"
+    (tiny,) = body["models"]
+    assert tiny["image_size"] == 32 and tiny["default"] is True and tiny["workers"] == 0
+    assert tiny["defaults"] == {"steps": 250, "jump_length": 10, "jump_n_sample": 10, "classifier_scale": 0.0}
+
+
+def test_health_and_readiness_without_workers(client):
+    assert client.get("/healthz").json() == {"status": "ok"}
+    r = client.get("/readyz")
+    assert r.status_code == 503 and "no live worker" in r.json()["detail"]
+
+
+def test_openapi_documents_the_contract(client):
+    spec = client.get("/openapi.json").json()
+    assert {"/inpaint", "/jobs/{job_id}", "/jobs/{job_id}/result", "/models", "/healthz", "/readyz",
+            "/metrics"} <= set(spec["paths"])
+    assert {"202", "404", "413", "415", "422"} <= set(spec["paths"]["/inpaint"]["post"]["responses"])
+
+
+def test_redis_down_is_503_json(tiny_description):
+    from tests.procs import RedisServer
+
+    server = RedisServer().start()
+    server.client().hset(jobs.models_key(), "tiny", json.dumps(tiny_description))
+    with TestClient(create_app(ApiSettings(redis_url=server.url))) as c:
+        assert post(c).status_code == 202
+        server.stop()
+        r = c.get("/models")
+        assert r.status_code == 503 and "Redis" in r.json()["detail"]
+        assert c.get("/healthz").status_code == 200

@@ -1,0 +1,148 @@
+"""End to end through real processes: redis-server, uvicorn and `python -m worker.main`."""
+
+from __future__ import annotations
+
+import io
+import json
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from tests.conftest import face_and_mask, png_bytes
+from tests.procs import ROOT, ApiProcess, WorkerProcess, wait_until
+from worker import jobs
+
+FAST = {"steps": 20, "jump_length": 5, "jump_n_sample": 2}  # 35 evaluations
+
+
+@pytest.fixture()
+def api(redis_server, redis_db):
+    proc = ApiProcess(redis_server.url)
+    yield proc
+    proc.stop()
+
+
+@pytest.fixture()
+def worker(redis_server, redis_db):
+    proc = WorkerProcess(redis_server.url, "w1").wait_ready(redis_db)
+    yield proc
+    proc.stop()
+
+
+def submit(client, image, mask, **fields):
+    r = client.post("/inpaint", files={"image": ("i.png", png_bytes(image)), "mask": ("m.png", png_bytes(mask))},
+                    data={k: str(v) for k, v in fields.items()})
+    assert r.status_code == 202, r.text
+    return r.json()["id"]
+
+
+def wait_final(client, job_id, timeout=60, seen=None):
+    def final():
+        job = client.get(f"/jobs/{job_id}").json()
+        if seen is not None:
+            seen.append(job)
+        return job if job["status"] in ("succeeded", "failed", "canceled") else None
+
+    return wait_until(final, timeout, f"job {job_id}", interval=0.05)
+
+
+def pixels(png: bytes) -> torch.Tensor:
+    return torch.from_numpy(np.asarray(Image.open(io.BytesIO(png)).convert("RGB"))).reshape(-1, 3)
+
+
+def test_upload_runs_on_a_worker_with_progress_and_exact_known_pixels(api, worker):
+    client = api.client()
+    image, mask = face_and_mask(seed=1)
+    # 460 evaluations: long enough to watch progress move.
+    job_id = submit(client, image, mask, steps=100, jump_length=10, jump_n_sample=5, seed=11)
+    seen = []
+    job = wait_final(client, job_id, seen=seen)
+    assert job["status"] == "succeeded", job
+    running = [j for j in seen if j["status"] == "running" and j["progress"]]
+    assert running, "never saw the job running"
+    steps = [j["progress"]["step"] for j in running]
+    assert any(0 < s < 460 for s in steps) and steps == sorted(steps)
+    assert job["progress"] == {**job["progress"], "step": 460, "total": 460, "fraction": 1.0}
+    assert job["attempts"] == 1 and job["started_at"] and job["finished_at"]
+    assert job["params"]["seed"] == 11
+
+    result = client.get(job["links"]["results"][0])
+    assert result.status_code == 200 and result.headers["content-type"] == "image/png"
+    out, original = pixels(result.content), pixels(png_bytes(image))
+    known = torch.from_numpy(np.asarray(mask)).reshape(-1) < 128
+    assert torch.equal(out[known], original[known])
+    assert not torch.equal(out[~known], original[~known])
+
+
+def test_num_samples_gives_several_results_and_seed_reproduces(api, worker):
+    client = api.client()
+    image, mask = face_and_mask(seed=2)
+    first = wait_final(client, submit(client, image, mask, num_samples=2, seed=5, **FAST))
+    again = wait_final(client, submit(client, image, mask, num_samples=1, seed=5, **FAST))
+    assert len(first["links"]["results"]) == 2
+    a, b = (client.get(u).content for u in first["links"]["results"])
+    assert a != b  # seeds 5 and 6
+    assert client.get(again["links"]["results"][0]).content == a  # same seed, same output
+    assert client.get(f"/jobs/{first['id']}/result?index=2").status_code == 404
+
+
+def test_metrics_show_job_figures(api, worker):
+    client = api.client()
+    image, mask = face_and_mask()
+    wait_final(client, submit(client, image, mask, **FAST))
+    text = client.get("/metrics").text
+    assert 'repaint_jobs_total{model="tiny",status="succeeded"} 1.0' in text
+    assert 'repaint_model_evaluations_total{model="tiny"} 35.0' in text
+    assert 'repaint_workers{model="tiny"} 1.0' in text
+    assert 'repaint_queue_wait_seconds_count{model="tiny"} 1.0' in text
+    assert 'repaint_job_run_seconds_count{model="tiny"} 1.0' in text
+    assert "repaint_http_requests_total" in text
+    assert client.get("/readyz").json()["status"] == "ready"
+
+
+def test_a_failing_job_fails_readably_and_the_worker_keeps_serving(api, worker, redis_db):
+    client = api.client()
+    # Make the API believe the model takes 16x16 images: the worker must refuse the job.
+    info = json.loads(redis_db.hget(jobs.models_key(), "tiny"))
+    redis_db.hset(jobs.models_key(), "tiny", json.dumps({**info, "image_size": 16}))
+    image, mask = face_and_mask(size=16)
+    bad = wait_final(client, submit(client, image, mask, **FAST))
+    assert bad["status"] == "failed"
+    assert bad["error"]["type"] == "invalid_input" and "32x32" in bad["error"]["message"]
+    assert client.get(f"/jobs/{bad['id']}/result").status_code == 409
+    redis_db.hset(jobs.models_key(), "tiny", json.dumps(info))
+    image, mask = face_and_mask()
+    assert wait_final(client, submit(client, image, mask, **FAST))["status"] == "succeeded"
+    assert 'status="failed"} 1.0' in client.get("/metrics").text
+
+
+def test_two_workers_share_one_queue(api, redis_server, redis_db):
+    workers = [WorkerProcess(redis_server.url, f"share{i}") for i in range(2)]
+    try:
+        for w in workers:
+            w.wait_ready(redis_db)
+        client = api.client()
+        image, mask = face_and_mask()
+        ids = [submit(client, image, mask, steps=50, jump_length=5, jump_n_sample=3) for _ in range(6)]
+        for job_id in ids:
+            assert wait_final(client, job_id)["status"] == "succeeded"
+        names = {redis_db.hget(jobs.job_key(i), "worker").decode() for i in ids}
+        assert names == {"share0", "share1"}
+        assert client.get("/models").json()["models"][0]["workers"] == 2
+    finally:
+        for w in workers:
+            w.stop()
+
+
+def test_api_process_never_imports_torch():
+    code = ("import sys; from service.app import create_app; create_app(); "
+            "import service.cli, service.routes.inpaint; "
+            "bad = [m for m in ('torch', 'models', 'worker.runtime', 'worker.tasks') if m in sys.modules]; "
+            "print(bad); sys.exit(1 if bad else 0)")
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout + done.stderr

@@ -1,0 +1,50 @@
+"""The resident runtime: PNG in, PNG out, known pixels exact, sizes and labels checked."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from tests.conftest import face_and_mask, png_bytes
+from worker.runtime import JobInputError, JobParams, Runtime
+from worker.settings import WorkerSettings
+
+
+@pytest.fixture(scope="module")
+def runtime():
+    return Runtime(WorkerSettings(model="tiny", device="cpu"))
+
+
+def test_runtime_inpaints_png_and_keeps_known_pixels(runtime):
+    image, mask = face_and_mask(seed=4)
+    steps = []
+    outs = runtime.inpaint(png_bytes(image), png_bytes(mask),
+                           JobParams(seed=1, steps=10, jump_length=5, jump_n_sample=2, num_samples=2),
+                           progress=lambda i, n, x0: steps.append((i, n)))
+    assert len(outs) == 2 and outs[0] != outs[1]
+    assert steps[-1] == (15, 15)
+    known = np.asarray(mask) < 128
+    for png in outs:
+        out = np.asarray(Image.open(io.BytesIO(png)))
+        assert out.shape == (32, 32, 3)
+        assert (out[known] == np.asarray(image)[known]).all()
+    assert runtime.seconds_per_evaluation > 0
+
+
+def test_runtime_refuses_wrong_size_and_labels(runtime):
+    image, mask = face_and_mask(size=16)
+    with pytest.raises(JobInputError, match="32x32"):
+        runtime.inpaint(png_bytes(image), png_bytes(mask), JobParams(seed=1, steps=5, jump_length=5, jump_n_sample=1))
+    image, mask = face_and_mask()
+    with pytest.raises(JobInputError, match="not class-conditional"):
+        runtime.inpaint(png_bytes(image), png_bytes(mask),
+                        JobParams(seed=1, steps=5, jump_length=5, jump_n_sample=1, class_label=3))
+
+
+def test_describe_is_what_the_api_needs(runtime):
+    d = runtime.describe()
+    assert d["name"] == "tiny" and d["image_size"] == 32 and d["class_cond"] is False
+    assert d["defaults"] == {"steps": 250, "jump_length": 10, "jump_n_sample": 10, "classifier_scale": 0.0}
