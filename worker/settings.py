@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -24,3 +24,9 @@ class WorkerSettings(BaseSettings):
     progress_interval: float = Field(0.5, gt=0, le=1.0, description="seconds between progress writes")
     worker_name: str | None = Field(None, description="RQ worker name (default: host and pid)")
     log_level: str = "INFO"
+
+    @field_validator("checkpoint", "classifier_checkpoint", "worker_name", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value):
+        # docker-compose passes unset variables as empty strings
+        return None if value == "" else value
