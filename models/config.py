@@ -217,6 +217,10 @@ def unet_config(conf: Mapping[str, Any]) -> UNetConfig:
     for ch in _attention_channels(model_channels, mult, ds):
         _check_heads("attention", ch, num_heads, num_head_channels)
         _check_heads("upsampling attention", ch, num_heads_upsample, num_head_channels)
+    for m in mult:
+        if int(m * model_channels) % 32:
+            raise ConfigError(f"num_channels {model_channels} x channel_mult {m} = {int(m * model_channels)} "
+                              "channels: GroupNorm needs a multiple of 32")
     learn_sigma = _as_bool("learn_sigma", _get(conf, "learn_sigma", False))
     dropout = float(_get(conf, "dropout", 0.0))
     if not 0.0 <= dropout < 1.0:

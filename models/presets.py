@@ -44,6 +44,18 @@ _TINY = {
     "schedule_jump_params": {"t_T": 250, "n_sample": 1, "jump_length": 10, "jump_n_sample": 10},
 }
 
+# Our demo model, trained here on procedural faces (training/): fixed variance, 32x32.
+FACES32_CONF = {
+    "image_size": 32, "num_channels": 32, "num_res_blocks": 2, "channel_mult": "1,2,2",
+    "attention_resolutions": "16,8", "num_heads": 1, "num_head_channels": 32,
+    "num_heads_upsample": -1, "use_scale_shift_norm": True, "resblock_updown": True,
+    "class_cond": False, "learn_sigma": False, "dropout": 0.0, "use_checkpoint": False,
+    "use_fp16": False, "use_new_attention_order": False, "diffusion_steps": 1000,
+    "noise_schedule": "linear", "timestep_respacing": "250", "use_kl": False,
+    "predict_xstart": False, "rescale_timesteps": False, "rescale_learned_sigmas": False,
+    "schedule_jump_params": {"t_T": 250, "n_sample": 1, "jump_length": 10, "jump_n_sample": 10},
+}
+
 
 @dataclass(frozen=True, kw_only=True)
 class Preset:

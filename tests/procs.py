@@ -89,7 +89,9 @@ class WorkerProcess:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "worker.main"], cwd=ROOT, stdout=self.log, stderr=subprocess.STDOUT,
             env=_env(redis_url, REPAINT_MODEL=model, REPAINT_WORKER_NAME=name,
-                     REPAINT_DEVICE="cpu", REPAINT_LOG_LEVEL="WARNING", **extra))
+                     REPAINT_DEVICE="cpu", REPAINT_LOG_LEVEL="WARNING",
+                     # One thread per worker: tests run several processes on two cores.
+                     REPAINT_TORCH_THREADS="1", **extra))
 
     def wait_ready(self, redis: Redis, timeout: float = 60) -> "WorkerProcess":
         from rq import Worker

@@ -41,14 +41,18 @@ def submit(client, image, mask, **fields):
     return r.json()["id"]
 
 
-def wait_final(client, job_id, timeout=60, seen=None):
+def wait_final(client, job_id, timeout=180, seen=None):
+    seen = [] if seen is None else seen
+
     def final():
         job = client.get(f"/jobs/{job_id}").json()
-        if seen is not None:
-            seen.append(job)
+        seen.append(job)
         return job if job["status"] in ("succeeded", "failed", "canceled") else None
 
-    return wait_until(final, timeout, f"job {job_id}", interval=0.05)
+    try:
+        return wait_until(final, timeout, f"job {job_id}", interval=0.1)
+    except TimeoutError as exc:
+        raise AssertionError(f"{exc}; last state: {seen[-1] if seen else None}") from None
 
 
 def pixels(png: bytes) -> torch.Tensor:

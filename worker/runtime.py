@@ -66,6 +66,8 @@ class Runtime:
     def __init__(self, settings: WorkerSettings):
         self.settings = settings
         preset = models.get_preset(settings.model)
+        if settings.torch_threads:
+            torch.set_num_threads(settings.torch_threads)
         self.device = resolve_device(settings.device)
         self.dtype = resolve_dtype(settings.dtype, self.device, preset)
         t0 = time.perf_counter()
@@ -131,6 +133,10 @@ class Runtime:
         # Paste the uploaded bytes back: known pixels must be bit-exact after the float trip.
         pixels = torch.where(keep.cpu().expand_as(pixels[0]), image, pixels)
         return [uint8_to_png(p) for p in pixels]
+
+    def release_memory(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
 
     def _measure(self, seconds: float, sample_evaluations: int) -> None:
         per = seconds / max(sample_evaluations, 1)

@@ -19,6 +19,7 @@ class WorkerSettings(BaseSettings):
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = Field(
         "auto", description="'auto': float16 on CUDA for confs with use_fp16, else float32")
     channels_last: bool = Field(False, description="channels-last memory format for the UNet")
+    torch_threads: int | None = Field(None, ge=1, description="CPU threads for torch (default: torch's)")
     compile: bool = Field(False, description="torch.compile the UNet (slow start, faster steps)")
     result_ttl: int = Field(24 * 3600, ge=60, description="seconds results and finished jobs are kept")
     progress_interval: float = Field(0.5, gt=0, le=1.0, description="seconds between progress writes")

@@ -87,6 +87,10 @@ def _finish(redis: Redis, job_id: str, model: str, status: JobStatus, ttl: int, 
         pipe.execute()
 
 
+def _is_out_of_memory(exc: BaseException) -> bool:
+    return "out of memory" in str(exc).lower() or type(exc).__name__ == "OutOfMemoryError"
+
+
 def inpaint(job_id: str) -> dict:
     """Run the inpainting job `job_id` on this worker's resident model."""
     if _runtime is None:
@@ -120,6 +124,9 @@ def inpaint(job_id: str) -> dict:
             reporter.step = total
     except Exception as exc:
         kind = "invalid_input" if isinstance(exc, JobInputError) else type(exc).__name__
+        if _is_out_of_memory(exc):
+            kind = "out_of_memory"
+            runtime.release_memory()  # keep serving: the next job starts from a clean cache
         log.error("job %s failed: %s", job_id, traceback.format_exc())
         _finish(redis, job_id, model, JobStatus.FAILED, ttl,
                 error={"type": kind, "message": str(exc) or type(exc).__name__})

@@ -52,6 +52,7 @@ def test_typo_is_an_error_with_a_suggestion():
     ({"channel_mult": ""  , "image_size": 48}, "no default"),
     ({"learn_sigma": "maybe"}, "true or false"),
     ({"dropout": 1.5}, "dropout"),
+    ({"num_channels": 48, "num_head_channels": 16}, "multiple of 32"),
 ])
 def test_contradictions_are_errors(change, message):
     with pytest.raises(ConfigError, match=message):
