@@ -72,28 +72,25 @@ class SampleState:
 
 
 class RePaintBatch:
-    """Slots of samples in flight; tensors are [N x C x H x W] and live on one device.
+    """Samples in flight; tensors are [N x C x H x W] on one device, one row per sample.
 
     `gt` holds the known image in [-1, 1], `keep` is True where a pixel is known, `x` is each
     sample's current noisy state and `pred_xstart` its latest estimate of the clean image.
+    Samples join with `add` and leave with `remove` (a copy at join and leave, none per step),
+    so a serving loop can admit new work between steps without waiting for the batch to drain.
     """
 
-    def __init__(self, diffusion: Diffusion, images: torch.Tensor, keep_masks: torch.Tensor,
-                 params: Sequence[SampleParams]):
-        assert images.ndim == 4 and len(params) == images.shape[0], (images.shape, len(params))
+    def __init__(self, diffusion: Diffusion, images: torch.Tensor | None = None,
+                 keep_masks: torch.Tensor | None = None, params: Sequence[SampleParams] = (), *,
+                 device: torch.device | str | None = None):
         self.diffusion = diffusion
-        self.device = images.device
-        self.gt = images.float()
-        self.keep = _as_keep(keep_masks, self.gt)
-        self.states = [SampleState(p, diffusion, self.device) for p in params]
-        labels = [p.class_label for p in params]
-        if any(label is None for label in labels) and any(label is not None for label in labels):
-            raise ValueError("either every sample in a batch has a class label or none has")
-        self.y = None if labels[0] is None else torch.tensor(labels, dtype=torch.int64, device=self.device)
-        shape = self.gt.shape[1:]
-        # x_T ~ N(0, I), drawn from each sample's own generator.
-        self.x = torch.stack([s.randn(shape, self.device) for s in self.states])
-        self.pred_xstart = torch.zeros_like(self.x)
+        self.device = torch.device(device) if device is not None else (
+            images.device if images is not None else torch.device("cpu"))
+        self.states: list[SampleState] = []
+        self.gt = self.keep = self.x = self.pred_xstart = None
+        self.y: torch.Tensor | None = None
+        if images is not None:
+            self.add(images, keep_masks, params)
 
     def __len__(self) -> int:
         return len(self.states)
@@ -102,9 +99,59 @@ class RePaintBatch:
     def done(self) -> bool:
         return all(s.done for s in self.states)
 
-    def result(self) -> torch.Tensor:
-        """The finished images with the known pixels pasted back bit for bit."""
-        return torch.where(self.keep, self.gt, self.x)
+    def add(self, images: torch.Tensor, keep_masks: torch.Tensor, params: Sequence[SampleParams]) -> list[SampleState]:
+        """Append samples ([N x C x H x W] in [-1, 1], keep masks, one SampleParams each)."""
+        assert images.ndim == 4 and len(params) == images.shape[0], (images.shape, len(params))
+        gt = images.to(self.device, torch.float32)
+        keep = _as_keep(keep_masks.to(self.device), gt)
+        states = [SampleState(p, self.diffusion, self.device) for p in params]
+        labels = [s.params.class_label for s in self.states + states]
+        if any(label is None for label in labels) and any(label is not None for label in labels):
+            raise ValueError("either every sample in a batch has a class label or none has")
+        if self.gt is not None and gt.shape[1:] != self.gt.shape[1:]:
+            raise ValueError(f"images of shape {tuple(gt.shape[1:])} cannot join a batch of {tuple(self.gt.shape[1:])}")
+        # x_T ~ N(0, I), drawn from each sample's own generator.
+        x = torch.stack([s.randn(gt.shape[1:], self.device) for s in states])
+        join = (lambda old, new: new if old is None else torch.cat([old, new]))
+        self.gt, self.keep, self.x = join(self.gt, gt), join(self.keep, keep), join(self.x, x)
+        self.pred_xstart = join(self.pred_xstart, torch.zeros_like(x))
+        self.states.extend(states)
+        self._labels_changed(labels)
+        return states
+
+    def remove(self, leaving: Sequence[SampleState]) -> None:
+        """Drop samples (finished, failed or canceled) from the batch."""
+        leaving_ids = {id(s) for s in leaving}
+        rows = [i for i, s in enumerate(self.states) if id(s) not in leaving_ids]
+        if len(rows) == len(self.states):
+            return
+        self.states = [self.states[i] for i in rows]
+        if not rows:
+            self.gt = self.keep = self.x = self.pred_xstart = self.y = None
+            return
+        index = torch.tensor(rows, device=self.device)
+        self.gt, self.keep, self.x, self.pred_xstart = (
+            t.index_select(0, index) for t in (self.gt, self.keep, self.x, self.pred_xstart))
+        self._labels_changed([s.params.class_label for s in self.states])
+
+    def _labels_changed(self, labels: list[int | None]) -> None:
+        self.y = None if not labels or labels[0] is None else torch.tensor(labels, dtype=torch.int64, device=self.device)
+
+    def rows_of(self, states: Sequence[SampleState]) -> list[int]:
+        position = {id(s): i for i, s in enumerate(self.states)}
+        return [position[id(s)] for s in states]
+
+    def result(self, states: Sequence[SampleState] | None = None) -> torch.Tensor:
+        """The images of `states` (default: all) with the known pixels pasted back bit for bit."""
+        if states is None:
+            return torch.where(self.keep, self.gt, self.x)
+        index = torch.tensor(self.rows_of(states), device=self.device)
+        return torch.where(self.keep.index_select(0, index), self.gt.index_select(0, index),
+                           self.x.index_select(0, index))
+
+    def estimate(self, states: Sequence[SampleState]) -> torch.Tensor:
+        """The current x0 estimates of `states`, for previews."""
+        return self.pred_xstart.index_select(0, torch.tensor(self.rows_of(states), device=self.device))
 
 
 def _as_keep(keep_masks: torch.Tensor, images: torch.Tensor) -> torch.Tensor:

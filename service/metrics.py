@@ -39,6 +39,10 @@ class RedisJobCollector:
                                       labels=["model"])
         runs = HistogramMetricFamily("repaint_job_run_seconds", "Time from start to a final status",
                                      labels=["model"])
+        batch = HistogramMetricFamily("repaint_batch_size", "Samples in one forward pass", labels=["model"])
+        forward = HistogramMetricFamily("repaint_forward_seconds",
+                                        "Duration of one batched sampler step (forward pass and update)",
+                                        labels=["model"])
         for model in sorted(jobstore.registered_models(self.redis)):
             queue = jobstore.queue_for(self.redis, model)
             depth.add_metric([model], queue.count)
@@ -47,11 +51,14 @@ class RedisJobCollector:
             for status in FINAL_STATUSES:
                 finished.add_metric([model, status], raw.get(f"jobs_{status}_total", 0.0))
             evaluations.add_metric([model], raw.get("model_evaluations_total", 0.0))
-            for family, name in ((waits, "queue_wait"), (runs, "run")):
-                buckets = [(str(b), raw.get(f"{name}_bucket:{b}", 0.0)) for b in jobs.DURATION_BUCKETS]
+            for family, name, bounds in ((waits, "queue_wait", jobs.DURATION_BUCKETS),
+                                         (runs, "run", jobs.DURATION_BUCKETS),
+                                         (batch, "batch_size", jobs.BATCH_SIZE_BUCKETS),
+                                         (forward, "forward_seconds", jobs.FORWARD_SECONDS_BUCKETS)):
+                buckets = [(str(b), raw.get(f"{name}_bucket:{b}", 0.0)) for b in bounds]
                 buckets.append(("+Inf", raw.get(f"{name}_count", 0.0)))
                 family.add_metric([model], buckets, raw.get(f"{name}_sum", 0.0))
-        yield from (depth, workers, finished, evaluations, waits, runs)
+        yield from (depth, workers, finished, evaluations, waits, runs, batch, forward)
 
 
 class HttpMetrics:

@@ -139,3 +139,27 @@ class ApiProcess:
             self.proc.wait(timeout=10)
         except subprocess.TimeoutExpired:
             self.proc.kill()
+
+
+def submit(client, image, mask, **fields) -> str:
+    from tests.conftest import png_bytes
+
+    r = client.post("/inpaint", files={"image": ("i.png", png_bytes(image)), "mask": ("m.png", png_bytes(mask))},
+                    data={k: str(v) for k, v in fields.items()})
+    assert r.status_code == 202, r.text
+    return r.json()["id"]
+
+
+def wait_final(client, job_id, timeout=180, seen=None) -> dict:
+    """Poll GET /jobs/<id> until a final status; `seen` collects every state observed."""
+    seen = [] if seen is None else seen
+
+    def final():
+        job = client.get(f"/jobs/{job_id}").json()
+        seen.append(job)
+        return job if job["status"] in ("succeeded", "failed", "canceled") else None
+
+    try:
+        return wait_until(final, timeout, f"job {job_id}", interval=0.1)
+    except TimeoutError as exc:
+        raise AssertionError(f"{exc}; last state: {seen[-1] if seen else None}") from None

@@ -14,7 +14,7 @@ import torch
 from PIL import Image
 
 from tests.conftest import face_and_mask, png_bytes
-from tests.procs import ROOT, ApiProcess, WorkerProcess, wait_until
+from tests.procs import ROOT, ApiProcess, WorkerProcess, submit, wait_final
 from worker import jobs
 
 FAST = {"steps": 20, "jump_length": 5, "jump_n_sample": 2}  # 35 evaluations
@@ -34,29 +34,8 @@ def worker(redis_server, redis_db):
     proc.stop()
 
 
-def submit(client, image, mask, **fields):
-    r = client.post("/inpaint", files={"image": ("i.png", png_bytes(image)), "mask": ("m.png", png_bytes(mask))},
-                    data={k: str(v) for k, v in fields.items()})
-    assert r.status_code == 202, r.text
-    return r.json()["id"]
-
-
-def wait_final(client, job_id, timeout=180, seen=None):
-    seen = [] if seen is None else seen
-
-    def final():
-        job = client.get(f"/jobs/{job_id}").json()
-        seen.append(job)
-        return job if job["status"] in ("succeeded", "failed", "canceled") else None
-
-    try:
-        return wait_until(final, timeout, f"job {job_id}", interval=0.1)
-    except TimeoutError as exc:
-        raise AssertionError(f"{exc}; last state: {seen[-1] if seen else None}") from None
-
-
 def pixels(png: bytes) -> torch.Tensor:
-    return torch.from_numpy(np.asarray(Image.open(io.BytesIO(png)).convert("RGB"))).reshape(-1, 3)
+    return torch.from_numpy(np.array(Image.open(io.BytesIO(png)).convert("RGB"))).reshape(-1, 3)
 
 
 def test_upload_runs_on_a_worker_with_progress_and_exact_known_pixels(api, worker):
@@ -78,7 +57,7 @@ def test_upload_runs_on_a_worker_with_progress_and_exact_known_pixels(api, worke
     result = client.get(job["links"]["results"][0])
     assert result.status_code == 200 and result.headers["content-type"] == "image/png"
     out, original = pixels(result.content), pixels(png_bytes(image))
-    known = torch.from_numpy(np.asarray(mask)).reshape(-1) < 128
+    known = torch.from_numpy(np.array(mask)).reshape(-1) < 128
     assert torch.equal(out[known], original[known])
     assert not torch.equal(out[~known], original[~known])
 

@@ -63,18 +63,24 @@ def metrics_key(model: str) -> str:
     return f"{PREFIX}:metrics:{model}"
 
 
-# Histogram buckets (seconds) for queue wait and run time, shared by writer and reader.
+# Histogram buckets shared by writer (worker) and reader (API /metrics).
 DURATION_BUCKETS = (0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600, 7200, 21600)
+BATCH_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
+FORWARD_SECONDS_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+
+
+def record_observation(pipe, model: str, name: str, value: float, buckets=DURATION_BUCKETS) -> None:
+    """Add one observation to the Redis-held histogram `name` (e.g. 'queue_wait')."""
+    key = metrics_key(model)
+    for bound in buckets:
+        if value <= bound:
+            pipe.hincrby(key, f"{name}_bucket:{bound}", 1)
+    pipe.hincrbyfloat(key, f"{name}_sum", value)
+    pipe.hincrby(key, f"{name}_count", 1)
 
 
 def record_duration(pipe, model: str, name: str, seconds: float) -> None:
-    """Add one observation to the Redis-held histogram `name` (e.g. 'queue_wait')."""
-    key = metrics_key(model)
-    for bound in DURATION_BUCKETS:
-        if seconds <= bound:
-            pipe.hincrby(key, f"{name}_bucket:{bound}", 1)
-    pipe.hincrbyfloat(key, f"{name}_sum", seconds)
-    pipe.hincrby(key, f"{name}_count", 1)
+    record_observation(pipe, model, name, seconds, DURATION_BUCKETS)
 
 
 def now() -> float:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from dataclasses import dataclass
@@ -56,6 +57,12 @@ class JobParams:
         """Network evaluations per sample."""
         return models.count_model_evaluations(models.jump_schedule(self.steps, self.jump_length, self.jump_n_sample))
 
+    def sample_params(self) -> list[models.SampleParams]:
+        """One SampleParams per sample; sample i uses seed + i."""
+        return [models.SampleParams(t_T=self.steps, jump_length=self.jump_length, jump_n_sample=self.jump_n_sample,
+                                    seed=self.seed + i, class_label=self.class_label,
+                                    classifier_scale=self.classifier_scale) for i in range(self.num_samples)]
+
 
 ProgressFn = Callable[[int, int, torch.Tensor], None]
 
@@ -82,8 +89,10 @@ class Runtime:
 
             inductor_config.freezing = True
             self.net = torch.compile(self.net, dynamic=True)
-        log.info("loaded model %s on %s (%s) in %.1fs", preset.name, self.device, self.dtype,
-                 time.perf_counter() - t0)
+        self.autocast_dtype = None if settings.autocast == "none" else DTYPES[settings.autocast]
+        self.max_batch = settings.max_batch or (16 if self.device.type == "cuda" else 8)
+        log.info("loaded model %s on %s (%s) in %.1fs; max_batch %d", preset.name, self.device, self.dtype,
+                 time.perf_counter() - t0, self.max_batch)
         self.seconds_per_evaluation: float | None = None
 
     @property
@@ -103,42 +112,87 @@ class Runtime:
                          "classifier_scale": float(p.conf.get("classifier_scale", 0.0)) if p.class_cond else 0.0},
         }
 
-    def check(self, params: JobParams, image: torch.Tensor) -> None:
+    # ---- one job's data ----------------------------------------------------------------------
+
+    def decode(self, image_png: bytes, mask_png: bytes, params: JobParams) -> tuple[torch.Tensor, torch.Tensor]:
+        """(image [3 x H x W] uint8, keep [H x W] bool) from the stored PNGs, checked for this model."""
+        try:
+            image = png_to_uint8(image_png, "RGB")
+            keep = png_to_uint8(mask_png, "L")[0] < 128  # white = region to fill
+        except Exception as exc:
+            raise JobInputError(f"stored upload is unreadable: {exc}") from exc
         size = self.preset.image_size
-        if tuple(image.shape[1:]) != (size, size):
+        if tuple(image.shape[1:]) != (size, size) or keep.shape != image.shape[1:]:
             raise JobInputError(f"model {self.preset.name} needs {size}x{size} images, got "
                                 f"{image.shape[2]}x{image.shape[1]}")
         if self.preset.class_cond and params.class_label is None:
             raise JobInputError(f"model {self.preset.name} is class-conditional: class_label is required")
         if not self.preset.class_cond and params.class_label is not None:
             raise JobInputError(f"model {self.preset.name} is not class-conditional: omit class_label")
+        if params.class_label is not None and not 0 <= params.class_label < 1000:
+            raise JobInputError(f"class_label {params.class_label} is out of range")
+        return image, keep
+
+    def add_samples(self, batch: models.RePaintBatch, image: torch.Tensor, keep: torch.Tensor,
+                    params: JobParams) -> list:
+        n = params.num_samples
+        x = to_model_range(image).to(self.device)[None].expand(n, -1, -1, -1)
+        masks = keep.to(self.device)[None, None].expand(n, -1, -1, -1).float()
+        try:
+            return batch.add(x, masks, params.sample_params())
+        except ValueError as exc:
+            raise JobInputError(str(exc)) from exc
+
+    def encode(self, out: torch.Tensor, image: torch.Tensor, keep: torch.Tensor) -> list[bytes]:
+        """PNGs of [N x 3 x H x W] results, with the uploaded bytes pasted into known pixels."""
+        pixels = from_model_range(out.float()).cpu()
+        # Known pixels must be bit-exact after the trip through floats.
+        pixels = torch.where(keep.expand_as(image), image, pixels)
+        return [uint8_to_png(p) for p in pixels]
+
+    # ---- the network ---------------------------------------------------------------------------
+
+    def _autocast(self):
+        if self.autocast_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.autocast_dtype)
+
+    def step(self, batch: models.RePaintBatch) -> int:
+        """One network evaluation for every unfinished sample; updates the measured speed."""
+        t0 = time.perf_counter()
+        with self._autocast():
+            ran = models.step(self.net, batch, classifier=self.loaded.classifier)
+        if ran:
+            if self.device.type == "cuda":
+                torch.cuda.synchronize(self.device)
+            self._measure(time.perf_counter() - t0, ran)
+        return ran
 
     def inpaint(self, image_png: bytes, mask_png: bytes, params: JobParams,
                 progress: ProgressFn | None = None) -> list[bytes]:
-        """Run one job: returns `num_samples` PNGs whose known pixels are the uploaded ones."""
-        image = png_to_uint8(image_png, "RGB")
-        fill = png_to_uint8(mask_png, "L") >= 128  # white = region to fill
-        self.check(params, image)
-        n = params.num_samples
-        keep = (~fill).to(self.device)
-        x = to_model_range(image).to(self.device)[None].expand(n, -1, -1, -1)
-        y = None if params.class_label is None else [params.class_label] * n
-        t0 = time.perf_counter()
-        out = models.inpaint(
-            self.net, self.loaded.diffusion, x, keep[None].expand(n, -1, -1, -1).float(), t_T=params.steps,
-            jump_length=params.jump_length, jump_n_sample=params.jump_n_sample, seed=params.seed, y=y,
-            classifier=self.loaded.classifier, classifier_scale=params.classifier_scale, progress=progress)
-        self._measure(time.perf_counter() - t0, params.evaluations * n)
-        pixels = from_model_range(out.float()).cpu()
-        # Paste the uploaded bytes back: known pixels must be bit-exact after the float trip.
-        pixels = torch.where(keep.cpu().expand_as(pixels[0]), image, pixels)
-        return [uint8_to_png(p) for p in pixels]
+        """Run one job alone to the end: `num_samples` PNGs (for scripts and tests)."""
+        image, keep = self.decode(image_png, mask_png, params)
+        with torch.inference_mode():
+            batch = models.RePaintBatch(self.loaded.diffusion, device=self.device)
+            states = self.add_samples(batch, image, keep, params)
+            total = states[0].total_evaluations
+            done = 0
+            while not batch.done:
+                self.step(batch)
+                done += 1
+                if progress is not None:
+                    progress(done, total, batch.pred_xstart)
+            return self.encode(batch.result(), image, keep)
+
+    def is_out_of_memory(self, exc: BaseException | None) -> bool:
+        return exc is not None and (isinstance(exc, torch.OutOfMemoryError) or "out of memory" in str(exc).lower())
 
     def release_memory(self) -> None:
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
 
     def _measure(self, seconds: float, sample_evaluations: int) -> None:
+        """Seconds per evaluation of one sample, smoothed: for ETAs and job timeouts."""
         per = seconds / max(sample_evaluations, 1)
         old = self.seconds_per_evaluation
-        self.seconds_per_evaluation = per if old is None else 0.7 * old + 0.3 * per
+        self.seconds_per_evaluation = per if old is None else 0.95 * old + 0.05 * per

@@ -19,6 +19,10 @@ class WorkerSettings(BaseSettings):
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = Field(
         "auto", description="'auto': float16 on CUDA for confs with use_fp16, else float32")
     channels_last: bool = Field(False, description="channels-last memory format for the UNet")
+    max_batch: int | None = Field(None, ge=1, description="samples in flight per forward pass "
+                                  "(default: 8 on CPU, 16 on CUDA); 1 disables batching")
+    autocast: Literal["none", "float16", "bfloat16"] = Field(
+        "none", description="run the UNet under torch.autocast with this dtype (GPU path)")
     torch_threads: int | None = Field(None, ge=1, description="CPU threads for torch (default: torch's)")
     compile: bool = Field(False, description="torch.compile the UNet (slow start, faster steps)")
     result_ttl: int = Field(24 * 3600, ge=60, description="seconds results and finished jobs are kept")

@@ -177,3 +177,34 @@ def test_guidance_changes_only_guided_samples():
                            jump_n_sample=1, seed=0, y=[1, 2])
     assert torch.equal(run(0.0), plain)
     assert not torch.allclose(run(5.0), plain)
+
+
+def test_samples_join_and_leave_a_running_batch_without_changing_results():
+    """Continuous batching: B joins while A runs, A leaves when done; both match running alone."""
+    image, _, keep = _images(n=2, size=32)
+    m = models.load_preset("tiny")
+    pa = SampleParams(t_T=12, jump_length=3, jump_n_sample=2, seed=1)
+    pb = SampleParams(t_T=20, jump_length=5, jump_n_sample=2, seed=2)
+
+    def alone(i, p):
+        with torch.inference_mode():
+            b = RePaintBatch(m.diffusion, image[i:i + 1], keep[i:i + 1], [p])
+            while not b.done:
+                step(m.unet, b)
+            return b.result()[0]
+
+    with torch.inference_mode():
+        batch = RePaintBatch(m.diffusion, device="cpu")
+        (a,) = batch.add(image[:1], keep[:1], [pa])
+        for _ in range(5):
+            step(m.unet, batch)
+        (b,) = batch.add(image[1:], keep[1:], [pb])
+        results = {}
+        while len(batch):
+            assert step(m.unet, batch) == len(batch)
+            finished = [s for s in batch.states if s.done]
+            for s in finished:
+                results[id(s)] = batch.result([s])[0]
+            batch.remove(finished)
+    torch.testing.assert_close(results[id(a)], alone(0, pa), atol=1e-4, rtol=0)
+    torch.testing.assert_close(results[id(b)], alone(1, pb), atol=1e-4, rtol=0)

@@ -1,0 +1,328 @@
+"""Continuous batching: many jobs share every forward pass of the resident model.
+
+RQ hands a worker one job at a time and has no batch dequeue, so this loop is ours, built on
+RQ's public pieces: each admitted job gets its own RQ execution (StartedJobRegistry, status
+`started`, worker heartbeats) and leaves through RQ's success or failure handling, so `rq info`
+and rq-dashboard show reality. Each tick runs one forward pass over every sample in flight,
+each at its own timestep in its own schedule; a finished job leaves at once and queued jobs
+join at the next tick.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+import traceback
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import torch
+from rq.utils import now as rq_now
+
+import models
+
+from . import jobs
+from .jobs import JobStatus
+from .runtime import JobInputError, JobParams, Runtime
+
+if TYPE_CHECKING:
+    from rq import Queue
+    from rq.executions import Execution
+    from rq.job import Job
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class InFlight:
+    """One admitted job: its RQ objects, its samples in the batch and its bookkeeping."""
+
+    job: "Job"
+    queue: "Queue"
+    execution: "Execution"
+    model: str
+    params: JobParams
+    image: torch.Tensor           # [3 x H x W] uint8, the upload
+    keep: torch.Tensor            # [H x W] bool, True = known pixel
+    samples: list = field(default_factory=list)
+    started: float = field(default_factory=time.time)
+    timeout: float | None = None
+
+    @property
+    def step(self) -> int:
+        return min(s.evaluations for s in self.samples)
+
+    @property
+    def total(self) -> int:
+        return self.samples[0].total_evaluations
+
+    @property
+    def done(self) -> bool:
+        return all(s.done for s in self.samples)
+
+
+class StepStats:
+    """Batch sizes and forward-pass times, flushed to the Redis metrics hash periodically."""
+
+    def __init__(self) -> None:
+        self.pending: list[tuple[int, float]] = []
+
+    def record(self, batch_size: int, seconds: float) -> None:
+        self.pending.append((batch_size, seconds))
+
+    def flush(self, pipe, model: str) -> None:
+        for size, seconds in self.pending:
+            jobs.record_observation(pipe, model, "batch_size", size, jobs.BATCH_SIZE_BUCKETS)
+            jobs.record_observation(pipe, model, "forward_seconds", seconds, jobs.FORWARD_SECONDS_BUCKETS)
+        self.pending.clear()
+
+
+class BatchEngine:
+    """The batching loop of one worker. `run(job, queue)` returns when nothing is left in flight."""
+
+    def __init__(self, worker, runtime: Runtime, *, max_batch: int, progress_interval: float,
+                 heartbeat_interval: float = 10.0):
+        self.worker = worker
+        self.runtime = runtime
+        self.redis = worker.connection
+        self.max_batch = max_batch
+        self.progress_interval = progress_interval
+        self.heartbeat_interval = heartbeat_interval
+        self.batch = models.RePaintBatch(runtime.loaded.diffusion, device=runtime.device)
+        self.in_flight: list[InFlight] = []
+        self.stats = StepStats()
+        self._last_progress = 0.0
+        self._last_heartbeat = 0.0
+        self._peers_checked = 0.0
+        self._idle_peer = False
+
+    # ---- admission -------------------------------------------------------------------------
+
+    @property
+    def free_slots(self) -> int:
+        return self.max_batch - len(self.batch)
+
+    def _next_job_size(self) -> int | None:
+        """num_samples of the job at the head of the queue, without taking it (None: empty)."""
+        for queue in self.worker.queues:
+            ids = queue.get_job_ids(0, 1)
+            if ids:
+                raw = self.redis.hget(jobs.job_key(ids[0]), "num_samples")
+                return int(raw) if raw is not None else 1
+        return None
+
+    def _an_idle_peer_exists(self) -> bool:
+        """Whether another worker of these queues is idle (checked at most once a second).
+
+        Fairness: an idle peer is blocked on the queue and takes the next job at once, so a
+        busy worker leaves waiting jobs to it rather than packing them into its own batch.
+        """
+        from rq import Worker
+
+        now_ = time.time()
+        if now_ - self._peers_checked >= 1.0:
+            self._peers_checked = now_
+            keys = {k for q in self.worker.queues for k in Worker.all_keys(connection=self.redis, queue=q)}
+            keys.discard(self.worker.key)
+            with self.redis.pipeline() as pipe:
+                for key in keys:
+                    pipe.hget(key, "state")
+                states = pipe.execute()
+            self._idle_peer = any(s is not None and s.decode() == "idle" for s in states)
+        return self._idle_peer
+
+    def admit_waiting(self) -> None:
+        """Take queued jobs while their samples fit (a job larger than max_batch runs alone)."""
+        from rq import Queue
+
+        while not self.worker._stop_requested and not (len(self.batch) and self._an_idle_peer_exists()):
+            size = self._next_job_size()
+            if size is None or (size > self.free_slots and len(self.batch) > 0):
+                return
+            got = Queue.dequeue_any(self.worker.queues, None, connection=self.redis,
+                                    job_class=self.worker.job_class, serializer=self.worker.serializer)
+            if got is None:
+                return
+            self.admit(*got)
+
+    def admit(self, job: "Job", queue: "Queue") -> None:
+        """Start an RQ execution for `job` and put its samples into the batch."""
+        execution = self.worker.prepare_execution(job)
+        self.worker.prepare_job_execution(job, remove_from_intermediate_queue=len(self.worker.queues) == 1)
+        job.started_at = rq_now()
+        key = jobs.job_key(job.id)
+        started = time.time()
+        try:
+            record = jobs.decode_record(self.redis.hgetall(key))
+            if not record:
+                raise JobInputError(f"job {job.id} has no record (expired before a worker took it)")
+            with self.redis.pipeline() as pipe:
+                pipe.hset(key, mapping={"status": JobStatus.RUNNING.value, "started_at": started,
+                                        "worker": self.worker.name})
+                pipe.hincrby(key, "attempts", 1)
+                jobs.record_duration(pipe, record["model"], "queue_wait", started - record["created_at"])
+                pipe.execute()
+            params = JobParams.from_dict(record["params"])
+            image_png = self.redis.get(jobs.input_key(job.id, "image"))
+            mask_png = self.redis.get(jobs.input_key(job.id, "mask"))
+            if image_png is None or mask_png is None:
+                raise JobInputError("the job's uploaded image expired before a worker took it")
+            image, keep = self.runtime.decode(image_png, mask_png, params)
+            flight = InFlight(job=job, queue=queue, execution=execution, model=record["model"], params=params,
+                              image=image, keep=keep, started=started,
+                              timeout=job.timeout if job.timeout and job.timeout > 0 else None)
+            flight.samples = self.runtime.add_samples(self.batch, image, keep, params)
+        except Exception:
+            # Bad data fails this job alone; the batch and the worker carry on.
+            self._fail(job, queue, execution, record_model(self.redis, job.id), sys.exc_info())
+            return
+        self.in_flight.append(flight)
+        self._write_progress(force=True)
+
+    # ---- the loop --------------------------------------------------------------------------
+
+    def run(self, job: "Job", queue: "Queue") -> None:
+        self.admit(job, queue)
+        while self.in_flight:
+            self.admit_waiting()
+            self.tick()
+            self.retire()
+            self._write_progress()
+            self._heartbeats()
+        self._flush_stats()
+
+    def tick(self) -> None:
+        """One network evaluation for every sample in flight."""
+        if not len(self.batch):
+            return
+        sync = self.runtime.device.type == "cuda"
+        t0 = time.perf_counter()
+        try:
+            with torch.inference_mode():
+                ran = self.runtime.step(self.batch)
+            if sync:
+                torch.cuda.synchronize(self.runtime.device)
+        except Exception:
+            # A failure inside the shared forward pass cannot be pinned on one job's data.
+            exc_info = sys.exc_info()
+            log.error("batch step failed: %s", traceback.format_exc())
+            if self.runtime.is_out_of_memory(exc_info[1]):
+                self.runtime.release_memory()
+            for flight in list(self.in_flight):
+                self._leave(flight)
+                self._fail(flight.job, flight.queue, flight.execution, flight.model, exc_info)
+            return
+        if ran:
+            self.stats.record(ran, time.perf_counter() - t0)
+
+    def retire(self) -> None:
+        """Finished jobs leave at once; jobs past their timeout fail and leave."""
+        now_ = time.time()
+        for flight in list(self.in_flight):
+            if flight.done:
+                self._succeed(flight)
+            elif flight.timeout is not None and now_ - flight.started > flight.timeout:
+                self._leave(flight)
+                try:
+                    raise TimeoutError(f"job exceeded its timeout of {flight.timeout:.0f}s")
+                except TimeoutError:
+                    self._fail(flight.job, flight.queue, flight.execution, flight.model, sys.exc_info())
+
+    def _leave(self, flight: InFlight) -> None:
+        self.batch.remove(flight.samples)
+        self.in_flight.remove(flight)
+
+    def _succeed(self, flight: InFlight) -> None:
+        with torch.inference_mode():
+            out = self.batch.result(flight.samples)
+        self._leave(flight)
+        pngs = self.runtime.encode(out, flight.image, flight.keep)
+        job_id = flight.job.id
+        ttl = self.runtime.settings.result_ttl
+        evaluations = flight.total * len(flight.samples)
+        progress = {"step": flight.total, "total": flight.total, "fraction": 1.0, "eta_seconds": 0.0,
+                    "updated_at": time.time()}
+        with self.redis.pipeline() as pipe:
+            for i, png in enumerate(pngs):
+                pipe.set(jobs.result_key(job_id, i), png, ex=ttl)
+            pipe.delete(jobs.input_key(job_id, "image"), jobs.input_key(job_id, "mask"))
+            pipe.hincrby(jobs.metrics_key(flight.model), "model_evaluations_total", evaluations)
+            speed = self.runtime.seconds_per_evaluation
+            if speed is not None:
+                pipe.set(jobs.speed_key(flight.model), speed)
+            pipe.execute()
+        finish_record(self.redis, job_id, flight.model, JobStatus.SUCCEEDED, ttl,
+                      progress=progress, result={"count": len(pngs)})
+        self.worker._finalize_success(flight.job, flight.queue, flight.execution,
+                                      {"results": len(pngs), "evaluations": evaluations})
+
+    def _fail(self, job, queue, execution, model: str | None, exc_info) -> None:
+        exc = exc_info[1]
+        if isinstance(exc, JobInputError):
+            kind = "invalid_input"
+        elif self.runtime.is_out_of_memory(exc):
+            kind = "out_of_memory"
+        elif isinstance(exc, TimeoutError):
+            kind = "timeout"
+        else:
+            kind = type(exc).__name__
+        log.warning("job %s failed (%s): %s", job.id, kind, exc)
+        if model is not None:
+            finish_record(self.redis, job.id, model, JobStatus.FAILED, self.runtime.settings.result_ttl,
+                          error={"type": kind, "message": str(exc) or type(exc).__name__})
+        self.worker._finalize_failure(job, queue, execution, exc_info)
+
+    # ---- reporting -------------------------------------------------------------------------
+
+    def _write_progress(self, force: bool = False) -> None:
+        now_ = time.time()
+        if not force and now_ - self._last_progress < self.progress_interval:
+            return
+        self._last_progress = now_
+        with self.redis.pipeline() as pipe:
+            for flight in self.in_flight:
+                step, total = flight.step, flight.total
+                elapsed = now_ - flight.started
+                eta = elapsed / step * (total - step) if step else None
+                pipe.hset(jobs.job_key(flight.job.id), "progress", jobs.dumps({
+                    "step": step, "total": total, "fraction": round(step / total, 4),
+                    "eta_seconds": None if eta is None else round(eta, 1), "updated_at": now_}))
+            self.stats.flush(pipe, self.runtime.preset.name)
+            pipe.execute()
+
+    def _flush_stats(self) -> None:
+        with self.redis.pipeline() as pipe:
+            self.stats.flush(pipe, self.runtime.preset.name)
+            pipe.execute()
+
+    def _heartbeats(self) -> None:
+        """RQ refreshes heartbeats only between jobs; a long batch refreshes them itself."""
+        now_ = time.time()
+        if now_ - self._last_heartbeat < self.heartbeat_interval:
+            return
+        self._last_heartbeat = now_
+        for flight in self.in_flight:
+            self.worker.maintain_heartbeats(flight.job, flight.execution)
+        if not self.in_flight:
+            self.worker.heartbeat()
+
+
+def record_model(redis, job_id: str) -> str | None:
+    raw = redis.hget(jobs.job_key(job_id), "model")
+    return raw.decode() if raw is not None else None
+
+
+def finish_record(redis, job_id: str, model: str, status: JobStatus, ttl: int, **fields) -> None:
+    """Final status, timestamps and metrics for one job, in one round trip."""
+    finished = time.time()
+    key = jobs.job_key(job_id)
+    started = redis.hget(key, "started_at")
+    with redis.pipeline() as pipe:
+        pipe.hset(key, mapping={"status": status.value, "finished_at": finished,
+                                **{k: jobs.dumps(v) for k, v in fields.items()}})
+        pipe.expire(key, ttl)
+        pipe.hincrby(jobs.metrics_key(model), f"jobs_{status.value}_total", 1)
+        if started is not None:
+            jobs.record_duration(pipe, model, "run", finished - float(started))
+        pipe.execute()
