@@ -45,6 +45,7 @@ _TINY = {
 }
 
 # Our demo model, trained here on procedural faces (training/): fixed variance, 32x32.
+FACES32_SHA256 = "0" * 64  # set when the trained checkpoint is committed
 FACES32_CONF = {
     "image_size": 32, "num_channels": 32, "num_res_blocks": 2, "channel_mult": "1,2,2",
     "attention_resolutions": "16,8", "num_heads": 1, "num_head_channels": 32,
@@ -57,18 +58,23 @@ FACES32_CONF = {
 }
 
 
+WEIGHTS_DIR = Path(__file__).parent / "weights"
+
+
 @dataclass(frozen=True, kw_only=True)
 class Preset:
     """A model the service can serve: its conf, where its weights come from, its defaults.
 
-    `checkpoint` is the official file name (users bring the file); a preset without one is
-    initialised with seeded random weights, for tests and first runs.
+    `checkpoint` is the official file name (users bring the file); `bundled` names a file we
+    ship in `models/weights/` (pinned by `checkpoint_sha256`); a preset with neither is
+    initialised with seeded random weights, for tests.
     """
 
     name: str
     description: str
     conf: Mapping[str, Any]
     checkpoint: str | None = None
+    bundled: str | None = None
     checkpoint_sha256: str | None = None
     classifier_checkpoint: str | None = None
     random_init_seed: int | None = None
@@ -82,6 +88,10 @@ class Preset:
     @property
     def defaults(self) -> JumpParams:
         return jump_params(self.conf)
+
+    @property
+    def bundled_path(self) -> Path | None:
+        return None if self.bundled is None else WEIGHTS_DIR / self.bundled
 
     @property
     def has_classifier(self) -> bool:
@@ -98,6 +108,10 @@ PRESETS: Mapping[str, Preset] = MappingProxyType({p.name: p for p in (
            conf={**_ADM_256, **_IMAGENET_CLASSIFIER, "class_cond": True, "use_fp16": True},
            checkpoint="256x256_diffusion.pt", classifier_checkpoint="256x256_classifier.pt",
            class_cond=True),
+    Preset(name="faces32",
+           description="Procedural cartoon faces, 32x32, trained here on CPU (python -m training.train); "
+                       "the demo model that `repaint serve` uses by default",
+           conf=FACES32_CONF, bundled="faces32.pt", checkpoint_sha256=FACES32_SHA256),
     Preset(name="tiny", description="Tiny random-weight 32x32 UNet (reference tiny_unet_A layout); "
                                     "for tests and first runs, it does not produce meaningful images",
            conf=_TINY, random_init_seed=0),
@@ -163,9 +177,11 @@ def load_preset(preset: Preset | str, *, checkpoint: str | Path | None = None,
     if isinstance(preset, str):
         preset = get_preset(preset)
     unet = build_unet(preset.conf)
+    sha256 = None
+    if checkpoint is None and preset.bundled_path is not None:
+        checkpoint, sha256 = preset.bundled_path, preset.checkpoint_sha256
     if checkpoint is not None:
-        load_weights(unet, read_state_dict(checkpoint, sha256=preset.checkpoint_sha256 if checkpoint ==
-                                           preset.checkpoint else None),
+        load_weights(unet, read_state_dict(checkpoint, sha256=sha256),
                      what=f"checkpoint {checkpoint}", config=unet.config)
     elif preset.random_init_seed is not None:
         randomize_weights(unet, preset.random_init_seed)

@@ -12,6 +12,7 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from redis import Redis
 
+from .deps import ApiKey
 from .metrics import HttpMetrics, HttpMetricsMiddleware, RedisJobCollector
 from .routes import health, inpaint, jobs, models
 from .settings import ApiSettings
@@ -42,10 +43,22 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
     registry.register(RedisJobCollector(app.state.redis))
     app.add_middleware(HttpMetricsMiddleware, metrics=HttpMetrics(registry))
 
+    @app.middleware("http")
+    async def refuse_oversized_bodies(request: Request, call_next):
+        # Refuse from the header, before the multipart body is read at all.
+        limit = 2 * settings.max_upload_bytes + 64 * 1024
+        length = request.headers.get("content-length")
+        if length is not None and length.isdigit() and int(length) > limit:
+            return JSONResponse({"detail": f"request body is larger than the {limit} byte limit"}, status_code=413)
+        return await call_next(request)
+
     for router in (inpaint.router, jobs.router, models.router, health.router):
         app.include_router(router)
 
-    @app.get("/metrics", tags=["health"], summary="Prometheus metrics", response_class=Response)
+    metrics_deps = [ApiKey] if settings.metrics_require_key else []
+
+    @app.get("/metrics", tags=["health"], summary="Prometheus metrics", response_class=Response,
+             dependencies=metrics_deps)
     def metrics() -> Response:
         return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import Depends, Request
+import hmac
+
+from fastapi import Depends, HTTPException, Request
 from redis import Redis
 
 from .settings import ApiSettings
@@ -20,3 +22,19 @@ def get_settings(request: Request) -> ApiSettings:
 
 RedisDep = Annotated[Redis, Depends(get_redis)]
 SettingsDep = Annotated[ApiSettings, Depends(get_settings)]
+
+
+def require_api_key(request: Request) -> None:
+    """401 unless REPAINT_API_KEYS is empty or the request carries one of its keys as a bearer token."""
+    keys = request.app.state.settings.api_key_list
+    if not keys:
+        return
+    header = request.headers.get("authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() == "bearer" and any(hmac.compare_digest(token.strip(), k) for k in keys):
+        return
+    raise HTTPException(401, "a valid API key is required: send 'Authorization: Bearer <key>'",
+                        headers={"WWW-Authenticate": "Bearer"})
+
+
+ApiKey = Depends(require_api_key)

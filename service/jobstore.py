@@ -9,8 +9,8 @@ import uuid
 from datetime import datetime, timezone
 
 from redis import Redis
-from rq import Queue
-from rq.exceptions import NoSuchJobError
+from rq import Queue, Retry
+from rq.exceptions import InvalidJobOperation, NoSuchJobError
 from rq.job import Job, JobStatus as RQStatus
 from rq.serializers import JSONSerializer
 
@@ -33,9 +33,38 @@ def job_timeout(redis: Redis, settings: ApiSettings, model: str, evaluations: in
     return max(settings.min_job_timeout, math.ceil(3 * per * evaluations + 60))
 
 
-def create_job(redis: Redis, settings: ApiSettings, *, model: str, params: dict, image_png: bytes,
+def new_job_id() -> str:
+    return str(uuid.uuid4())
+
+
+def idempotency_key(key: str) -> str:
+    return f"{jobs.PREFIX}:idempotency:{key}"
+
+
+def idempotent_job(redis: Redis, key: str, fingerprint: str) -> str | None:
+    """The job an earlier request with this key created; 409 if that request sent other data."""
+    from fastapi import HTTPException
+
+    raw = redis.get(idempotency_key(key))
+    if raw is None:
+        return None
+    stored = json.loads(raw)
+    if stored["fingerprint"] != fingerprint:
+        raise HTTPException(409, "this Idempotency-Key was used for a different upload or parameters")
+    return stored["job_id"]
+
+
+def claim_idempotency_key(redis: Redis, key: str, fingerprint: str, job_id: str, ttl: int) -> str:
+    """Atomically bind `key` to `job_id`; returns the job the key is bound to (maybe another)."""
+    value = jobs.dumps({"job_id": job_id, "fingerprint": fingerprint})
+    if redis.set(idempotency_key(key), value, nx=True, ex=ttl):
+        return job_id
+    existing = idempotent_job(redis, key, fingerprint)
+    return existing or job_id
+
+
+def create_job(redis: Redis, settings: ApiSettings, *, job_id: str, model: str, params: dict, image_png: bytes,
                mask_png: bytes, evaluations: int) -> str:
-    job_id = str(uuid.uuid4())
     created = time.time()
     ttl = settings.input_ttl
     timeout = job_timeout(redis, settings, model, evaluations)
@@ -52,6 +81,8 @@ def create_job(redis: Redis, settings: ApiSettings, *, model: str, params: dict,
     queue_for(redis, model).enqueue_call(
         jobs.TASK_PATH, args=[job_id], job_id=job_id, timeout=timeout,
         result_ttl=settings.result_ttl, failure_ttl=settings.result_ttl,
+        # Retries cover lost workers (at-least-once); bad input and timeouts fail at once.
+        retry=Retry(max=settings.max_attempts - 1) if settings.max_attempts > 1 else None,
         description=f"inpaint {model} {job_id}")
     return job_id
 
@@ -78,7 +109,9 @@ def read_job(redis: Redis, job_id: str) -> dict | None:
             rq_status = rq_job.get_status()
         except NoSuchJobError:
             rq_job, rq_status = None, None
-        if rq_status in (RQStatus.FAILED, RQStatus.STOPPED):
+        if status == JobStatus.RUNNING and rq_status in (RQStatus.QUEUED, RQStatus.SCHEDULED):
+            record["status"] = JobStatus.QUEUED.value  # handed back by a lost or stopping worker
+        elif rq_status in (RQStatus.FAILED, RQStatus.STOPPED):
             # The worker died or RQ gave up before our task could record the failure.
             reason = (rq_job.exc_info or "").strip().splitlines()[-1:] if rq_job else []
             record["status"] = JobStatus.FAILED.value
@@ -93,3 +126,34 @@ def result_bytes(redis: Redis, job_id: str, index: int) -> bytes | None:
 
 def registered_models(redis: Redis) -> dict[str, dict]:
     return {k.decode(): json.loads(v) for k, v in redis.hgetall(jobs.models_key()).items()}
+
+
+def cancel_job(redis: Redis, job_id: str) -> dict:
+    """Cancel a job: a queued one never runs; a running one stops at its worker's next step.
+
+    Returns the record as it is after the request. Final jobs are left as they are.
+    """
+    key = jobs.job_key(job_id)
+    record = read_job(redis, job_id)
+    status = JobStatus(record["status"])
+    if status.final:
+        return record
+    # The flag is what a worker checks, both when it admits a job and between steps.
+    redis.hset(key, "cancel_requested", 1)
+    if status == JobStatus.QUEUED:
+        try:
+            rq_job = Job.fetch(job_id, connection=redis, serializer=JSONSerializer)
+            if rq_job.get_status() == RQStatus.QUEUED:
+                rq_job.cancel()
+                finish_canceled(redis, job_id, record["model"])
+        except (NoSuchJobError, InvalidJobOperation):  # taken by a worker meanwhile: it sees the flag
+            pass
+    return read_job(redis, job_id)
+
+
+def finish_canceled(redis: Redis, job_id: str, model: str) -> None:
+    with redis.pipeline() as pipe:
+        pipe.hset(jobs.job_key(job_id), mapping={"status": JobStatus.CANCELED.value, "finished_at": time.time()})
+        pipe.hincrby(jobs.metrics_key(model), "jobs_canceled_total", 1)
+        pipe.delete(jobs.input_key(job_id, "image"), jobs.input_key(job_id, "mask"))
+        pipe.execute()

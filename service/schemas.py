@@ -41,9 +41,11 @@ class JobPublic(BaseModel):
     created_at: str
     started_at: str | None = None
     finished_at: str | None = None
-    attempts: int = 0
+    attempts: int = Field(0, description="times a worker has started this job")
+    cancel_requested: bool = Field(False, description="DELETE was called; a running job stops at its next step")
     params: dict[str, Any] = Field(description="the parameters used, seed included")
     error: JobError | None = None
+    last_error: JobError | None = Field(None, description="why an earlier attempt did not finish (job retried)")
     links: Links
 
 
@@ -68,9 +70,17 @@ class ModelPublic(BaseModel):
     queued: int = Field(description="jobs waiting in this model's queue")
 
 
+class QualityPreset(BaseModel):
+    steps: int
+    jump_length: int
+    jump_n_sample: int
+    evaluations: int = Field(description="network evaluations per sample")
+
+
 class ModelList(BaseModel):
     default: str
     models: list[ModelPublic]
+    presets: dict[str, QualityPreset] = Field(description="named sampling settings for POST /inpaint preset=")
 
 
 class ErrorBody(BaseModel):

@@ -10,7 +10,7 @@ class ApiSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="REPAINT_", extra="ignore")
 
     redis_url: str = Field("redis://127.0.0.1:6379/0", description="Redis shared with the workers")
-    model: str = Field("tiny", description="default model for POST /inpaint")
+    model: str = Field("faces32", description="default model for POST /inpaint")
     max_upload_bytes: int = Field(20 * 1024 * 1024, ge=1024, description="largest accepted upload, per file")
     max_image_pixels: int = Field(40_000_000, ge=1, description="largest accepted width x height")
     max_num_samples: int = Field(8, ge=1, description="largest num_samples per job")
@@ -22,3 +22,12 @@ class ApiSettings(BaseSettings):
     seconds_per_evaluation: float = Field(
         0.5, gt=0, description="assumed seconds per evaluation before a worker has measured one")
     min_job_timeout: int = Field(600, ge=1, description="floor of the derived job timeout")
+    max_attempts: int = Field(3, ge=1, description="times a job is started before a lost worker fails it")
+    max_queue_length: int = Field(200, ge=1, description="queued jobs per model before POST /inpaint answers 429")
+    idempotency_ttl: int = Field(24 * 3600, ge=60, description="seconds an Idempotency-Key is remembered")
+    api_keys: str = Field("", description="comma-separated bearer keys; empty = no authentication")
+    metrics_require_key: bool = Field(False, description="whether /metrics also needs an API key")
+
+    @property
+    def api_key_list(self) -> list[str]:
+        return [k.strip() for k in self.api_keys.split(",") if k.strip()]

@@ -49,9 +49,10 @@ def wait_until(predicate, timeout: float, what: str, interval: float = 0.05):
 class RedisServer:
     """A private redis-server on a free port that tests may stop and restart."""
 
-    def __init__(self):
+    def __init__(self, appendonly: bool = False):
         self.port = free_port()
         self.dir = tempfile.mkdtemp(prefix="repaint-test-redis-")
+        self.appendonly = appendonly
         self.proc: subprocess.Popen | None = None
 
     @property
@@ -61,14 +62,14 @@ class RedisServer:
     def start(self) -> "RedisServer":
         self.proc = subprocess.Popen(
             [redis_server_binary(), "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--dir", self.dir],
+             "--appendonly", "yes" if self.appendonly else "no", "--appendfsync", "always", "--dir", self.dir],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         wait_until(lambda: Redis(port=self.port).ping(), 10, "redis-server")
         return self
 
-    def stop(self) -> None:
+    def stop(self, sig=signal.SIGKILL) -> None:
         if self.proc is not None:
-            self.proc.kill()
+            self.proc.send_signal(sig)
             self.proc.wait()
             self.proc = None
 
@@ -76,9 +77,11 @@ class RedisServer:
         return Redis(port=self.port)
 
 
-def _env(redis_url: str, **extra: str) -> dict:
+def _env(redis_url: str, defaults: dict | None = None, **extra: str) -> dict:
     env = dict(os.environ)
-    env.update(REPAINT_REDIS_URL=redis_url, PYTHONPATH=str(ROOT), PYTHONUNBUFFERED="1", **extra)
+    env.update(REPAINT_REDIS_URL=redis_url, PYTHONPATH=str(ROOT), PYTHONUNBUFFERED="1")
+    env.update(defaults or {})
+    env.update(extra)
     return env
 
 
@@ -88,10 +91,10 @@ class WorkerProcess:
         self.log = tempfile.NamedTemporaryFile(prefix=f"repaint-{name}-", suffix=".log", delete=False)
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "worker.main"], cwd=ROOT, stdout=self.log, stderr=subprocess.STDOUT,
-            env=_env(redis_url, REPAINT_MODEL=model, REPAINT_WORKER_NAME=name,
-                     REPAINT_DEVICE="cpu", REPAINT_LOG_LEVEL="WARNING",
-                     # One thread per worker: tests run several processes on two cores.
-                     REPAINT_TORCH_THREADS="1", **extra))
+            env=_env(redis_url, {
+                # One thread per worker: tests run several processes on two cores.
+                "REPAINT_TORCH_THREADS": "1", "REPAINT_DEVICE": "cpu", "REPAINT_LOG_LEVEL": "WARNING"},
+                REPAINT_MODEL=model, REPAINT_WORKER_NAME=name, **extra))
 
     def wait_ready(self, redis: Redis, timeout: float = 60) -> "WorkerProcess":
         from rq import Worker
@@ -110,11 +113,11 @@ class WorkerProcess:
     def output(self) -> str:
         return Path(self.log.name).read_text(errors="replace")
 
-    def stop(self, sig=signal.SIGTERM) -> None:
+    def stop(self, sig=signal.SIGTERM, timeout: float = 20) -> None:
         if self.proc.poll() is None:
             self.proc.send_signal(sig)
             try:
-                self.proc.wait(timeout=20)
+                self.proc.wait(timeout=timeout)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
@@ -126,7 +129,7 @@ class ApiProcess:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "uvicorn", "--factory", "service.app:app_factory", "--host", "127.0.0.1",
              "--port", str(self.port), "--log-level", "warning"],
-            cwd=ROOT, env=_env(redis_url, **extra))
+            cwd=ROOT, env=_env(redis_url, {"REPAINT_MODEL": "tiny"}, **extra))
         self.url = f"http://127.0.0.1:{self.port}"
         wait_until(lambda: httpx.get(self.url + "/healthz").status_code == 200, 30, "the API")
 

@@ -2,27 +2,34 @@
 
 RQ hands a worker one job at a time and has no batch dequeue, so this loop is ours, built on
 RQ's public pieces: each admitted job gets its own RQ execution (StartedJobRegistry, status
-`started`, worker heartbeats) and leaves through RQ's success or failure handling, so `rq info`
-and rq-dashboard show reality. Each tick runs one forward pass over every sample in flight,
-each at its own timestep in its own schedule; a finished job leaves at once and queued jobs
-join at the next tick.
+`started`) and leaves through RQ's success or failure handling, so `rq info` and rq-dashboard
+show reality. Each tick runs one forward pass over every sample in flight, each at its own
+timestep in its own schedule; a finished job leaves at once and queued jobs join at the next
+tick.
+
+Nothing is lost: bad data fails only its job; a canceled job leaves before the next step; on
+SIGTERM the engine stops admitting, finishes what it holds within the grace period and puts
+the rest back at the front of the queue; out of memory halves the batch and re-queues the
+newest jobs; a Redis outage pauses the loop (the batch stays in memory) until Redis is back.
 """
 
 from __future__ import annotations
 
 import logging
 import sys
+import threading
 import time
 import traceback
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+import redis.exceptions
 import torch
 from rq.utils import now as rq_now
 
 import models
 
-from . import jobs
+from . import jobs, reaper
 from .jobs import JobStatus
 from .runtime import JobInputError, JobParams, Runtime
 
@@ -32,6 +39,10 @@ if TYPE_CHECKING:
     from rq.job import Job
 
 log = logging.getLogger(__name__)
+
+REDIS_ERRORS = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
+# Failures that another attempt cannot fix: the job fails at once, whatever retries are left.
+FINAL_FAILURES = ("invalid_input", "timeout")
 
 
 @dataclass
@@ -82,20 +93,45 @@ class BatchEngine:
     """The batching loop of one worker. `run(job, queue)` returns when nothing is left in flight."""
 
     def __init__(self, worker, runtime: Runtime, *, max_batch: int, progress_interval: float,
-                 heartbeat_interval: float = 10.0):
+                 heartbeat_interval: float = 5.0, shutdown_grace: float = 50.0):
         self.worker = worker
         self.runtime = runtime
         self.redis = worker.connection
         self.max_batch = max_batch
         self.progress_interval = progress_interval
         self.heartbeat_interval = heartbeat_interval
+        self.shutdown_grace = shutdown_grace
         self.batch = models.RePaintBatch(runtime.loaded.diffusion, device=runtime.device)
         self.in_flight: list[InFlight] = []
         self.stats = StepStats()
         self._last_progress = 0.0
-        self._last_heartbeat = 0.0
         self._peers_checked = 0.0
         self._idle_peer = False
+        self._stop_seen: float | None = None
+        self._keepalive = threading.Thread(target=self._keep_alive_loop, name="heartbeats", daemon=True)
+        self._keepalive_stop = threading.Event()
+
+    # ---- heartbeats and dead-worker recovery, on a thread ---------------------------------------
+
+    def start(self) -> None:
+        self._keepalive.start()
+
+    def stop(self) -> None:
+        self._keepalive_stop.set()
+
+    def _keep_alive_loop(self) -> None:
+        """RQ refreshes heartbeats only between jobs; this thread refreshes them during long
+        batches too (even while one step takes longer than the TTL) and reaps dead workers' jobs."""
+        while not self._keepalive_stop.wait(self.heartbeat_interval):
+            try:
+                for flight in list(self.in_flight):
+                    self.worker.maintain_heartbeats(flight.job, flight.execution)
+                self.worker.heartbeat()
+                reaper.reap(self.redis, self.worker.queues)
+            except REDIS_ERRORS as exc:
+                log.warning("heartbeat: redis unavailable (%s)", exc)
+            except Exception:
+                log.exception("heartbeat thread error")
 
     # ---- admission -------------------------------------------------------------------------
 
@@ -153,10 +189,14 @@ class BatchEngine:
         job.started_at = rq_now()
         key = jobs.job_key(job.id)
         started = time.time()
+        record = {}
         try:
             record = jobs.decode_record(self.redis.hgetall(key))
             if not record:
                 raise JobInputError(f"job {job.id} has no record (expired before a worker took it)")
+            if record.get("cancel_requested") or record["status"] == JobStatus.CANCELED.value:
+                self._cancel_rq(job, execution, record["model"], record["status"] != JobStatus.CANCELED.value)
+                return
             with self.redis.pipeline() as pipe:
                 pipe.hset(key, mapping={"status": JobStatus.RUNNING.value, "started_at": started,
                                         "worker": self.worker.name})
@@ -173,9 +213,11 @@ class BatchEngine:
                               image=image, keep=keep, started=started,
                               timeout=job.timeout if job.timeout and job.timeout > 0 else None)
             flight.samples = self.runtime.add_samples(self.batch, image, keep, params)
+        except REDIS_ERRORS:
+            raise
         except Exception:
             # Bad data fails this job alone; the batch and the worker carry on.
-            self._fail(job, queue, execution, record_model(self.redis, job.id), sys.exc_info())
+            self._fail(job, queue, execution, record.get("model"), sys.exc_info())
             return
         self.in_flight.append(flight)
         self._write_progress(force=True)
@@ -183,38 +225,69 @@ class BatchEngine:
     # ---- the loop --------------------------------------------------------------------------
 
     def run(self, job: "Job", queue: "Queue") -> None:
-        self.admit(job, queue)
+        try:
+            self._run(job, queue)
+        except BaseException:
+            # Cold shutdown (a second SIGTERM) or an unexpected error: nothing in flight is lost.
+            if self.in_flight:
+                log.warning("engine stopping with %d job(s) in flight: putting them back", len(self.in_flight))
+                self._requeue_all("the worker stopped before finishing this job")
+            raise
+
+    def _run(self, job: "Job", queue: "Queue") -> None:
+        self._until_redis(lambda: self.admit(job, queue))
         while self.in_flight:
-            self.admit_waiting()
-            self.tick()
-            self.retire()
-            self._write_progress()
-            self._heartbeats()
-        self._flush_stats()
+            try:
+                self.admit_waiting()
+                self.tick()
+                self.retire()
+                self.check_cancellations()
+                self._write_progress()
+                self._check_shutdown()
+            except REDIS_ERRORS as exc:
+                log.error("redis unavailable (%s): batch of %d job(s) paused", exc, len(self.in_flight))
+                self._wait_for_redis()
+        self._until_redis(self._flush_stats)
 
     def tick(self) -> None:
         """One network evaluation for every sample in flight."""
-        if not len(self.batch):
+        if not len(self.batch) or all(s.done for s in self.batch.states):
             return
-        sync = self.runtime.device.type == "cuda"
         t0 = time.perf_counter()
         try:
             with torch.inference_mode():
                 ran = self.runtime.step(self.batch)
-            if sync:
-                torch.cuda.synchronize(self.runtime.device)
-        except Exception:
+        except Exception as exc:
+            if self.runtime.is_out_of_memory(exc):
+                self._shrink_after_oom(exc)
+                return
             # A failure inside the shared forward pass cannot be pinned on one job's data.
             exc_info = sys.exc_info()
             log.error("batch step failed: %s", traceback.format_exc())
-            if self.runtime.is_out_of_memory(exc_info[1]):
-                self.runtime.release_memory()
             for flight in list(self.in_flight):
                 self._leave(flight)
                 self._fail(flight.job, flight.queue, flight.execution, flight.model, exc_info)
             return
         if ran:
             self.stats.record(ran, time.perf_counter() - t0)
+
+    def _shrink_after_oom(self, exc: BaseException) -> None:
+        """Out of memory: halve max_batch and put the newest jobs back in the queue."""
+        self.runtime.release_memory()
+        old = self.max_batch
+        self.max_batch = max(1, min(self.max_batch, len(self.batch)) // 2)
+        log.warning("out of memory with %d samples in flight (%s); max_batch %d -> %d",
+                    len(self.batch), exc, old, self.max_batch)
+        while len(self.in_flight) > 1 and len(self.batch) > self.max_batch:
+            self._requeue(self.in_flight[-1], "out of memory in a batch; queued again for a smaller batch")
+        if len(self.batch) > self.max_batch and self.max_batch == 1 and len(self.in_flight) == 1:
+            # One job alone does not fit: it cannot succeed on this worker.
+            flight = self.in_flight[0]
+            self._leave(flight)
+            try:
+                raise exc
+            except BaseException:
+                self._fail(flight.job, flight.queue, flight.execution, flight.model, sys.exc_info())
 
     def retire(self) -> None:
         """Finished jobs leave at once; jobs past their timeout fail and leave."""
@@ -229,14 +302,41 @@ class BatchEngine:
                 except TimeoutError:
                     self._fail(flight.job, flight.queue, flight.execution, flight.model, sys.exc_info())
 
+    def check_cancellations(self) -> None:
+        """A DELETE sets a flag on the job's record; a canceled job leaves before the next step."""
+        if not self.in_flight:
+            return
+        with self.redis.pipeline() as pipe:
+            for flight in self.in_flight:
+                pipe.hget(jobs.job_key(flight.job.id), "cancel_requested")
+            flags = pipe.execute()
+        for flight, flag in zip(list(self.in_flight), flags):
+            if flag is not None:
+                self._leave(flight)
+                self._cancel_rq(flight.job, flight.execution, flight.model, count=True)
+                log.info("job %s canceled after %d of %d steps", flight.job.id, flight.step, flight.total)
+
+    def _check_shutdown(self) -> None:
+        """Warm shutdown (SIGTERM): admit nothing more; after the grace period re-queue the rest."""
+        if not self.worker._stop_requested:
+            return
+        if self._stop_seen is None:
+            self._stop_seen = time.time()
+            log.info("shutdown requested: finishing %d job(s) within %.0fs", len(self.in_flight), self.shutdown_grace)
+        if time.time() - self._stop_seen > self.shutdown_grace:
+            self._requeue_all("the worker shut down before finishing this job")
+
+    # ---- leaving the batch ---------------------------------------------------------------------
+
     def _leave(self, flight: InFlight) -> None:
         self.batch.remove(flight.samples)
         self.in_flight.remove(flight)
 
     def _succeed(self, flight: InFlight) -> None:
+        # Store first, leave last: if Redis fails half-way, the finished job stays in flight
+        # and this runs again once Redis is back.
         with torch.inference_mode():
             out = self.batch.result(flight.samples)
-        self._leave(flight)
         pngs = self.runtime.encode(out, flight.image, flight.keep)
         job_id = flight.job.id
         ttl = self.runtime.settings.result_ttl
@@ -254,6 +354,7 @@ class BatchEngine:
             pipe.execute()
         finish_record(self.redis, job_id, flight.model, JobStatus.SUCCEEDED, ttl,
                       progress=progress, result={"count": len(pngs)})
+        self._leave(flight)
         self.worker._finalize_success(flight.job, flight.queue, flight.execution,
                                       {"results": len(pngs), "evaluations": evaluations})
 
@@ -267,13 +368,64 @@ class BatchEngine:
             kind = "timeout"
         else:
             kind = type(exc).__name__
-        log.warning("job %s failed (%s): %s", job.id, kind, exc)
+        error = {"type": kind, "message": str(exc) or type(exc).__name__}
+        if kind in FINAL_FAILURES:
+            job.retries_left = 0
+        will_retry = bool(job.retries_left) and job.retries_left > 0
+        log.warning("job %s failed (%s): %s%s", job.id, kind, exc, "; RQ will retry it" if will_retry else "")
         if model is not None:
-            finish_record(self.redis, job.id, model, JobStatus.FAILED, self.runtime.settings.result_ttl,
-                          error={"type": kind, "message": str(exc) or type(exc).__name__})
+            if will_retry:
+                # Final states are final: a job RQ will run again is queued, not failed.
+                self.redis.hset(jobs.job_key(job.id), mapping={"status": JobStatus.QUEUED.value,
+                                                               "last_error": jobs.dumps(error)})
+            else:
+                finish_record(self.redis, job.id, model, JobStatus.FAILED, self.runtime.settings.result_ttl,
+                              error=error)
         self.worker._finalize_failure(job, queue, execution, exc_info)
 
-    # ---- reporting -------------------------------------------------------------------------
+    def _requeue(self, flight: InFlight, reason: str) -> None:
+        """Put a job back at the front of its queue (no attempt used up); it restarts from scratch."""
+        from rq.executions import cleanup_execution
+
+        self._leave(flight)
+        with self.redis.pipeline() as pipe:
+            cleanup_execution(self.worker, flight.job, pipe, flight.execution)
+            pipe.hset(jobs.job_key(flight.job.id), mapping={
+                "status": JobStatus.QUEUED.value, "last_error": jobs.dumps({"type": "requeued", "message": reason})})
+            pipe.hdel(jobs.job_key(flight.job.id), "progress", "started_at")
+            pipe.execute()
+        flight.queue.enqueue_job(flight.job, at_front=True)
+        log.info("job %s re-queued: %s", flight.job.id, reason)
+
+    def _requeue_all(self, reason: str) -> None:
+        for flight in list(self.in_flight):
+            try:
+                self._requeue(flight, reason)
+            except REDIS_ERRORS:
+                log.error("could not re-queue job %s: redis unavailable; the reaper will", flight.job.id)
+                self._leave(flight)
+
+    def _cancel_rq(self, job, execution, model: str, count: bool) -> None:
+        """End the RQ execution and put the job in RQ's canceled registry; record it canceled."""
+        from rq.exceptions import InvalidJobOperation
+        from rq.executions import cleanup_execution
+
+        with self.redis.pipeline() as pipe:
+            cleanup_execution(self.worker, job, pipe, execution)
+            pipe.execute()
+        try:
+            job.cancel()
+        except InvalidJobOperation:
+            pass
+        with self.redis.pipeline() as pipe:
+            pipe.hset(jobs.job_key(job.id), mapping={"status": JobStatus.CANCELED.value, "finished_at": time.time()})
+            pipe.expire(jobs.job_key(job.id), self.runtime.settings.result_ttl)
+            pipe.delete(jobs.input_key(job.id, "image"), jobs.input_key(job.id, "mask"))
+            if count:
+                pipe.hincrby(jobs.metrics_key(model), "jobs_canceled_total", 1)
+            pipe.execute()
+
+    # ---- reporting and Redis outages ----------------------------------------------------------
 
     def _write_progress(self, force: bool = False) -> None:
         now_ = time.time()
@@ -296,21 +448,26 @@ class BatchEngine:
             self.stats.flush(pipe, self.runtime.preset.name)
             pipe.execute()
 
-    def _heartbeats(self) -> None:
-        """RQ refreshes heartbeats only between jobs; a long batch refreshes them itself."""
-        now_ = time.time()
-        if now_ - self._last_heartbeat < self.heartbeat_interval:
-            return
-        self._last_heartbeat = now_
-        for flight in self.in_flight:
-            self.worker.maintain_heartbeats(flight.job, flight.execution)
-        if not self.in_flight:
-            self.worker.heartbeat()
+    def _wait_for_redis(self, limit: float = 600.0) -> None:
+        """Block (the batch stays in memory) until Redis answers again; give up after `limit`."""
+        deadline, delay = time.time() + limit, 0.5
+        while time.time() < deadline:
+            try:
+                self.redis.ping()
+                log.info("redis is back: resuming %d job(s)", len(self.in_flight))
+                return
+            except REDIS_ERRORS:
+                time.sleep(delay)
+                delay = min(delay * 2, 10.0)
+        raise redis.exceptions.ConnectionError(f"redis unreachable for {limit:.0f}s")
 
-
-def record_model(redis, job_id: str) -> str | None:
-    raw = redis.hget(jobs.job_key(job_id), "model")
-    return raw.decode() if raw is not None else None
+    def _until_redis(self, action) -> None:
+        while True:
+            try:
+                return action()
+            except REDIS_ERRORS as exc:
+                log.error("redis unavailable (%s)", exc)
+                self._wait_for_redis()
 
 
 def finish_record(redis, job_id: str, model: str, status: JobStatus, ttl: int, **fields) -> None:

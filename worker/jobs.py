@@ -29,6 +29,15 @@ class JobStatus(str, enum.Enum):
         return self in (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELED)
 
 
+# Named sampling settings (`preset=` on POST /inpaint), chosen from the quality table in
+# docs/quality.md. Explicit steps/jump_length/jump_n_sample override a preset's values.
+QUALITY_PRESETS: dict[str, dict[str, int]] = {
+    "fast": {"steps": 50, "jump_length": 5, "jump_n_sample": 3},
+    "balanced": {"steps": 100, "jump_length": 10, "jump_n_sample": 5},
+    "paper": {"steps": 250, "jump_length": 10, "jump_n_sample": 10},
+}
+
+
 def queue_name(model: str) -> str:
     """One RQ queue per model: a worker holds one model and listens on its queue."""
     return f"inpaint-{model}"
@@ -97,11 +106,11 @@ def decode_record(raw: dict) -> dict[str, Any]:
     for key, value in raw.items():
         key = key.decode() if isinstance(key, bytes) else key
         value = value.decode() if isinstance(value, bytes) else value
-        if key in ("params", "progress", "error", "result"):
+        if key in ("params", "progress", "error", "result", "last_error"):
             out[key] = json.loads(value)
         elif key in ("created_at", "started_at", "finished_at", "updated_at"):
             out[key] = float(value)
-        elif key in ("num_samples", "attempts", "evaluations"):
+        elif key in ("num_samples", "attempts", "evaluations", "cancel_requested", "timeout"):
             out[key] = int(value)
         else:
             out[key] = value

@@ -160,6 +160,9 @@ class Runtime:
     def step(self, batch: models.RePaintBatch) -> int:
         """One network evaluation for every unfinished sample; updates the measured speed."""
         t0 = time.perf_counter()
+        limit = self.settings.test_oom_above
+        if limit is not None and sum(not s.done for s in batch.states) > limit:
+            raise torch.OutOfMemoryError(f"simulated: more than {limit} samples in one forward pass")
         with self._autocast():
             ran = models.step(self.net, batch, classifier=self.loaded.classifier)
         if ran:

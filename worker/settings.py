@@ -12,7 +12,7 @@ class WorkerSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="REPAINT_", extra="ignore")
 
     redis_url: str = Field("redis://127.0.0.1:6379/0", description="Redis shared with the API")
-    model: str = Field("tiny", description="preset this worker serves (see GET /models)")
+    model: str = Field("faces32", description="preset this worker serves (see GET /models)")
     checkpoint: str | None = Field(None, description="path of the preset's UNet weights")
     classifier_checkpoint: str | None = Field(None, description="noisy classifier weights (imagenet256)")
     device: str = Field("auto", description="'auto' (cuda if available), 'cpu', 'cuda', 'cuda:1', ...")
@@ -27,6 +27,12 @@ class WorkerSettings(BaseSettings):
     compile: bool = Field(False, description="torch.compile the UNet (slow start, faster steps)")
     result_ttl: int = Field(24 * 3600, ge=60, description="seconds results and finished jobs are kept")
     progress_interval: float = Field(0.5, gt=0, le=1.0, description="seconds between progress writes")
+    heartbeat_ttl: int = Field(30, ge=10, description="seconds without a heartbeat before a worker's jobs "
+                               "count as abandoned and are handed to another worker")
+    shutdown_grace: float = Field(50.0, ge=0, description="seconds a SIGTERMed worker keeps finishing its jobs "
+                                  "before it puts the rest back in the queue")
+    test_oom_above: int | None = Field(None, ge=1, description="testing aid: raise out-of-memory when a "
+                                       "forward pass has more samples than this")
     worker_name: str | None = Field(None, description="RQ worker name (default: host and pid)")
     log_level: str = "INFO"
 

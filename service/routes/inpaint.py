@@ -2,25 +2,30 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import secrets
 from typing import Annotated
 
-from fastapi import APIRouter, File, Form, HTTPException, Response, UploadFile, status
+from fastapi import APIRouter, File, Form, Header, HTTPException, Response, UploadFile, status
 
-from worker.jobs import JobStatus, count_evaluations
+from worker.jobs import QUALITY_PRESETS, JobStatus, count_evaluations
 
 from .. import jobstore, uploads
-from ..deps import RedisDep, SettingsDep
+from ..deps import ApiKey, RedisDep, SettingsDep
 from ..schemas import ErrorBody, JobCreated, Links
 
-router = APIRouter(tags=["jobs"])
+router = APIRouter(tags=["jobs"], dependencies=[ApiKey])
 
 MAX_SEED = 2**62
 
 
 @router.post(
     "/inpaint", status_code=status.HTTP_202_ACCEPTED, response_model=JobCreated,
-    responses={404: {"model": ErrorBody, "description": "unknown model"},
+    responses={401: {"model": ErrorBody, "description": "missing or wrong API key"},
+               404: {"model": ErrorBody, "description": "unknown model"},
+               409: {"model": ErrorBody, "description": "Idempotency-Key reused with a different upload"},
+               429: {"model": ErrorBody, "description": "the model's queue is full; see Retry-After"},
                413: {"model": ErrorBody, "description": "upload or image too large"},
                415: {"model": ErrorBody, "description": "not a PNG, JPEG or WebP"},
                422: {"model": ErrorBody, "description": "invalid image, mask or parameter"}},
@@ -35,11 +40,15 @@ def create_inpaint_job(
     model: Annotated[str | None, Form(description="model name (GET /models); default: the service's")] = None,
     seed: Annotated[int | None, Form(ge=0, lt=MAX_SEED, description="random seed; drawn if omitted")] = None,
     num_samples: Annotated[int, Form(ge=1, description="independent results, seeds seed..seed+n-1")] = 1,
+    preset: Annotated[str | None, Form(description="quality preset: fast, balanced or paper (GET /models "
+                                                    "lists them); explicit steps/jump fields override it")] = None,
     steps: Annotated[int | None, Form(ge=1, description="sampling steps t_T (default: the model's)")] = None,
     jump_length: Annotated[int | None, Form(ge=1, description="resampling stretch length")] = None,
     jump_n_sample: Annotated[int | None, Form(ge=1, description="times each stretch is sampled")] = None,
     class_label: Annotated[int | None, Form(ge=0, description="class for class-conditional models")] = None,
     classifier_scale: Annotated[float | None, Form(ge=0, le=100, description="classifier guidance scale")] = None,
+    idempotency_key: Annotated[str | None, Header(max_length=200, description=(
+        "client retries with the same key and upload get the same job instead of a new one"))] = None,
 ) -> JobCreated:
     model = model or settings.model
     info = jobstore.registered_models(redis).get(model)
@@ -48,7 +57,11 @@ def create_inpaint_job(
         raise HTTPException(404, f"unknown model {model!r}; available: {known}")
     if num_samples > settings.max_num_samples:
         raise HTTPException(422, f"num_samples must be at most {settings.max_num_samples}")
-    defaults = info["defaults"]
+    defaults = dict(info["defaults"])
+    if preset is not None:
+        if preset not in QUALITY_PRESETS:
+            raise HTTPException(422, f"unknown preset {preset!r}; known: {sorted(QUALITY_PRESETS)}")
+        defaults.update(QUALITY_PRESETS[preset])
     steps = steps or defaults["steps"]
     jump_length = jump_length or defaults["jump_length"]
     jump_n_sample = jump_n_sample or defaults["jump_n_sample"]
@@ -70,10 +83,27 @@ def create_inpaint_job(
         raise HTTPException(422, f"these settings need {evaluations} network evaluations per sample; "
                                  f"the limit is {settings.max_evaluations}")
 
-    img = uploads.open_image(uploads.read_limited(image.file, settings.max_upload_bytes, "image"),
-                             "image", settings.max_image_pixels)
-    msk = uploads.open_image(uploads.read_limited(mask.file, settings.max_upload_bytes, "mask"),
-                             "mask", settings.max_image_pixels)
+    queue = jobstore.queue_for(redis, model)
+    if queue.count >= settings.max_queue_length:
+        raise HTTPException(429, f"the queue of model {model} is full ({settings.max_queue_length} jobs); retry later",
+                            headers={"Retry-After": "30"})
+
+    image_bytes = uploads.read_limited(image.file, settings.max_upload_bytes, "image")
+    mask_bytes = uploads.read_limited(mask.file, settings.max_upload_bytes, "mask")
+    fingerprint = None
+    if idempotency_key is not None:
+        request_fields = {"model": model, "seed": seed, "num_samples": num_samples, "preset": preset,
+                          "steps": steps, "jump_length": jump_length, "jump_n_sample": jump_n_sample,
+                          "class_label": class_label, "classifier_scale": classifier_scale}
+        digest = hashlib.sha256(image_bytes)
+        digest.update(hashlib.sha256(mask_bytes).digest())
+        digest.update(json.dumps(request_fields, sort_keys=True).encode())
+        fingerprint = digest.hexdigest()
+        replay = jobstore.idempotent_job(redis, idempotency_key, fingerprint)
+        if replay is not None:
+            return _created(response, replay, replayed=True)
+    img = uploads.open_image(image_bytes, "image", settings.max_image_pixels)
+    msk = uploads.open_image(mask_bytes, "mask", settings.max_image_pixels)
     prepared = uploads.prepare(img, msk)
     size = info["image_size"]
     if (prepared.width, prepared.height) != (size, size):
@@ -83,10 +113,23 @@ def create_inpaint_job(
     params = {"seed": secrets.randbits(62) if seed is None else seed, "num_samples": num_samples,
               "steps": steps, "jump_length": jump_length, "jump_n_sample": jump_n_sample,
               "evaluations_per_sample": evaluations}
+    if preset is not None:
+        params["preset"] = preset
     if info["class_cond"]:
         params.update(class_label=class_label, classifier_scale=classifier_scale)
-    job_id = jobstore.create_job(redis, settings, model=model, params=params, image_png=prepared.image_png,
-                                 mask_png=prepared.mask_png, evaluations=evaluations * num_samples)
+    job_id = jobstore.new_job_id()
+    if idempotency_key is not None:
+        claimed = jobstore.claim_idempotency_key(redis, idempotency_key, fingerprint, job_id, settings.idempotency_ttl)
+        if claimed != job_id:  # a concurrent retry with the same key won the race
+            return _created(response, claimed, replayed=True)
+    jobstore.create_job(redis, settings, job_id=job_id, model=model, params=params, image_png=prepared.image_png,
+                        mask_png=prepared.mask_png, evaluations=evaluations * num_samples)
+    return _created(response, job_id)
+
+
+def _created(response: Response, job_id: str, replayed: bool = False) -> JobCreated:
     response.headers["Location"] = f"/jobs/{job_id}"
-    return JobCreated(id=job_id, status=JobStatus.QUEUED.value,
+    if replayed:
+        response.headers["Idempotent-Replayed"] = "true"
+    return JobCreated(id=job_id, status=JobStatus.QUEUED.value if not replayed else "see links.self",
                       links=Links(self=f"/jobs/{job_id}", result=f"/jobs/{job_id}/result"))

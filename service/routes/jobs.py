@@ -9,10 +9,10 @@ from fastapi import APIRouter, HTTPException, Query, Response
 from worker.jobs import JobStatus
 
 from .. import jobstore
-from ..deps import RedisDep
+from ..deps import ApiKey, RedisDep
 from ..schemas import ErrorBody, JobPublic, Links
 
-router = APIRouter(prefix="/jobs", tags=["jobs"])
+router = APIRouter(prefix="/jobs", tags=["jobs"], dependencies=[ApiKey])
 
 NOT_FOUND = {404: {"model": ErrorBody, "description": "unknown or expired job"}}
 
@@ -34,12 +34,24 @@ def _found(redis, job_id: str) -> dict:
 
 @router.get("/{job_id}", response_model=JobPublic, responses=NOT_FOUND, summary="Job status and progress")
 def get_job(job_id: str, redis: RedisDep) -> JobPublic:
-    r = _found(redis, job_id)
+    return _public(job_id, _found(redis, job_id))
+
+
+@router.delete("/{job_id}", response_model=JobPublic, responses=NOT_FOUND, summary="Cancel a job")
+def cancel_job(job_id: str, redis: RedisDep) -> JobPublic:
+    """A queued job is canceled at once and never runs; a running one stops at its next step
+    (status stays `running` with `cancel_requested` until then). Finished jobs are unchanged."""
+    _found(redis, job_id)
+    return _public(job_id, jobstore.cancel_job(redis, job_id))
+
+
+def _public(job_id: str, r: dict) -> JobPublic:
     return JobPublic(
         id=job_id, status=r["status"], model=r["model"], position=r.get("position"),
         progress=r.get("progress"), created_at=jobstore.iso(r["created_at"]),
         started_at=jobstore.iso(r.get("started_at")), finished_at=jobstore.iso(r.get("finished_at")),
-        attempts=r.get("attempts", 0), params=r["params"], error=r.get("error"), links=_links(job_id, r))
+        attempts=r.get("attempts", 0), cancel_requested=bool(r.get("cancel_requested", 0)), params=r["params"], error=r.get("error"),
+        last_error=r.get("last_error"), links=_links(job_id, r))
 
 
 @router.get("/{job_id}/result", response_class=Response, summary="A finished job's PNG",

@@ -5,11 +5,13 @@ from __future__ import annotations
 from fastapi import APIRouter
 from rq import Worker
 
-from .. import jobstore
-from ..deps import RedisDep, SettingsDep
-from ..schemas import ModelList, ModelPublic
+from worker.jobs import QUALITY_PRESETS, count_evaluations
 
-router = APIRouter(tags=["models"])
+from .. import jobstore
+from ..deps import ApiKey, RedisDep, SettingsDep
+from ..schemas import ModelList, ModelPublic, QualityPreset
+
+router = APIRouter(tags=["models"], dependencies=[ApiKey])
 
 
 @router.get("/models", response_model=ModelList, summary="Available models")
@@ -19,4 +21,6 @@ def list_models(redis: RedisDep, settings: SettingsDep) -> ModelList:
         queue = jobstore.queue_for(redis, name)
         out.append(ModelPublic(**info, default=name == settings.model,
                                workers=Worker.count(connection=redis, queue=queue), queued=queue.count))
-    return ModelList(default=settings.model, models=out)
+    presets = {name: QualityPreset(**p, evaluations=count_evaluations(p["steps"], p["jump_length"], p["jump_n_sample"]))
+               for name, p in QUALITY_PRESETS.items()}
+    return ModelList(default=settings.model, models=out, presets=presets)

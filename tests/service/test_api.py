@@ -28,7 +28,8 @@ def tiny_description():
 @pytest.fixture()
 def client(redis_server, redis_db, tiny_description):
     redis_db.hset(jobs.models_key(), "tiny", json.dumps(tiny_description))
-    settings = ApiSettings(redis_url=redis_server.url, max_upload_bytes=200_000, max_image_pixels=1_000_000)
+    settings = ApiSettings(redis_url=redis_server.url, model="tiny", max_upload_bytes=200_000,
+                           max_image_pixels=1_000_000)
     with TestClient(create_app(settings)) as c:
         yield c
 
@@ -100,6 +101,7 @@ def _image(size=(32, 32), fmt="PNG", mode="RGB") -> bytes:
     ({"jump_length": 0}, 422, None),
     ({"class_label": 3}, 422, "not class-conditional"),
     ({"steps": 1000, "jump_n_sample": 500}, 422, "network evaluations"),
+    ({"preset": "ultra"}, 422, "unknown preset"),
 ])
 def test_bad_input_is_a_clear_4xx(client, kwargs, code, fragment):
     r = post(client, **kwargs)
@@ -159,9 +161,19 @@ def test_redis_down_is_503_json(tiny_description):
 
     server = RedisServer().start()
     server.client().hset(jobs.models_key(), "tiny", json.dumps(tiny_description))
-    with TestClient(create_app(ApiSettings(redis_url=server.url))) as c:
+    with TestClient(create_app(ApiSettings(redis_url=server.url, model="tiny"))) as c:
         assert post(c).status_code == 202
         server.stop()
         r = c.get("/models")
         assert r.status_code == 503 and "Redis" in r.json()["detail"]
         assert c.get("/healthz").status_code == 200
+
+
+def test_quality_presets_set_the_schedule_and_fields_override_them(client):
+    job = client.get(f"/jobs/{post(client, preset='fast').json()['id']}").json()
+    chosen = {k: job["params"][k] for k in ("steps", "jump_length", "jump_n_sample", "evaluations_per_sample", "preset")}
+    assert chosen == {"steps": 50, "jump_length": 5, "jump_n_sample": 3, "evaluations_per_sample": 140, "preset": "fast"}
+    job = client.get(f"/jobs/{post(client, preset='fast', steps=60).json()['id']}").json()
+    assert (job["params"]["steps"], job["params"]["jump_length"]) == (60, 5)
+    presets = client.get("/models").json()["presets"]
+    assert presets["paper"] == {"steps": 250, "jump_length": 10, "jump_n_sample": 10, "evaluations": 2410}

@@ -1,0 +1,165 @@
+"""Nothing lost: real workers killed and stopped, a real Redis restarted, memory running out."""
+
+from __future__ import annotations
+
+import re
+import signal
+import time
+
+import httpx
+import pytest
+
+from tests.conftest import face_and_mask
+from tests.procs import ApiProcess, RedisServer, WorkerProcess, submit, wait_final, wait_until
+
+LONG = {"steps": 250, "jump_length": 10, "jump_n_sample": 4}  # 250 + 3*10*24 = 970 evaluations
+FAST = {"steps": 20, "jump_length": 5, "jump_n_sample": 2}
+FAST_DETECTION = {"REPAINT_HEARTBEAT_TTL": "10"}
+
+
+@pytest.fixture()
+def api(redis_server, redis_db):
+    proc = ApiProcess(redis_server.url)
+    yield proc
+    proc.stop()
+
+
+def running_with_progress(client, job_id):
+    job = client.get(f"/jobs/{job_id}").json()
+    return job["status"] == "running" and job["progress"] and job["progress"]["step"] > 5
+
+
+def test_sigkilled_worker_job_is_finished_by_another_worker(api, redis_server, redis_db):
+    client = api.client()
+    doomed = WorkerProcess(redis_server.url, "doomed", **FAST_DETECTION).wait_ready(redis_db)
+    job_id = submit(client, *face_and_mask(), **LONG)
+    wait_until(lambda: running_with_progress(client, job_id), 60, "job running")
+    doomed.stop(signal.SIGKILL)
+    rescuer = WorkerProcess(redis_server.url, "rescuer", **FAST_DETECTION).wait_ready(redis_db)
+    try:
+        seen = []
+        job = wait_final(client, job_id, timeout=240, seen=seen)
+        assert job["status"] == "succeeded", job
+        assert job["attempts"] == 2 and job["last_error"]["type"] == "worker_lost"
+        assert "failed" not in {j["status"] for j in seen}  # never shown failed while it would be retried
+        assert redis_db.hget(f"repaint:job:{job_id}", "worker") == b"rescuer"
+    finally:
+        rescuer.stop()
+
+
+def test_lost_job_fails_with_a_reason_after_its_last_attempt(redis_server, redis_db):
+    api = ApiProcess(redis_server.url, REPAINT_MAX_ATTEMPTS="1")
+    try:
+        client = api.client()
+        doomed = WorkerProcess(redis_server.url, "doomed1", **FAST_DETECTION).wait_ready(redis_db)
+        job_id = submit(client, *face_and_mask(), **LONG)
+        wait_until(lambda: running_with_progress(client, job_id), 60, "job running")
+        doomed.stop(signal.SIGKILL)
+        reaper = WorkerProcess(redis_server.url, "reaper", **FAST_DETECTION).wait_ready(redis_db)
+        try:
+            job = wait_final(client, job_id, timeout=120)
+            assert job["status"] == "failed" and job["error"]["type"] == "worker_lost"
+            assert "1 attempt" in job["error"]["message"]
+        finally:
+            reaper.stop()
+    finally:
+        api.stop()
+
+
+def test_sigterm_finishes_the_running_job_then_exits(api, redis_server, redis_db):
+    client = api.client()
+    worker = WorkerProcess(redis_server.url, "graceful").wait_ready(redis_db)
+    job_id = submit(client, *face_and_mask(), steps=100, jump_length=10, jump_n_sample=5)
+    wait_until(lambda: running_with_progress(client, job_id), 60, "job running")
+    worker.proc.send_signal(signal.SIGTERM)
+    assert worker.proc.wait(timeout=120) == 0
+    job = client.get(f"/jobs/{job_id}").json()
+    assert job["status"] == "succeeded" and job["attempts"] == 1
+
+
+def test_sigterm_after_the_grace_period_puts_the_job_back(api, redis_server, redis_db):
+    client = api.client()
+    worker = WorkerProcess(redis_server.url, "impatient", REPAINT_SHUTDOWN_GRACE="0").wait_ready(redis_db)
+    job_id = submit(client, *face_and_mask(), **LONG)
+    wait_until(lambda: running_with_progress(client, job_id), 60, "job running")
+    worker.proc.send_signal(signal.SIGTERM)
+    assert worker.proc.wait(timeout=60) == 0
+    job = client.get(f"/jobs/{job_id}").json()
+    assert job["status"] == "queued" and job["last_error"]["type"] == "requeued"
+    successor = WorkerProcess(redis_server.url, "successor").wait_ready(redis_db)
+    try:
+        job = wait_final(client, job_id)
+        assert job["status"] == "succeeded" and job["attempts"] == 2
+    finally:
+        successor.stop()
+
+
+def test_redis_restart_keeps_queued_jobs_and_everyone_reconnects():
+    server = RedisServer(appendonly=True).start()
+    api = ApiProcess(server.url)
+    worker = None
+    try:
+        client = api.client()
+        worker = WorkerProcess(server.url, "survivor").wait_ready(server.client())
+        worker.stop()  # registered the model; now nobody takes jobs
+        queued = [submit(client, *face_and_mask(), **FAST) for _ in range(3)]
+        server.stop(signal.SIGTERM)
+        r = client.get(f"/jobs/{queued[0]}")
+        assert r.status_code == 503 and "Redis" in r.json()["detail"] and r.headers["retry-after"]
+        server.start()
+        assert wait_until(lambda: client.get(f"/jobs/{queued[0]}").status_code == 200, 30, "API recovery")
+        assert all(client.get(f"/jobs/{j}").json()["status"] == "queued" for j in queued)
+        worker = WorkerProcess(server.url, "survivor2").wait_ready(server.client())
+        assert all(wait_final(client, j)["status"] == "succeeded" for j in queued)
+        # The running worker rides out a restart by itself.
+        server.stop(signal.SIGTERM)
+        time.sleep(2)
+        server.start()
+        later = wait_until(lambda: submit(client, *face_and_mask(), **FAST), 30, "API accepting again")
+        assert wait_final(client, later, timeout=120)["status"] == "succeeded"
+    finally:
+        if worker is not None:
+            worker.stop()
+        api.stop()
+        server.stop()
+
+
+def test_out_of_memory_shrinks_the_batch_instead_of_failing_jobs(api, redis_server, redis_db):
+    client = api.client()
+    worker = WorkerProcess(redis_server.url, "tight", REPAINT_TEST_OOM_ABOVE="2",
+                           REPAINT_MAX_BATCH="8").wait_ready(redis_db)
+    try:
+        ids = [submit(client, *face_and_mask(seed=i), steps=50, jump_length=5, jump_n_sample=3) for i in range(5)]
+        assert [wait_final(client, i)["status"] for i in ids] == ["succeeded"] * 5
+        text = client.get("/metrics").text
+        assert 'repaint_jobs_total{model="tiny",status="failed"} 0.0' in text
+    finally:
+        worker.stop()
+
+
+def test_canceling_a_running_job_stops_it_and_frees_the_worker(api, redis_server, redis_db):
+    client = api.client()
+    worker = WorkerProcess(redis_server.url, "cancelable").wait_ready(redis_db)
+    try:
+        job_id = submit(client, *face_and_mask(), **LONG)
+        wait_until(lambda: running_with_progress(client, job_id), 60, "job running")
+        r = client.delete(f"/jobs/{job_id}")
+        assert r.status_code == 200 and r.json()["cancel_requested"] is True
+        job = wait_final(client, job_id, timeout=30)
+        assert job["status"] == "canceled" and job["progress"]["step"] < job["progress"]["total"]
+        assert wait_final(client, submit(client, *face_and_mask(), **FAST))["status"] == "succeeded"
+    finally:
+        worker.stop()
+
+
+def test_job_timeout_fails_the_job_with_a_reason(redis_server, redis_db):
+    api = ApiProcess(redis_server.url, REPAINT_JOB_TIMEOUT="2")
+    worker = WorkerProcess(redis_server.url, "slowpoke").wait_ready(redis_db)
+    try:
+        client = api.client()
+        job = wait_final(client, submit(client, *face_and_mask(), **LONG))
+        assert job["status"] == "failed" and job["error"]["type"] == "timeout"
+        assert wait_final(client, submit(client, *face_and_mask(), **FAST))["status"] == "succeeded"
+    finally:
+        worker.stop()
+        api.stop()
