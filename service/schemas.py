@@ -46,6 +46,8 @@ class JobPublic(BaseModel):
     params: dict[str, Any] = Field(description="the parameters used, seed included")
     error: JobError | None = None
     last_error: JobError | None = Field(None, description="why an earlier attempt did not finish (job retried)")
+    plan: dict[str, Any] | None = Field(None, description="how the worker fitted the image to the model: "
+                                        "strategy used, square region (box) and scale")
     links: Links
 
 

@@ -51,7 +51,12 @@ class PreparedUpload:
     mask_png: bytes
     width: int
     height: int
+    mode: str
     masked_pixels: int
+
+
+# Modes kept as they are (PNG stores them); anything else is converted to RGB.
+KEPT_MODES = {"L", "LA", "RGB", "RGBA", "P", "I;16", "I"}
 
 
 def _png(img: Image.Image) -> bytes:
@@ -60,19 +65,49 @@ def _png(img: Image.Image) -> bytes:
     return out.getvalue()
 
 
-def prepare(image: Image.Image, mask: Image.Image) -> PreparedUpload:
-    """RGB image and binary L mask (255 = fill) as PNG; white above 50% counts as masked."""
-    if image.size != mask.size:
-        raise HTTPException(422, f"mask is {mask.size[0]}x{mask.size[1]} but image is "
-                                 f"{image.size[0]}x{image.size[1]}: they must match")
-    rgb = image.convert("RGB")
-    if mask.mode in ("RGBA", "LA") or (mask.mode == "P" and "transparency" in mask.info):
-        mask = mask.convert("RGBA")
-        # Transparent mask pixels are not painted: they count as black.
-        bg = Image.new("RGBA", mask.size, (0, 0, 0, 255))
-        mask = Image.alpha_composite(bg, mask)
-    binary = mask.convert("L").point(lambda v: 255 if v > 127 else 0)
+def _normalise(image: Image.Image) -> Image.Image:
+    if image.mode == "1":
+        return image.convert("L")
+    if image.mode in ("I;16B", "I;16L"):
+        return image.convert("I;16")
+    if image.mode == "PA":
+        return image.convert("RGBA")
+    return image if image.mode in KEPT_MODES else image.convert("RGB")
+
+
+def _alpha(image: Image.Image):
+    if image.mode in ("RGBA", "LA"):
+        return image.getchannel("A")
+    if image.mode == "P" and "transparency" in image.info:
+        return image.convert("RGBA").getchannel("A")
+    return None
+
+
+def prepare(image: Image.Image, mask: Image.Image | None) -> PreparedUpload:
+    """The image in its own mode (EXIF rotation applied) and a binary L mask (255 = fill), as PNG.
+
+    Mask pixels above 50% white count as masked; transparent mask pixels count as unpainted.
+    Without a mask, the image's transparent pixels (alpha below 50%) are the region to fill.
+    """
+    image = _normalise(image)
+    if mask is None:
+        alpha = _alpha(image)
+        if alpha is None:
+            raise HTTPException(422, "send a mask, or an image with transparent pixels to fill")
+        binary = alpha.point(lambda v: 255 if v < 128 else 0)
+    else:
+        if image.size != mask.size:
+            raise HTTPException(422, f"mask is {mask.size[0]}x{mask.size[1]} but image is "
+                                     f"{image.size[0]}x{image.size[1]}: they must match")
+        if mask.mode in ("RGBA", "LA") or (mask.mode == "P" and "transparency" in mask.info):
+            mask = mask.convert("RGBA")
+            # Transparent mask pixels are not painted: they count as black.
+            bg = Image.new("RGBA", mask.size, (0, 0, 0, 255))
+            mask = Image.alpha_composite(bg, mask)
+        if mask.mode.startswith("I"):
+            mask = mask.point(lambda v: v / 257).convert("L") if max(mask.getextrema()) > 255 else mask.convert("L")
+        binary = mask.convert("L").point(lambda v: 255 if v > 127 else 0)
     masked = binary.histogram()[255]
     if masked == 0:
         raise HTTPException(422, "mask selects no pixel: paint the region to fill in white")
-    return PreparedUpload(_png(rgb), _png(binary), rgb.size[0], rgb.size[1], masked)
+    return PreparedUpload(_png(image), _png(binary), image.size[0], image.size[1], image.mode, masked)

@@ -96,8 +96,8 @@ def test_bad_job_fails_alone_while_its_neighbour_finishes(api, redis_server, red
         good = submit(client, image, mask, steps=100, jump_length=10, jump_n_sample=5)
         wait_until(lambda: client.get(f"/jobs/{good}").json()["status"] == "running", 60, "good job running")
         info = json.loads(redis_db.hget(jobs.models_key(), "tiny"))
-        redis_db.hset(jobs.models_key(), "tiny", json.dumps({**info, "image_size": 16}))
-        bad = submit(client, *face_and_mask(size=16))
+        redis_db.hset(jobs.models_key(), "tiny", json.dumps({**info, "class_cond": True, "num_classes": 10}))
+        bad = submit(client, *face_and_mask(), class_label=1)
         redis_db.hset(jobs.models_key(), "tiny", json.dumps(info))
         bad_job = wait_final(client, bad)
         assert bad_job["status"] == "failed" and bad_job["error"]["type"] == "invalid_input"

@@ -90,16 +90,15 @@ def test_metrics_show_job_figures(api, worker):
 
 def test_a_failing_job_fails_readably_and_the_worker_keeps_serving(api, worker, redis_db):
     client = api.client()
-    # Make the API believe the model takes 16x16 images: the worker must refuse the job.
+    # Make the API believe the model is class-conditional: the worker must refuse the label.
     info = json.loads(redis_db.hget(jobs.models_key(), "tiny"))
-    redis_db.hset(jobs.models_key(), "tiny", json.dumps({**info, "image_size": 16}))
-    image, mask = face_and_mask(size=16)
-    bad = wait_final(client, submit(client, image, mask, **FAST))
+    redis_db.hset(jobs.models_key(), "tiny", json.dumps({**info, "class_cond": True, "num_classes": 10}))
+    image, mask = face_and_mask()
+    bad = wait_final(client, submit(client, image, mask, class_label=3, **FAST))
     assert bad["status"] == "failed"
-    assert bad["error"]["type"] == "invalid_input" and "32x32" in bad["error"]["message"]
+    assert bad["error"]["type"] == "invalid_input" and "not class-conditional" in bad["error"]["message"]
     assert client.get(f"/jobs/{bad['id']}/result").status_code == 409
     redis_db.hset(jobs.models_key(), "tiny", json.dumps(info))
-    image, mask = face_and_mask()
     assert wait_final(client, submit(client, image, mask, **FAST))["status"] == "succeeded"
     assert 'status="failed"} 1.0' in client.get("/metrics").text
 

@@ -31,7 +31,7 @@ import models
 
 from . import jobs, reaper
 from .jobs import JobStatus
-from .runtime import JobInputError, JobParams, Runtime
+from .runtime import JobInputError, JobParams, PreparedJob, Runtime
 
 if TYPE_CHECKING:
     from rq import Queue
@@ -54,8 +54,7 @@ class InFlight:
     execution: "Execution"
     model: str
     params: JobParams
-    image: torch.Tensor           # [3 x H x W] uint8, the upload
-    keep: torch.Tensor            # [H x W] bool, True = known pixel
+    prepared: PreparedJob         # the upload, its mask and the model's view of it
     samples: list = field(default_factory=list)
     started: float = field(default_factory=time.time)
     timeout: float | None = None
@@ -208,11 +207,12 @@ class BatchEngine:
             mask_png = self.redis.get(jobs.input_key(job.id, "mask"))
             if image_png is None or mask_png is None:
                 raise JobInputError("the job's uploaded image expired before a worker took it")
-            image, keep = self.runtime.decode(image_png, mask_png, params)
+            prepared = self.runtime.prepare(image_png, mask_png, params)
+            self.redis.hset(key, "plan", jobs.dumps(prepared.plan.describe()))
             flight = InFlight(job=job, queue=queue, execution=execution, model=record["model"], params=params,
-                              image=image, keep=keep, started=started,
+                              prepared=prepared, started=started,
                               timeout=job.timeout if job.timeout and job.timeout > 0 else None)
-            flight.samples = self.runtime.add_samples(self.batch, image, keep, params)
+            flight.samples = self.runtime.add_samples(self.batch, prepared, params)
         except REDIS_ERRORS:
             raise
         except Exception:
@@ -337,7 +337,7 @@ class BatchEngine:
         # and this runs again once Redis is back.
         with torch.inference_mode():
             out = self.batch.result(flight.samples)
-        pngs = self.runtime.encode(out, flight.image, flight.keep)
+        pngs = self.runtime.encode(out, flight.prepared, flight.params)
         job_id = flight.job.id
         ttl = self.runtime.settings.result_ttl
         evaluations = flight.total * len(flight.samples)

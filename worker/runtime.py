@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import contextlib
+import io
 import logging
 import time
 from dataclasses import dataclass
 from typing import Callable
 
+import numpy as np
 import torch
+from PIL import Image
 
 import models
 
-from .imaging import from_model_range, png_to_uint8, to_model_range, uint8_to_png
+from . import geometry
+from .imaging import from_model_range, to_model_range
 from .settings import WorkerSettings
 
 log = logging.getLogger(__name__)
@@ -47,6 +51,10 @@ class JobParams:
     num_samples: int = 1
     class_label: int | None = None
     classifier_scale: float = 0.0
+    strategy: str = "auto"
+    blend: int = 4
+    mask_dilate: int = 0
+    output_format: str = "png"
 
     @classmethod
     def from_dict(cls, d: dict) -> "JobParams":
@@ -62,6 +70,17 @@ class JobParams:
         return [models.SampleParams(t_T=self.steps, jump_length=self.jump_length, jump_n_sample=self.jump_n_sample,
                                     seed=self.seed + i, class_label=self.class_label,
                                     classifier_scale=self.classifier_scale) for i in range(self.num_samples)]
+
+
+@dataclass
+class PreparedJob:
+    """A job's upload as the worker holds it: the original, the mask to fill, the model's view."""
+
+    original: Image.Image
+    fill: np.ndarray       # [H x W] bool at the original size, dilated
+    plan: geometry.Plan
+    image: torch.Tensor    # [3 x S x S] uint8, the model's input
+    keep: torch.Tensor     # [S x S] bool, True = known model pixel
 
 
 ProgressFn = Callable[[int, int, torch.Tensor], None]
@@ -114,41 +133,53 @@ class Runtime:
 
     # ---- one job's data ----------------------------------------------------------------------
 
-    def decode(self, image_png: bytes, mask_png: bytes, params: JobParams) -> tuple[torch.Tensor, torch.Tensor]:
-        """(image [3 x H x W] uint8, keep [H x W] bool) from the stored PNGs, checked for this model."""
+    def prepare(self, image_png: bytes, mask_png: bytes, params: JobParams) -> PreparedJob:
+        """Decode the stored upload and plan the model's square view of it (any size and mode)."""
         try:
-            image = png_to_uint8(image_png, "RGB")
-            keep = png_to_uint8(mask_png, "L")[0] < 128  # white = region to fill
+            original = Image.open(io.BytesIO(image_png))
+            original.load()
+            fill = np.asarray(Image.open(io.BytesIO(mask_png)).convert("L")) >= 128  # white = to fill
         except Exception as exc:
             raise JobInputError(f"stored upload is unreadable: {exc}") from exc
-        size = self.preset.image_size
-        if tuple(image.shape[1:]) != (size, size) or keep.shape != image.shape[1:]:
-            raise JobInputError(f"model {self.preset.name} needs {size}x{size} images, got "
-                                f"{image.shape[2]}x{image.shape[1]}")
+        if fill.shape != (original.height, original.width):
+            raise JobInputError("mask and image sizes differ")
         if self.preset.class_cond and params.class_label is None:
             raise JobInputError(f"model {self.preset.name} is class-conditional: class_label is required")
         if not self.preset.class_cond and params.class_label is not None:
             raise JobInputError(f"model {self.preset.name} is not class-conditional: omit class_label")
         if params.class_label is not None and not 0 <= params.class_label < 1000:
             raise JobInputError(f"class_label {params.class_label} is out of range")
-        return image, keep
+        fill = geometry.dilate(fill, params.mask_dilate)
+        if not fill.any():
+            raise JobInputError("the mask selects no pixel")
+        try:
+            plan = geometry.plan(original.width, original.height, fill, self.preset.image_size, params.strategy)
+        except ValueError as exc:
+            raise JobInputError(str(exc)) from exc
+        rgb, keep = geometry.model_input(original, fill, plan)
+        image = torch.from_numpy(np.array(rgb)).permute(2, 0, 1).contiguous()
+        return PreparedJob(original=original, fill=fill, plan=plan, image=image, keep=torch.from_numpy(keep))
 
-    def add_samples(self, batch: models.RePaintBatch, image: torch.Tensor, keep: torch.Tensor,
-                    params: JobParams) -> list:
+    def add_samples(self, batch: models.RePaintBatch, prepared: PreparedJob, params: JobParams) -> list:
         n = params.num_samples
-        x = to_model_range(image).to(self.device)[None].expand(n, -1, -1, -1)
-        masks = keep.to(self.device)[None, None].expand(n, -1, -1, -1).float()
+        x = to_model_range(prepared.image).to(self.device)[None].expand(n, -1, -1, -1)
+        masks = prepared.keep.to(self.device)[None, None].expand(n, -1, -1, -1).float()
         try:
             return batch.add(x, masks, params.sample_params())
         except ValueError as exc:
             raise JobInputError(str(exc)) from exc
 
-    def encode(self, out: torch.Tensor, image: torch.Tensor, keep: torch.Tensor) -> list[bytes]:
-        """PNGs of [N x 3 x H x W] results, with the uploaded bytes pasted into known pixels."""
+    def encode(self, out: torch.Tensor, prepared: PreparedJob, params: JobParams) -> list[bytes]:
+        """The results at the upload's size and mode; only masked pixels differ from the upload."""
         pixels = from_model_range(out.float()).cpu()
-        # Known pixels must be bit-exact after the trip through floats.
-        pixels = torch.where(keep.expand_as(image), image, pixels)
-        return [uint8_to_png(p) for p in pixels]
+        # Known model pixels are the model input's, exactly, before scaling back.
+        pixels = torch.where(prepared.keep.expand_as(prepared.image), prepared.image, pixels)
+        results = []
+        for p in pixels:
+            composed = geometry.compose(prepared.original, p.permute(1, 2, 0).numpy(), prepared.fill,
+                                        prepared.plan, params.blend)
+            results.append(geometry.encode(composed, params.output_format))
+        return results
 
     # ---- the network ---------------------------------------------------------------------------
 
@@ -173,11 +204,11 @@ class Runtime:
 
     def inpaint(self, image_png: bytes, mask_png: bytes, params: JobParams,
                 progress: ProgressFn | None = None) -> list[bytes]:
-        """Run one job alone to the end: `num_samples` PNGs (for scripts and tests)."""
-        image, keep = self.decode(image_png, mask_png, params)
+        """Run one job alone to the end: `num_samples` encoded images (for scripts and tests)."""
+        prepared = self.prepare(image_png, mask_png, params)
         with torch.inference_mode():
             batch = models.RePaintBatch(self.loaded.diffusion, device=self.device)
-            states = self.add_samples(batch, image, keep, params)
+            states = self.add_samples(batch, prepared, params)
             total = states[0].total_evaluations
             done = 0
             while not batch.done:
@@ -185,7 +216,7 @@ class Runtime:
                 done += 1
                 if progress is not None:
                     progress(done, total, batch.pred_xstart)
-            return self.encode(batch.result(), image, keep)
+            return self.encode(batch.result(), prepared, params)
 
     def is_out_of_memory(self, exc: BaseException | None) -> bool:
         return exc is not None and (isinstance(exc, torch.OutOfMemoryError) or "out of memory" in str(exc).lower())

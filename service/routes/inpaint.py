@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import secrets
-from typing import Annotated
+from typing import Annotated, Literal
 
 from fastapi import APIRouter, File, Form, Header, HTTPException, Response, UploadFile, status
 
@@ -36,7 +36,9 @@ def create_inpaint_job(
     settings: SettingsDep,
     response: Response,
     image: Annotated[UploadFile, File(description="PNG, JPEG or WebP image")],
-    mask: Annotated[UploadFile, File(description="same size as the image; white (>50%) = region to fill")],
+    mask: Annotated[UploadFile | None, File(description="same size as the image; white (>50%) = region to "
+                                                     "fill. Optional for images with transparency: then the "
+                                                     "transparent pixels are filled")] = None,
     model: Annotated[str | None, Form(description="model name (GET /models); default: the service's")] = None,
     seed: Annotated[int | None, Form(ge=0, lt=MAX_SEED, description="random seed; drawn if omitted")] = None,
     num_samples: Annotated[int, Form(ge=1, description="independent results, seeds seed..seed+n-1")] = 1,
@@ -47,6 +49,13 @@ def create_inpaint_job(
     jump_n_sample: Annotated[int | None, Form(ge=1, description="times each stretch is sampled")] = None,
     class_label: Annotated[int | None, Form(ge=0, description="class for class-conditional models")] = None,
     classifier_scale: Annotated[float | None, Form(ge=0, le=100, description="classifier guidance scale")] = None,
+    strategy: Annotated[Literal["auto", "crop", "resize"], Form(description=(
+        "how an image of another size reaches the model: crop around the mask, resize the whole "
+        "(padded) image, or auto"))] = "auto",
+    blend: Annotated[int, Form(ge=0, le=64, description="feathered band, in pixels, inside the mask edge")] = 4,
+    mask_dilate: Annotated[int, Form(ge=0, le=64, description="grow the mask by this many pixels")] = 0,
+    output_format: Annotated[Literal["png", "jpeg", "webp"], Form(description=(
+        "result format; only PNG keeps the unmasked pixels bit for bit"))] = "png",
     idempotency_key: Annotated[str | None, Header(max_length=200, description=(
         "client retries with the same key and upload get the same job instead of a new one"))] = None,
 ) -> JobCreated:
@@ -89,12 +98,13 @@ def create_inpaint_job(
                             headers={"Retry-After": "30"})
 
     image_bytes = uploads.read_limited(image.file, settings.max_upload_bytes, "image")
-    mask_bytes = uploads.read_limited(mask.file, settings.max_upload_bytes, "mask")
+    mask_bytes = b"" if mask is None else uploads.read_limited(mask.file, settings.max_upload_bytes, "mask")
     fingerprint = None
     if idempotency_key is not None:
         request_fields = {"model": model, "seed": seed, "num_samples": num_samples, "preset": preset,
                           "steps": steps, "jump_length": jump_length, "jump_n_sample": jump_n_sample,
-                          "class_label": class_label, "classifier_scale": classifier_scale}
+                          "class_label": class_label, "classifier_scale": classifier_scale, "strategy": strategy,
+                          "blend": blend, "mask_dilate": mask_dilate, "output_format": output_format}
         digest = hashlib.sha256(image_bytes)
         digest.update(hashlib.sha256(mask_bytes).digest())
         digest.update(json.dumps(request_fields, sort_keys=True).encode())
@@ -103,16 +113,14 @@ def create_inpaint_job(
         if replay is not None:
             return _created(response, replay, replayed=True)
     img = uploads.open_image(image_bytes, "image", settings.max_image_pixels)
-    msk = uploads.open_image(mask_bytes, "mask", settings.max_image_pixels)
+    msk = None if mask is None else uploads.open_image(mask_bytes, "mask", settings.max_image_pixels)
     prepared = uploads.prepare(img, msk)
-    size = info["image_size"]
-    if (prepared.width, prepared.height) != (size, size):
-        raise HTTPException(422, f"model {model} needs a {size}x{size} image; got "
-                                 f"{prepared.width}x{prepared.height}")
 
     params = {"seed": secrets.randbits(62) if seed is None else seed, "num_samples": num_samples,
               "steps": steps, "jump_length": jump_length, "jump_n_sample": jump_n_sample,
-              "evaluations_per_sample": evaluations}
+              "evaluations_per_sample": evaluations, "strategy": strategy, "blend": blend,
+              "mask_dilate": mask_dilate, "output_format": output_format,
+              "image": {"width": prepared.width, "height": prepared.height, "mode": prepared.mode}}
     if preset is not None:
         params["preset"] = preset
     if info["class_cond"]:

@@ -51,11 +51,11 @@ def _public(job_id: str, r: dict) -> JobPublic:
         progress=r.get("progress"), created_at=jobstore.iso(r["created_at"]),
         started_at=jobstore.iso(r.get("started_at")), finished_at=jobstore.iso(r.get("finished_at")),
         attempts=r.get("attempts", 0), cancel_requested=bool(r.get("cancel_requested", 0)), params=r["params"], error=r.get("error"),
-        last_error=r.get("last_error"), links=_links(job_id, r))
+        last_error=r.get("last_error"), plan=r.get("plan"), links=_links(job_id, r))
 
 
-@router.get("/{job_id}/result", response_class=Response, summary="A finished job's PNG",
-            responses={200: {"content": {"image/png": {}}}, **NOT_FOUND,
+@router.get("/{job_id}/result", response_class=Response, summary="A finished job's image",
+            responses={200: {"content": {"image/png": {}, "image/jpeg": {}, "image/webp": {}}}, **NOT_FOUND,
                        409: {"model": ErrorBody, "description": "the job has not succeeded (yet)"}})
 def get_result(job_id: str, redis: RedisDep,
                index: Annotated[int, Query(ge=0, description="which sample, for num_samples > 1")] = 0) -> Response:
@@ -68,4 +68,5 @@ def get_result(job_id: str, redis: RedisDep,
     data = jobstore.result_bytes(redis, job_id, index)
     if data is None:
         raise HTTPException(404, f"the result of job {job_id} has expired")
-    return Response(content=data, media_type="image/png")
+    media = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp"}
+    return Response(content=data, media_type=media.get(r["params"].get("output_format", "png"), "image/png"))

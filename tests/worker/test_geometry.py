@@ -1,0 +1,124 @@
+"""Real photos of any size and shape: plans, modes, exact unmasked pixels, bounded seams."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from worker import geometry
+from worker.runtime import JobParams, Runtime
+from worker.settings import WorkerSettings
+
+
+def photo(width: int, height: int, seed: int = 0) -> Image.Image:
+    """A photograph stand-in: smooth light, some objects and sensor noise."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:height, 0:width] / max(width, height)
+    base = np.stack([120 + 80 * np.sin(3 * xx + c) * np.cos(2 * yy + c) for c in (0, 1, 2)], -1)
+    for _ in range(6):
+        cx, cy, r = rng.uniform(0, 1), rng.uniform(0, 1), rng.uniform(0.05, 0.2)
+        base[((xx - cx) ** 2 + (yy - cy) ** 2) < r * r] = rng.uniform(0, 255, 3)
+    base += rng.normal(0, 6, base.shape)
+    return Image.fromarray(np.clip(base, 0, 255).astype(np.uint8))
+
+
+def box_mask(width, height, box) -> np.ndarray:
+    fill = np.zeros((height, width), dtype=bool)
+    x0, y0, x1, y1 = box
+    fill[y0:y1, x0:x1] = True
+    return fill
+
+
+@pytest.fixture(scope="module")
+def runtime():
+    return Runtime(WorkerSettings(model="tiny", device="cpu"))
+
+
+def test_small_mask_gets_a_crop_around_it_inside_the_image():
+    fill = box_mask(4000, 3000, (1000, 800, 1100, 900))
+    p = geometry.plan(4000, 3000, fill, 256)
+    assert p.strategy == "crop" and p.side == 256
+    x0, y0, x1, y1 = p.box
+    assert 0 <= x0 <= 1000 and x1 >= 1100 and 0 <= y0 <= 800 and y1 >= 900 and x1 <= 4000 and y1 <= 3000
+
+
+def test_border_touching_mask_shifts_the_crop_inside():
+    fill = box_mask(640, 480, (600, 0, 640, 30))
+    p = geometry.plan(640, 480, fill, 256)
+    assert p.strategy == "crop" and p.box[2] == 640 and p.box[1] == 0
+
+
+def test_mask_spanning_the_image_gets_the_padded_resize():
+    fill = box_mask(300, 1000, (0, 100, 300, 900))
+    p = geometry.plan(300, 1000, fill, 256)
+    assert p.strategy == "resize" and p.side == 1000 and p.box == (-350, 0, 650, 1000)
+    assert geometry.plan(300, 1000, fill, 256, "crop").strategy == "crop"
+
+
+def test_padding_is_unknown_for_the_model():
+    img = photo(300, 100)
+    fill = box_mask(300, 100, (10, 10, 20, 20))
+    p = geometry.plan(300, 100, fill, 32, "resize")
+    _, keep = geometry.model_input(img, fill, p)
+    assert not keep[0].any() and not keep[-1].any()  # padded rows above and below
+    assert keep[16].sum() > 20
+
+
+def test_feather_is_zero_outside_and_one_deep_inside():
+    fill = box_mask(50, 50, (10, 10, 40, 40))
+    w = geometry.feather(fill, 4)
+    assert (w[~fill] == 0).all() and (w[20:30, 20:30] == 1).all()
+    assert 0 < w[10, 25] < 1 and w[10, 25] < w[12, 25] < w[14, 25] <= 1
+
+
+CASES = [  # (size, mode, mask box, strategy)
+    ((640, 480), "RGB", (100, 100, 160, 150), "auto"),
+    ((480, 640), "RGBA", (0, 0, 40, 40), "auto"),
+    ((1600, 400), "L", (1500, 300, 1600, 400), "crop"),
+    ((300, 1000), "RGB", (0, 50, 300, 950), "auto"),
+    ((256, 256), "P", (50, 50, 200, 200), "resize"),
+    ((200, 120), "I;16", (20, 20, 60, 60), "auto"),
+]
+
+
+@pytest.mark.parametrize("size, mode, box, strategy", CASES)
+def test_results_keep_size_mode_and_every_unmasked_pixel(runtime, size, mode, box, strategy):
+    img = photo(*size, seed=size[0])
+    if mode == "RGBA":
+        img = img.convert("RGBA")
+        img.putalpha(Image.fromarray((np.arange(size[0] * size[1]) % 251).reshape(size[1], size[0]).astype(np.uint8)))
+    elif mode == "P":
+        img = img.quantize(64)
+    elif mode == "I;16":
+        img = Image.fromarray(np.asarray(img.convert("L")).astype(np.uint16) * 257)
+    else:
+        img = img.convert(mode)
+    fill = box_mask(*size, box)
+    image_png, mask_png = io.BytesIO(), io.BytesIO()
+    img.save(image_png, format="PNG")
+    Image.fromarray(fill.astype(np.uint8) * 255).save(mask_png, format="PNG")
+    params = JobParams(seed=0, steps=5, jump_length=5, jump_n_sample=1, strategy=strategy, blend=3, mask_dilate=2)
+    (out_png,) = runtime.inpaint(image_png.getvalue(), mask_png.getvalue(), params)
+    out = Image.open(io.BytesIO(out_png))
+    assert out.size == img.size and out.mode == img.mode
+    grown = geometry.dilate(fill, 2)
+    before, after = np.asarray(img), np.asarray(out)
+    assert (before[~grown] == after[~grown]).all(), "an unmasked pixel changed"
+    assert (before[grown] != after[grown]).any(), "nothing was painted"
+    if mode == "RGBA":
+        assert (before[..., 3] == after[..., 3]).all()  # alpha kept
+
+
+def test_jpeg_and_webp_outputs(runtime):
+    img = photo(120, 90)
+    mask = Image.fromarray(box_mask(120, 90, (30, 30, 60, 60)).astype(np.uint8) * 255)
+    buf, mbuf = io.BytesIO(), io.BytesIO()
+    img.save(buf, format="PNG")
+    mask.save(mbuf, format="PNG")
+    for fmt, magic in (("jpeg", b"\xff\xd8"), ("webp", b"RIFF")):
+        params = JobParams(seed=0, steps=5, jump_length=5, jump_n_sample=1, output_format=fmt)
+        (data,) = runtime.inpaint(buf.getvalue(), mbuf.getvalue(), params)
+        assert data.startswith(magic) and Image.open(io.BytesIO(data)).size == (120, 90)
