@@ -3,21 +3,25 @@
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from contextlib import asynccontextmanager
 
 import redis.exceptions
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.staticfiles import StaticFiles
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from redis import Redis
 
 from .deps import ApiKey
 from .metrics import HttpMetrics, HttpMetricsMiddleware, RedisJobCollector
-from .routes import health, inpaint, jobs, models
+from .routes import events, health, inpaint, jobs, models
 from .settings import ApiSettings
 
 log = logging.getLogger("repaint.api")
+
+STATIC = Path(__file__).parent / "static"
 
 DESCRIPTION = """Diffusion inpainting with RePaint (Lugmayr et al., CVPR 2022).
 
@@ -52,8 +56,13 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
             return JSONResponse({"detail": f"request body is larger than the {limit} byte limit"}, status_code=413)
         return await call_next(request)
 
-    for router in (inpaint.router, jobs.router, models.router, health.router):
+    for router in (inpaint.router, jobs.router, events.router, models.router, health.router):
         app.include_router(router)
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+
+    @app.get("/", include_in_schema=False)
+    def page() -> FileResponse:
+        return FileResponse(STATIC / "index.html")
 
     metrics_deps = [ApiKey] if settings.metrics_require_key else []
 

@@ -156,4 +156,5 @@ def finish_canceled(redis: Redis, job_id: str, model: str) -> None:
         pipe.hset(jobs.job_key(job_id), mapping={"status": JobStatus.CANCELED.value, "finished_at": time.time()})
         pipe.hincrby(jobs.metrics_key(model), "jobs_canceled_total", 1)
         pipe.delete(jobs.input_key(job_id, "image"), jobs.input_key(job_id, "mask"))
+        jobs.publish(pipe, job_id, "status", {"status": JobStatus.CANCELED.value})
         pipe.execute()

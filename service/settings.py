@@ -25,6 +25,8 @@ class ApiSettings(BaseSettings):
     max_attempts: int = Field(3, ge=1, description="times a job is started before a lost worker fails it")
     max_queue_length: int = Field(200, ge=1, description="queued jobs per model before POST /inpaint answers 429")
     idempotency_ttl: int = Field(24 * 3600, ge=60, description="seconds an Idempotency-Key is remembered")
+    webhook_allowed_hosts: str = Field("", description="comma-separated hosts webhooks may call ('*' = any); "
+                                       "empty disables webhooks")
     api_keys: str = Field("", description="comma-separated bearer keys; empty = no authentication")
     metrics_require_key: bool = Field(False, description="whether /metrics also needs an API key")
 

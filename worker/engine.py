@@ -15,6 +15,7 @@ newest jobs; a Redis outage pauses the loop (the batch stays in memory) until Re
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
 import threading
@@ -30,6 +31,7 @@ from rq.utils import now as rq_now
 import models
 
 from . import jobs, reaper
+from .webhooks import WebhookSender
 from .jobs import JobStatus
 from .runtime import JobInputError, JobParams, PreparedJob, Runtime
 
@@ -58,6 +60,7 @@ class InFlight:
     samples: list = field(default_factory=list)
     started: float = field(default_factory=time.time)
     timeout: float | None = None
+    webhook: dict | None = None
 
     @property
     def step(self) -> int:
@@ -107,6 +110,11 @@ class BatchEngine:
         self._peers_checked = 0.0
         self._idle_peer = False
         self._stop_seen: float | None = None
+        self._last_preview = 0.0
+        self.preview_interval = runtime.settings.preview_interval
+        settings = runtime.settings
+        self.webhooks = WebhookSender(settings.webhook_secret,
+                                      [h.strip() for h in settings.webhook_allowed_hosts.split(",") if h.strip()])
         self._keepalive = threading.Thread(target=self._keep_alive_loop, name="heartbeats", daemon=True)
         self._keepalive_stop = threading.Event()
 
@@ -201,6 +209,8 @@ class BatchEngine:
                                         "worker": self.worker.name})
                 pipe.hincrby(key, "attempts", 1)
                 jobs.record_duration(pipe, record["model"], "queue_wait", started - record["created_at"])
+                jobs.publish(pipe, job.id, "status", {"status": JobStatus.RUNNING.value,
+                                                      "attempts": record.get("attempts", 0) + 1})
                 pipe.execute()
             params = JobParams.from_dict(record["params"])
             image_png = self.redis.get(jobs.input_key(job.id, "image"))
@@ -210,7 +220,7 @@ class BatchEngine:
             prepared = self.runtime.prepare(image_png, mask_png, params)
             self.redis.hset(key, "plan", jobs.dumps(prepared.plan.describe()))
             flight = InFlight(job=job, queue=queue, execution=execution, model=record["model"], params=params,
-                              prepared=prepared, started=started,
+                              prepared=prepared, started=started, webhook=record["params"].get("webhook"),
                               timeout=job.timeout if job.timeout and job.timeout > 0 else None)
             flight.samples = self.runtime.add_samples(self.batch, prepared, params)
         except REDIS_ERRORS:
@@ -220,6 +230,7 @@ class BatchEngine:
             self._fail(job, queue, execution, record.get("model"), sys.exc_info())
             return
         self.in_flight.append(flight)
+        self.webhooks.notify(flight.webhook, job.id, "started", {"status": JobStatus.RUNNING.value})
         self._write_progress(force=True)
 
     # ---- the loop --------------------------------------------------------------------------
@@ -351,9 +362,13 @@ class BatchEngine:
             speed = self.runtime.seconds_per_evaluation
             if speed is not None:
                 pipe.set(jobs.speed_key(flight.model), speed)
+            jobs.publish(pipe, job_id, "progress", progress)
             pipe.execute()
         finish_record(self.redis, job_id, flight.model, JobStatus.SUCCEEDED, ttl,
                       progress=progress, result={"count": len(pngs)})
+        self.webhooks.notify(flight.webhook, job_id, "completed", {
+            "status": JobStatus.SUCCEEDED.value,
+            "results": [f"/jobs/{job_id}/result?index={i}" for i in range(len(pngs))]})
         self._leave(flight)
         self.worker._finalize_success(flight.job, flight.queue, flight.execution,
                                       {"results": len(pngs), "evaluations": evaluations})
@@ -376,11 +391,18 @@ class BatchEngine:
         if model is not None:
             if will_retry:
                 # Final states are final: a job RQ will run again is queued, not failed.
-                self.redis.hset(jobs.job_key(job.id), mapping={"status": JobStatus.QUEUED.value,
-                                                               "last_error": jobs.dumps(error)})
+                with self.redis.pipeline() as pipe:
+                    pipe.hset(jobs.job_key(job.id), mapping={"status": JobStatus.QUEUED.value,
+                                                             "last_error": jobs.dumps(error)})
+                    jobs.publish(pipe, job.id, "status", {"status": JobStatus.QUEUED.value, "last_error": error})
+                    pipe.execute()
             else:
                 finish_record(self.redis, job.id, model, JobStatus.FAILED, self.runtime.settings.result_ttl,
                               error=error)
+                hook = next((f.webhook for f in self.in_flight if f.job.id == job.id), None)
+                if hook is None:
+                    hook = _record_webhook(self.redis, job.id)
+                self.webhooks.notify(hook, job.id, "completed", {"status": JobStatus.FAILED.value, "error": error})
         self.worker._finalize_failure(job, queue, execution, exc_info)
 
     def _requeue(self, flight: InFlight, reason: str) -> None:
@@ -393,6 +415,8 @@ class BatchEngine:
             pipe.hset(jobs.job_key(flight.job.id), mapping={
                 "status": JobStatus.QUEUED.value, "last_error": jobs.dumps({"type": "requeued", "message": reason})})
             pipe.hdel(jobs.job_key(flight.job.id), "progress", "started_at")
+            jobs.publish(pipe, flight.job.id, "status", {"status": JobStatus.QUEUED.value,
+                                                         "last_error": {"type": "requeued", "message": reason}})
             pipe.execute()
         flight.queue.enqueue_job(flight.job, at_front=True)
         log.info("job %s re-queued: %s", flight.job.id, reason)
@@ -423,7 +447,10 @@ class BatchEngine:
             pipe.delete(jobs.input_key(job.id, "image"), jobs.input_key(job.id, "mask"))
             if count:
                 pipe.hincrby(jobs.metrics_key(model), "jobs_canceled_total", 1)
+            jobs.publish(pipe, job.id, "status", {"status": JobStatus.CANCELED.value})
             pipe.execute()
+        self.webhooks.notify(_record_webhook(self.redis, job.id), job.id, "completed",
+                             {"status": JobStatus.CANCELED.value})
 
     # ---- reporting and Redis outages ----------------------------------------------------------
 
@@ -432,16 +459,33 @@ class BatchEngine:
         if not force and now_ - self._last_progress < self.progress_interval:
             return
         self._last_progress = now_
+        previews = self._previews(now_)
         with self.redis.pipeline() as pipe:
             for flight in self.in_flight:
                 step, total = flight.step, flight.total
                 elapsed = now_ - flight.started
                 eta = elapsed / step * (total - step) if step else None
-                pipe.hset(jobs.job_key(flight.job.id), "progress", jobs.dumps({
-                    "step": step, "total": total, "fraction": round(step / total, 4),
-                    "eta_seconds": None if eta is None else round(eta, 1), "updated_at": now_}))
+                progress = {"step": step, "total": total, "fraction": round(step / total, 4),
+                            "eta_seconds": None if eta is None else round(eta, 1), "updated_at": now_}
+                pipe.hset(jobs.job_key(flight.job.id), "progress", jobs.dumps(progress))
+                jobs.publish(pipe, flight.job.id, "progress", progress)
+                self.webhooks.notify(flight.webhook, flight.job.id, "progress", progress)
+                if flight.job.id in previews:
+                    pipe.set(jobs.preview_key(flight.job.id), previews[flight.job.id],
+                             ex=self.runtime.settings.result_ttl)
+                    jobs.publish(pipe, flight.job.id, "preview", {"url": f"/jobs/{flight.job.id}/preview",
+                                                                   "step": step})
             self.stats.flush(pipe, self.runtime.preset.name)
             pipe.execute()
+
+    def _previews(self, now_: float) -> dict[str, bytes]:
+        """PNGs of the current x0 estimates (sample 0 of each job), every preview_interval."""
+        if now_ - self._last_preview < self.preview_interval or not self.in_flight:
+            return {}
+        self._last_preview = now_
+        with torch.inference_mode():
+            estimates = self.batch.estimate([f.samples[0] for f in self.in_flight])
+        return {f.job.id: self.runtime.preview_png(x) for f, x in zip(self.in_flight, estimates)}
 
     def _flush_stats(self) -> None:
         with self.redis.pipeline() as pipe:
@@ -482,4 +526,10 @@ def finish_record(redis, job_id: str, model: str, status: JobStatus, ttl: int, *
         pipe.hincrby(jobs.metrics_key(model), f"jobs_{status.value}_total", 1)
         if started is not None:
             jobs.record_duration(pipe, model, "run", finished - float(started))
+        jobs.publish(pipe, job_id, "status", {"status": status.value, **fields})
         pipe.execute()
+
+
+def _record_webhook(redis, job_id: str) -> dict | None:
+    raw = redis.hget(jobs.job_key(job_id), "params")
+    return None if raw is None else json.loads(raw).get("webhook")

@@ -57,6 +57,21 @@ def result_key(job_id: str, index: int) -> str:
     return f"{PREFIX}:job:{job_id}:result:{index}"
 
 
+def preview_key(job_id: str) -> str:
+    """PNG of the latest x0 estimate of a running job (the model's view, sample 0)."""
+    return f"{PREFIX}:job:{job_id}:preview"
+
+
+def events_channel(job_id: str) -> str:
+    """Pub/sub channel of a job's events: status, progress, preview."""
+    return f"{PREFIX}:events:{job_id}"
+
+
+def publish(pipe, job_id: str, event: str, data: dict) -> None:
+    """Queue one event on `pipe` (a Redis pipeline or client)."""
+    pipe.publish(events_channel(job_id), dumps({"event": event, "data": data}))
+
+
 def models_key() -> str:
     """Hash model name -> JSON description, written by workers when they start."""
     return f"{PREFIX}:models"

@@ -54,9 +54,10 @@ def sync_record(redis: Redis, job: Job) -> None:
         return
     status = job.get_status()
     if status in (RQStatus.QUEUED, RQStatus.SCHEDULED, RQStatus.DEFERRED):
-        redis.hset(key, mapping={"status": JobStatus.QUEUED.value, "last_error": jobs.dumps(
-            {"type": "worker_lost", "message": "the worker running this job stopped; it was queued again"})})
+        error = {"type": "worker_lost", "message": "the worker running this job stopped; it was queued again"}
+        redis.hset(key, mapping={"status": JobStatus.QUEUED.value, "last_error": jobs.dumps(error)})
         redis.hdel(key, "progress", "started_at")
+        jobs.publish(redis, job.id, "status", {"status": JobStatus.QUEUED.value, "last_error": error})
     elif status == RQStatus.FAILED:
         attempts = record.get("attempts", 0)
         finished = time.time()
@@ -65,4 +66,5 @@ def sync_record(redis: Redis, job: Job) -> None:
                 {"type": "worker_lost",
                  "message": f"the worker running this job stopped responding; gave up after {attempts} attempt(s)"})})
             pipe.hincrby(jobs.metrics_key(record["model"]), "jobs_failed_total", 1)
+            jobs.publish(pipe, job.id, "status", {"status": JobStatus.FAILED.value})
             pipe.execute()

@@ -181,6 +181,12 @@ class Runtime:
             results.append(geometry.encode(composed, params.output_format))
         return results
 
+    def preview_png(self, x0: torch.Tensor) -> bytes:
+        """A [3 x S x S] estimate in [-1, 1] as a PNG (the model's view of the job)."""
+        out = io.BytesIO()
+        Image.fromarray(from_model_range(x0.float()).cpu().permute(1, 2, 0).numpy()).save(out, format="PNG")
+        return out.getvalue()
+
     # ---- the network ---------------------------------------------------------------------------
 
     def _autocast(self):

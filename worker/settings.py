@@ -33,6 +33,9 @@ class WorkerSettings(BaseSettings):
                                   "before it puts the rest back in the queue")
     test_oom_above: int | None = Field(None, ge=1, description="testing aid: raise out-of-memory when a "
                                        "forward pass has more samples than this")
+    preview_interval: float = Field(3.0, gt=0, description="seconds between preview images of a running job")
+    webhook_secret: str = Field("", description="shared secret that signs webhook bodies (HMAC-SHA256)")
+    webhook_allowed_hosts: str = Field("", description="comma-separated hosts webhooks may call; '*' = any")
     worker_name: str | None = Field(None, description="RQ worker name (default: host and pid)")
     log_level: str = "INFO"
 

@@ -10,6 +10,8 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, File, Form, Header, HTTPException, Response, UploadFile, status
 
 from worker.jobs import QUALITY_PRESETS, JobStatus, count_evaluations
+from worker.webhooks_policy import EVENTS as WEBHOOK_EVENTS
+from worker.webhooks_policy import host_allowed
 
 from .. import jobstore, uploads
 from ..deps import ApiKey, RedisDep, SettingsDep
@@ -56,6 +58,10 @@ def create_inpaint_job(
     mask_dilate: Annotated[int, Form(ge=0, le=64, description="grow the mask by this many pixels")] = 0,
     output_format: Annotated[Literal["png", "jpeg", "webp"], Form(description=(
         "result format; only PNG keeps the unmasked pixels bit for bit"))] = "png",
+    webhook: Annotated[str | None, Form(max_length=2000, description=(
+        "URL to POST job events to (hosts the operator allows); signed with HMAC-SHA256"))] = None,
+    webhook_events: Annotated[str, Form(description="comma-separated: started, progress, completed")] = (
+        "started,progress,completed"),
     idempotency_key: Annotated[str | None, Header(max_length=200, description=(
         "client retries with the same key and upload get the same job instead of a new one"))] = None,
 ) -> JobCreated:
@@ -92,6 +98,19 @@ def create_inpaint_job(
         raise HTTPException(422, f"these settings need {evaluations} network evaluations per sample; "
                                  f"the limit is {settings.max_evaluations}")
 
+    hook = None
+    if webhook is not None:
+        allowed = [h.strip() for h in settings.webhook_allowed_hosts.split(",") if h.strip()]
+        if not allowed:
+            raise HTTPException(422, "webhooks are not enabled on this service (REPAINT_WEBHOOK_ALLOWED_HOSTS)")
+        if not host_allowed(webhook, allowed):
+            raise HTTPException(422, f"webhook host is not allowed; allowed hosts: {allowed}")
+        events = [e.strip() for e in webhook_events.split(",") if e.strip()]
+        unknown = set(events) - set(WEBHOOK_EVENTS)
+        if unknown or not events:
+            raise HTTPException(422, f"webhook_events must be among {list(WEBHOOK_EVENTS)}")
+        hook = {"url": webhook, "events": events}
+
     queue = jobstore.queue_for(redis, model)
     if queue.count >= settings.max_queue_length:
         raise HTTPException(429, f"the queue of model {model} is full ({settings.max_queue_length} jobs); retry later",
@@ -123,6 +142,8 @@ def create_inpaint_job(
               "image": {"width": prepared.width, "height": prepared.height, "mode": prepared.mode}}
     if preset is not None:
         params["preset"] = preset
+    if hook is not None:
+        params["webhook"] = hook
     if info["class_cond"]:
         params.update(class_label=class_label, classifier_scale=classifier_scale)
     job_id = jobstore.new_job_id()

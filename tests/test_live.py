@@ -1,0 +1,172 @@
+"""Live progress, the CLI, webhooks and the web page, against real processes."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import io
+import json
+import subprocess
+import sys
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from service.client import RepaintClient
+from tests.conftest import face_and_mask, png_bytes
+from tests.procs import ROOT, ApiProcess, WorkerProcess, free_port, submit, wait_final
+
+SECRET = "s3cret"
+LIVE = {"steps": 100, "jump_length": 10, "jump_n_sample": 5}  # 460 evaluations
+
+
+@pytest.fixture()
+def service(redis_server, redis_db):
+    api = ApiProcess(redis_server.url, REPAINT_WEBHOOK_ALLOWED_HOSTS="127.0.0.1")
+    worker = WorkerProcess(redis_server.url, "live", REPAINT_PREVIEW_INTERVAL="0.3",
+                           REPAINT_WEBHOOK_SECRET=SECRET, REPAINT_WEBHOOK_ALLOWED_HOSTS="127.0.0.1").wait_ready(redis_db)
+    yield api
+    worker.stop()
+    api.stop()
+
+
+def test_events_stream_in_order_with_previews(service):
+    client = RepaintClient(service.url)
+    job_id = client.submit(png_bytes(face_and_mask()[0]), png_bytes(face_and_mask()[1]), **LIVE)["id"]
+    events = list(client.events(job_id))
+    kinds = [e for e, _ in events]
+    assert kinds[0] == "status" and events[-1] == ("status", {**events[-1][1], "status": "succeeded"})
+    steps = [d["step"] for e, d in events if e == "progress"]
+    assert len(steps) >= 3 and steps == sorted(steps) and steps[-1] == 460
+    statuses = [d["status"] for e, d in events if e == "status"]
+    assert statuses.index("running") < statuses.index("succeeded")
+    previews = [d for e, d in events if e == "preview"]
+    assert previews, kinds
+    preview = client.http.get(previews[-1]["url"])
+    assert preview.status_code == 200 and Image.open(io.BytesIO(preview.content)).size == (32, 32)
+    # A finished job's stream is its final state at once.
+    assert [e for e, _ in client.events(job_id)] == ["status", "progress"]
+
+
+def test_preview_is_404_before_any_exists(service):
+    client = RepaintClient(service.url)
+    job_id = client.submit(png_bytes(face_and_mask()[0]), png_bytes(face_and_mask()[1]), steps=5,
+                           jump_length=5, jump_n_sample=1, model="tiny")["id"]
+    r = client.http.get(f"/jobs/{job_id}/preview")
+    assert r.status_code in (200, 404)
+    assert client.http.get("/jobs/00000000-0000-4000-8000-000000000000/preview").status_code == 404
+
+
+def run_cli(*args):
+    return subprocess.run([sys.executable, "-m", "service.cli", "submit", *args], cwd=ROOT, capture_output=True,
+                          text=True, timeout=300)
+
+
+def test_cli_submits_shows_progress_and_writes_the_result(service, tmp_path):
+    image, mask = face_and_mask(seed=8)
+    (tmp_path / "i.png").write_bytes(png_bytes(image))
+    (tmp_path / "m.png").write_bytes(png_bytes(mask))
+    done = run_cli(str(tmp_path / "i.png"), str(tmp_path / "m.png"), "-o", str(tmp_path / "out.png"), "--url",
+                   service.url, "--steps", "60", "--jump-length", "5", "--jump-n-sample", "3", "--num-samples", "2")
+    assert done.returncode == 0, done.stderr
+    assert "/" in done.stderr and "wrote" in done.stderr  # a progress bar and the files
+    for name in ("out-1.png", "out-2.png"):
+        out = np.asarray(Image.open(tmp_path / name))
+        known = np.asarray(mask) < 128
+        assert out.shape == (32, 32, 3) and (out[known] == np.asarray(image)[known]).all()
+    refused = run_cli(str(tmp_path / "i.png"), str(tmp_path / "m.png"), "-o", str(tmp_path / "x.png"),
+                      "--url", service.url, "--model", "nope")
+    assert refused.returncode == 2 and "unknown model" in refused.stderr
+    unreachable = run_cli(str(tmp_path / "i.png"), "-o", str(tmp_path / "x.png"), "--url",
+                          f"http://127.0.0.1:{free_port()}")
+    assert unreachable.returncode == 3
+
+
+class Receiver(BaseHTTPRequestHandler):
+    calls: list = []
+    fail_first_completed = True
+
+    def do_POST(self):
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        event = json.loads(body)
+        Receiver.calls.append((time.monotonic(), dict(self.headers), body, event))
+        if event["event"] == "completed" and Receiver.fail_first_completed:
+            Receiver.fail_first_completed = False
+            self.send_response(503)
+        else:
+            self.send_response(204)
+        self.end_headers()
+
+    def log_message(self, *args):
+        pass
+
+
+def test_webhooks_are_signed_throttled_retried_and_host_limited(service):
+    server = ThreadingHTTPServer(("127.0.0.1", free_port()), Receiver)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        client = RepaintClient(service.url)
+        image, mask = (png_bytes(x) for x in face_and_mask())
+        url = f"http://127.0.0.1:{server.server_address[1]}/hook"
+        job_id = client.submit(image, mask, webhook=url, **LIVE)["id"]
+        assert client.wait(job_id)["status"] == "succeeded"
+        deadline = time.time() + 20
+        while time.time() < deadline and sum(e["event"] == "completed" for *_, e in Receiver.calls) < 2:
+            time.sleep(0.2)
+        events = [e["event"] for *_, e in Receiver.calls]
+        assert events[0] == "started" and events.count("completed") == 2  # the 503 was retried
+        progress_times = [t for t, _, _, e in Receiver.calls if e["event"] == "progress"]
+        assert progress_times and all(b - a >= 0.45 for a, b in zip(progress_times, progress_times[1:]))
+        for _, headers, body, event in Receiver.calls:
+            expected = "sha256=" + hmac.new(SECRET.encode(), body, hashlib.sha256).hexdigest()
+            assert headers["X-Repaint-Signature"] == expected and event["job_id"] == job_id
+        refused = client.http.post("/inpaint", files={"image": ("i", image), "mask": ("m", mask)},
+                                   data={"webhook": "http://10.0.0.1/hook"})
+        assert refused.status_code == 422 and "not allowed" in refused.json()["detail"]
+    finally:
+        server.shutdown()
+
+
+def test_the_page_paints_submits_and_shows_the_result(service, tmp_path):
+    playwright = pytest.importorskip("playwright.sync_api")
+    image, _ = face_and_mask(seed=9)
+    (tmp_path / "face.png").write_bytes(png_bytes(image.resize((256, 256), Image.Resampling.NEAREST)))
+    with playwright.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium_path(), args=["--no-sandbox", "--disable-gpu"])
+        try:
+            page = browser.new_page()
+            errors = []
+            page.on("pageerror", lambda e: errors.append(str(e)))
+            page.goto(service.url + "/")
+            page.wait_for_function("document.querySelector('#model').options.length > 0")
+            page.set_input_files("#file", str(tmp_path / "face.png"))
+            page.wait_for_selector("#stage:not(.empty)")
+            box = page.locator("#mask-canvas").bounding_box()
+            page.mouse.move(box["x"] + box["width"] * 0.3, box["y"] + box["height"] * 0.4)
+            page.mouse.down()
+            page.mouse.move(box["x"] + box["width"] * 0.7, box["y"] + box["height"] * 0.45, steps=8)
+            page.mouse.up()
+            page.select_option("#preset", "fast")
+            page.click("#submit")
+            page.wait_for_selector("#results img.result", timeout=120_000)
+            src = page.get_attribute("#results img.result", "src")
+            assert src.startswith("/jobs/")
+            page.click("#toggle")
+            assert page.get_attribute("#results img.result", "src").startswith("blob:")
+            page.screenshot(path=str(tmp_path / "page.png"))
+            assert not errors, errors
+        finally:
+            browser.close()
+
+
+def chromium_path() -> str:
+    import shutil
+
+    path = shutil.which("chromium") or shutil.which("chromium-browser")
+    if path is None:
+        pytest.fail("Debian's chromium is needed for the page test (apt-get install chromium)")
+    return path
