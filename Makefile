@@ -12,13 +12,19 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q -e '.[test]'
 	touch $@
 
-.PHONY: install serve test bench
+.PHONY: install serve test bench chromium
 install: $(VENV)/.installed
+
+# The page test drives Debian's Chromium (Playwright uses the system browser; nothing is downloaded).
+chromium:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium >/dev/null; }
 
 serve: $(VENV)/.installed
 	$(VENV)/bin/repaint serve
 
-test: $(VENV)/.installed
+test: $(VENV)/.installed chromium
 	$(PY) -m pytest
 
 bench: $(VENV)/.installed
