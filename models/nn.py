@@ -146,31 +146,25 @@ def _attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tenso
     return torch.bmm(v, weight.transpose(1, 2))
 
 
-class QKVAttentionLegacy(nn.Module):
-    """Attention over a fused qkv tensor laid out per head as (q, k, v) (the reference's default)."""
-
-    def __init__(self, n_heads: int):
-        super().__init__()
-        self.n_heads = n_heads
-
-    def forward(self, qkv: torch.Tensor) -> torch.Tensor:
-        bs, width, length = qkv.shape
-        ch = width // (3 * self.n_heads)
-        q, k, v = qkv.reshape(bs * self.n_heads, ch * 3, length).split(ch, dim=1)
-        return _attention(q, k, v).reshape(bs, -1, length)
-
-
 class QKVAttention(nn.Module):
-    """Attention over a fused qkv tensor laid out as (all q, all k, all v) ("new order")."""
+    """Multi-head attention over a fused [N x 3*C x T] qkv tensor.
 
-    def __init__(self, n_heads: int):
+    `legacy_order=True` (the reference's default) reads the channels per head as (q, k, v);
+    False ("new attention order") reads them as (all q, all k, all v). No parameters.
+    """
+
+    def __init__(self, n_heads: int, *, legacy_order: bool = True):
         super().__init__()
         self.n_heads = n_heads
+        self.legacy_order = legacy_order
 
     def forward(self, qkv: torch.Tensor) -> torch.Tensor:
         bs, width, length = qkv.shape
         ch = width // (3 * self.n_heads)
-        q, k, v = (part.reshape(bs * self.n_heads, ch, length) for part in qkv.chunk(3, dim=1))
+        if self.legacy_order:
+            q, k, v = qkv.reshape(bs * self.n_heads, ch * 3, length).split(ch, dim=1)
+        else:
+            q, k, v = (part.reshape(bs * self.n_heads, ch, length) for part in qkv.chunk(3, dim=1))
         return _attention(q, k, v).reshape(bs, -1, length)
 
 
@@ -193,7 +187,7 @@ class AttentionBlock(nn.Module):
         self.num_heads = heads_for(channels, num_heads, num_head_channels)
         self.norm = normalization(channels)
         self.qkv = nn.Conv1d(channels, channels * 3, 1)
-        self.attention = (QKVAttention if use_new_attention_order else QKVAttentionLegacy)(self.num_heads)
+        self.attention = QKVAttention(self.num_heads, legacy_order=not use_new_attention_order)
         self.proj_out = nn.Conv1d(channels, channels, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -212,7 +206,7 @@ class AttentionPool2d(nn.Module):
             torch.randn(embed_dim, spacial_dim**2 + 1) / embed_dim**0.5)
         self.qkv_proj = nn.Conv1d(embed_dim, 3 * embed_dim, 1)
         self.c_proj = nn.Conv1d(embed_dim, output_dim, 1)
-        self.attention = QKVAttention(embed_dim // num_heads_channels)
+        self.attention = QKVAttention(embed_dim // num_heads_channels, legacy_order=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, c, *_ = x.shape

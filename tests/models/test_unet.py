@@ -123,3 +123,13 @@ def test_strict_load_names_shape_mismatches():
     net = models.build_unet({**meta["official_conf_keys"], "num_channels": 64, "num_head_channels": 32})
     with pytest.raises(CheckpointError, match="shape mismatches"):
         load_weights(net, load_reference("tiny_unet_A.pt"))
+
+
+def test_new_attention_order_is_the_legacy_one_with_channels_regrouped():
+    from models.nn import QKVAttention
+
+    heads, ch, length = 2, 4, 5
+    qkv = torch.randn(3, 3 * heads * ch, length, generator=torch.Generator().manual_seed(0))
+    per_head = qkv.reshape(3, heads, 3, ch, length)  # legacy: per head (q, k, v)
+    regrouped = per_head.transpose(1, 2).reshape(3, 3 * heads * ch, length)  # new: (all q, all k, all v)
+    torch.testing.assert_close(QKVAttention(heads)(qkv), QKVAttention(heads, legacy_order=False)(regrouped))
