@@ -211,15 +211,27 @@ def _coefficient_rows(diffusion: Diffusion, steps: int | None) -> list[tuple[flo
     return [tuple(row) for row in torch.stack(columns, 1).tolist()]
 
 
-def gather_coefficients(rows: Sequence[tuple[float, ...]], device: torch.device) -> dict[str, torch.Tensor]:
-    """Stack per-sample rows into [N x 1 x 1 x 1] float32 tensors (one host-to-device copy)."""
-    table = torch.tensor(rows, dtype=torch.float64).to(torch.float32)
+def gather_coefficients(rows: Sequence[tuple[float, ...]], device: torch.device,
+                        extra: Mapping[str, Sequence[float]] | None = None) -> dict[str, torch.Tensor]:
+    """Stack per-sample rows (and `extra` per-sample columns) into [N x 1 x 1 x 1] float32 tensors.
+
+    One host-to-device copy per step, from pinned memory on GPUs, so the copy does not make the
+    host wait for the device. Coefficients are looked up in float64 and rounded to float32, as
+    the reference does.
+    """
+    extra = dict(extra or {})
+    table = torch.tensor(rows, dtype=torch.float64)
+    if extra:
+        table = torch.cat([table, torch.tensor(list(zip(*extra.values())), dtype=torch.float64)], dim=1)
+    table = table.to(torch.float32)
+    if device.type == "cuda":
+        table = table.pin_memory()
     table = table.to(device, non_blocking=True)
-    out = {name: table[:, k].view(-1, 1, 1, 1) for k, name in enumerate(COEFFICIENTS)}
-    steps = [r[0] for r in rows]
-    if all(float(t).is_integer() for t in steps):
-        # Network timesteps as int64, as the reference feeds them.
-        out["timestep"] = torch.tensor([int(t) for t in steps], dtype=torch.int64).to(device, non_blocking=True)
+    names = list(COEFFICIENTS) + list(extra)
+    out = {name: table[:, k].view(-1, 1, 1, 1) for k, name in enumerate(names)}
+    if all(float(r[0]).is_integer() for r in rows):
+        # Network timesteps as int64, as the reference feeds them (exact: they are below 2^24).
+        out["timestep"] = table[:, 0].round().to(torch.int64)
     else:
         out["timestep"] = table[:, 0]
     return out

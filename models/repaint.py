@@ -203,31 +203,32 @@ def step(model: DenoiseModel, batch: RePaintBatch, *, classifier: Callable | Non
     def take(t: torch.Tensor) -> torch.Tensor:
         return t if index is None else t.index_select(0, index)
 
-    c = gather_coefficients([s.rows[s.current] for s in states], batch.device)
+    fresh = [s.evaluations == 0 for s in states]
+    c = gather_coefficients([s.rows[s.current] for s in states], batch.device, extra={
+        "nonzero": [float(s.current != 0) for s in states],
+        "inject_known": [float(not f) for f in fresh],
+        "guidance": [float(s.params.classifier_scale) for s in states]})
     shape = batch.x.shape[1:]
     noise = torch.stack([s.randn(shape, batch.device) for s in states])
     x = take(batch.x)
     # Line 4-6 of Algorithm 1: x_{t-1}^known = q_sample(x0, t). The reference noises the known
     # region to the level of the *input* x_t (alphas_cumprod[t]), from the second step on.
-    fresh = [s.evaluations == 0 for s in states]
     if not all(fresh):
         gt_noise = torch.stack([torch.zeros(shape, device=batch.device) if f else s.randn(shape, batch.device)
                                 for s, f in zip(states, fresh)])
         known = c["sqrt_ac"] * take(batch.gt) + c["sqrt_1m_ac"] * gt_noise
         merge = take(batch.keep)
         if any(fresh):
-            merge = merge & torch.tensor([not f for f in fresh], device=batch.device).view(-1, 1, 1, 1)
+            merge = merge & (c["inject_known"] > 0.5)
         x = torch.where(merge, known, x)
     y = None if batch.y is None else take(batch.y)
     out = p_mean_variance(batch.diffusion, model(x, c["timestep"], y), x, c, clip_denoised=clip_denoised)
     mean = out["mean"]
     if classifier is not None and y is not None:
-        scales = [s.params.classifier_scale for s in states]
-        if any(scales):
-            scale = torch.tensor(scales, dtype=torch.float32, device=batch.device).view(-1, 1, 1, 1)
-            mean = mean.float() + out["variance"] * classifier_gradient(classifier, x, c["timestep"], y, scale)
-    nonzero = torch.tensor([s.current != 0 for s in states], dtype=mean.dtype, device=batch.device)
-    sample = mean + nonzero.view(-1, 1, 1, 1) * torch.exp(0.5 * out["log_variance"]) * noise
+        if any(s.params.classifier_scale for s in states):
+            gradient = classifier_gradient(classifier, x, c["timestep"], y, c["guidance"])
+            mean = mean.float() + out["variance"] * gradient
+    sample = mean + c["nonzero"] * torch.exp(0.5 * out["log_variance"]) * noise
     if index is None:
         batch.x, batch.pred_xstart = sample, out["pred_xstart"]
     else:
