@@ -52,7 +52,7 @@ class JobParams:
     class_label: int | None = None
     classifier_scale: float = 0.0
     strategy: str = "auto"
-    blend: int = 4
+    blend: int | None = None  # None: about one model pixel (see geometry.auto_blend)
     mask_dilate: int = 0
     output_format: str = "png"
 
@@ -176,8 +176,9 @@ class Runtime:
         pixels = torch.where(prepared.keep.expand_as(prepared.image), prepared.image, pixels)
         results = []
         for p in pixels:
+            blend = geometry.auto_blend(prepared.plan) if params.blend is None else params.blend
             composed = geometry.compose(prepared.original, p.permute(1, 2, 0).numpy(), prepared.fill,
-                                        prepared.plan, params.blend)
+                                        prepared.plan, blend)
             results.append(geometry.encode(composed, params.output_format))
         return results
 

@@ -54,7 +54,8 @@ def create_inpaint_job(
     strategy: Annotated[Literal["auto", "crop", "resize"], Form(description=(
         "how an image of another size reaches the model: crop around the mask, resize the whole "
         "(padded) image, or auto"))] = "auto",
-    blend: Annotated[int, Form(ge=0, le=64, description="feathered band, in pixels, inside the mask edge")] = 4,
+    blend: Annotated[int | None, Form(ge=0, le=64, description=(
+        "feathered band, in pixels, inside the mask edge (default: about one model pixel, at least 2)"))] = None,
     mask_dilate: Annotated[int, Form(ge=0, le=64, description="grow the mask by this many pixels")] = 0,
     output_format: Annotated[Literal["png", "jpeg", "webp"], Form(description=(
         "result format; only PNG keeps the unmasked pixels bit for bit"))] = "png",

@@ -51,7 +51,7 @@ def test_accepted_job_is_queued_with_location_and_defaults(client, redis_db):
     assert job["status"] == "queued" and job["position"] == 0 and job["model"] == "tiny"
     assert job["params"] == {"seed": 7, "num_samples": 1, "steps": 250, "jump_length": 10,
                              "jump_n_sample": 10, "evaluations_per_sample": 2410, "strategy": "auto",
-                             "blend": 4, "mask_dilate": 0, "output_format": "png",
+                             "blend": None, "mask_dilate": 0, "output_format": "png",
                              "image": {"width": 32, "height": 32, "mode": "RGB"}}
     # The upload travels in its own keys with a TTL; the RQ payload is JSON.
     assert 0 < redis_db.ttl(jobs.input_key(body["id"], "image")) <= 24 * 3600
