@@ -45,7 +45,7 @@ _TINY = {
 }
 
 # Our demo model, trained here on procedural faces (training/): fixed variance, 32x32.
-FACES32_SHA256 = "0" * 64  # set when the trained checkpoint is committed
+FACES32_SHA256 = "472b811a4c799f8c0592f0c55c28ba9fb7fa25c3d1048f21fe19572f45fc0d91"
 FACES32_CONF = {
     "image_size": 32, "num_channels": 32, "num_res_blocks": 2, "channel_mult": "1,2,2",
     "attention_resolutions": "16,8", "num_heads": 1, "num_head_channels": 32,
