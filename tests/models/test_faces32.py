@@ -40,7 +40,7 @@ def test_masked_eye_is_filled_better_than_a_blurred_fill(faces32):
     images, keeps = [], []
     for s in seeds:
         img, p = face(s)
-        images.append(torch.from_numpy(img).permute(2, 0, 1).float() / 127.5 - 1)
+        images.append(torch.from_numpy(np.array(img)).permute(2, 0, 1).float() / 127.5 - 1)
         keeps.append(torch.from_numpy(eye_mask(p))[None])
     image, keep = torch.stack(images), torch.stack(keeps)
     out = models.inpaint(faces32.unet, faces32.diffusion, image, keep, t_T=50, jump_length=5, jump_n_sample=2, seed=0)
