@@ -19,7 +19,8 @@ from ..schemas import ErrorBody, JobCreated, Links
 
 router = APIRouter(tags=["jobs"], dependencies=[ApiKey])
 
-MAX_SEED = 2**62
+# Seeds stay below 2^53 so that JavaScript clients (the page) read them back exactly.
+MAX_SEED = 2**53
 
 
 @router.post(
@@ -136,7 +137,7 @@ def create_inpaint_job(
     msk = None if mask is None else uploads.open_image(mask_bytes, "mask", settings.max_image_pixels)
     prepared = uploads.prepare(img, msk)
 
-    params = {"seed": secrets.randbits(62) if seed is None else seed, "num_samples": num_samples,
+    params = {"seed": secrets.randbits(52) if seed is None else seed, "num_samples": num_samples,
               "steps": steps, "jump_length": jump_length, "jump_n_sample": jump_n_sample,
               "evaluations_per_sample": evaluations, "strategy": strategy, "blend": blend,
               "mask_dilate": mask_dilate, "output_format": output_format,

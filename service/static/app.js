@@ -234,6 +234,7 @@ async function showResults(jobId) {
     container.append(figure);
     state.results.push(img);
   });
+  if (state.results.length) $("preview").src = state.results[0].src;  // the final estimate
   state.showBefore = false;
   $("toggle").textContent = "Show before";
   $("result-panel").hidden = false;
