@@ -128,7 +128,7 @@ def registered_models(redis: Redis) -> dict[str, dict]:
     return {k.decode(): json.loads(v) for k, v in redis.hgetall(jobs.models_key()).items()}
 
 
-def cancel_job(redis: Redis, job_id: str) -> dict:
+def cancel_job(redis: Redis, job_id: str, ttl: int) -> dict:
     """Cancel a job: a queued one never runs; a running one stops at its worker's next step.
 
     Returns the record as it is after the request. Final jobs are left as they are.
@@ -145,16 +145,7 @@ def cancel_job(redis: Redis, job_id: str) -> dict:
             rq_job = Job.fetch(job_id, connection=redis, serializer=JSONSerializer)
             if rq_job.get_status() == RQStatus.QUEUED:
                 rq_job.cancel()
-                finish_canceled(redis, job_id, record["model"])
+                jobs.finish_record(redis, job_id, record["model"], JobStatus.CANCELED, ttl)
         except (NoSuchJobError, InvalidJobOperation):  # taken by a worker meanwhile: it sees the flag
             pass
     return read_job(redis, job_id)
-
-
-def finish_canceled(redis: Redis, job_id: str, model: str) -> None:
-    with redis.pipeline() as pipe:
-        pipe.hset(jobs.job_key(job_id), mapping={"status": JobStatus.CANCELED.value, "finished_at": time.time()})
-        pipe.hincrby(jobs.metrics_key(model), "jobs_canceled_total", 1)
-        pipe.delete(jobs.input_key(job_id, "image"), jobs.input_key(job_id, "mask"))
-        jobs.publish(pipe, job_id, "status", {"status": JobStatus.CANCELED.value})
-        pipe.execute()

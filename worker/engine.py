@@ -180,6 +180,8 @@ class BatchEngine:
         from rq import Queue
 
         while not self.worker._stop_requested and not (len(self.batch) and self._an_idle_peer_exists()):
+            if len(self.batch) and self.free_slots <= 0:
+                return  # full: no Redis round trip on this tick
             size = self._next_job_size()
             if size is None or (size > self.free_slots and len(self.batch) > 0):
                 return
@@ -357,14 +359,13 @@ class BatchEngine:
         with self.redis.pipeline() as pipe:
             for i, png in enumerate(pngs):
                 pipe.set(jobs.result_key(job_id, i), png, ex=ttl)
-            pipe.delete(jobs.input_key(job_id, "image"), jobs.input_key(job_id, "mask"))
             pipe.hincrby(jobs.metrics_key(flight.model), "model_evaluations_total", evaluations)
             speed = self.runtime.seconds_per_evaluation
             if speed is not None:
                 pipe.set(jobs.speed_key(flight.model), speed)
             jobs.publish(pipe, job_id, "progress", progress)
             pipe.execute()
-        finish_record(self.redis, job_id, flight.model, JobStatus.SUCCEEDED, ttl,
+        jobs.finish_record(self.redis, job_id, flight.model, JobStatus.SUCCEEDED, ttl,
                       progress=progress, result={"count": len(pngs)})
         self.webhooks.notify(flight.webhook, job_id, "completed", {
             "status": JobStatus.SUCCEEDED.value,
@@ -397,7 +398,7 @@ class BatchEngine:
                     jobs.publish(pipe, job.id, "status", {"status": JobStatus.QUEUED.value, "last_error": error})
                     pipe.execute()
             else:
-                finish_record(self.redis, job.id, model, JobStatus.FAILED, self.runtime.settings.result_ttl,
+                jobs.finish_record(self.redis, job.id, model, JobStatus.FAILED, self.runtime.settings.result_ttl,
                               error=error)
                 hook = next((f.webhook for f in self.in_flight if f.job.id == job.id), None)
                 if hook is None:
@@ -441,14 +442,8 @@ class BatchEngine:
             job.cancel()
         except InvalidJobOperation:
             pass
-        with self.redis.pipeline() as pipe:
-            pipe.hset(jobs.job_key(job.id), mapping={"status": JobStatus.CANCELED.value, "finished_at": time.time()})
-            pipe.expire(jobs.job_key(job.id), self.runtime.settings.result_ttl)
-            pipe.delete(jobs.input_key(job.id, "image"), jobs.input_key(job.id, "mask"))
-            if count:
-                pipe.hincrby(jobs.metrics_key(model), "jobs_canceled_total", 1)
-            jobs.publish(pipe, job.id, "status", {"status": JobStatus.CANCELED.value})
-            pipe.execute()
+        jobs.finish_record(self.redis, job.id, model, JobStatus.CANCELED, self.runtime.settings.result_ttl,
+                           count=count)
         self.webhooks.notify(_record_webhook(self.redis, job.id), job.id, "completed",
                              {"status": JobStatus.CANCELED.value})
 
@@ -512,22 +507,6 @@ class BatchEngine:
             except REDIS_ERRORS as exc:
                 log.error("redis unavailable (%s)", exc)
                 self._wait_for_redis()
-
-
-def finish_record(redis, job_id: str, model: str, status: JobStatus, ttl: int, **fields) -> None:
-    """Final status, timestamps and metrics for one job, in one round trip."""
-    finished = time.time()
-    key = jobs.job_key(job_id)
-    started = redis.hget(key, "started_at")
-    with redis.pipeline() as pipe:
-        pipe.hset(key, mapping={"status": status.value, "finished_at": finished,
-                                **{k: jobs.dumps(v) for k, v in fields.items()}})
-        pipe.expire(key, ttl)
-        pipe.hincrby(jobs.metrics_key(model), f"jobs_{status.value}_total", 1)
-        if started is not None:
-            jobs.record_duration(pipe, model, "run", finished - float(started))
-        jobs.publish(pipe, job_id, "status", {"status": status.value, **fields})
-        pipe.execute()
 
 
 def _record_webhook(redis, job_id: str) -> dict | None:

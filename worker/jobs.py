@@ -107,6 +107,31 @@ def record_duration(pipe, model: str, name: str, seconds: float) -> None:
     record_observation(pipe, model, name, seconds, DURATION_BUCKETS)
 
 
+def finish_record(redis, job_id: str, model: str, status: "JobStatus", ttl: int | None = None, *,
+                  count: bool = True, **fields) -> None:
+    """Write a final status, in one round trip: record fields, finish time, run-time histogram,
+    the final-status counter (unless `count` is False), the status event, and drop the uploads.
+
+    `ttl` (seconds the finished record is kept) leaves the record's expiry as it is when None.
+    """
+    assert status.final, status
+    finished = time.time()
+    key = job_key(job_id)
+    started = redis.hget(key, "started_at")
+    with redis.pipeline() as pipe:
+        pipe.hset(key, mapping={"status": status.value, "finished_at": finished,
+                                **{k: dumps(v) for k, v in fields.items()}})
+        if ttl is not None:
+            pipe.expire(key, ttl)
+        pipe.delete(input_key(job_id, "image"), input_key(job_id, "mask"))
+        if count:
+            pipe.hincrby(metrics_key(model), f"jobs_{status.value}_total", 1)
+        if started is not None:
+            record_duration(pipe, model, "run", finished - float(started))
+        publish(pipe, job_id, "status", {"status": status.value, **fields})
+        pipe.execute()
+
+
 def now() -> float:
     return time.time()
 

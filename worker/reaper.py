@@ -60,11 +60,6 @@ def sync_record(redis: Redis, job: Job) -> None:
         jobs.publish(redis, job.id, "status", {"status": JobStatus.QUEUED.value, "last_error": error})
     elif status == RQStatus.FAILED:
         attempts = record.get("attempts", 0)
-        finished = time.time()
-        with redis.pipeline() as pipe:
-            pipe.hset(key, mapping={"status": JobStatus.FAILED.value, "finished_at": finished, "error": jobs.dumps(
-                {"type": "worker_lost",
-                 "message": f"the worker running this job stopped responding; gave up after {attempts} attempt(s)"})})
-            pipe.hincrby(jobs.metrics_key(record["model"]), "jobs_failed_total", 1)
-            jobs.publish(pipe, job.id, "status", {"status": JobStatus.FAILED.value})
-            pipe.execute()
+        jobs.finish_record(redis, job.id, record["model"], JobStatus.FAILED, error={
+            "type": "worker_lost",
+            "message": f"the worker running this job stopped responding; gave up after {attempts} attempt(s)"})

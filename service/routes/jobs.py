@@ -9,7 +9,7 @@ from fastapi import APIRouter, HTTPException, Query, Response
 from worker.jobs import JobStatus
 
 from .. import jobstore
-from ..deps import ApiKey, RedisDep
+from ..deps import ApiKey, RedisDep, SettingsDep
 from ..schemas import ErrorBody, JobPublic, Links
 
 router = APIRouter(prefix="/jobs", tags=["jobs"], dependencies=[ApiKey])
@@ -38,11 +38,11 @@ def get_job(job_id: str, redis: RedisDep) -> JobPublic:
 
 
 @router.delete("/{job_id}", response_model=JobPublic, responses=NOT_FOUND, summary="Cancel a job")
-def cancel_job(job_id: str, redis: RedisDep) -> JobPublic:
+def cancel_job(job_id: str, redis: RedisDep, settings: SettingsDep) -> JobPublic:
     """A queued job is canceled at once and never runs; a running one stops at its next step
     (status stays `running` with `cancel_requested` until then). Finished jobs are unchanged."""
     _found(redis, job_id)
-    return _public(job_id, jobstore.cancel_job(redis, job_id))
+    return _public(job_id, jobstore.cancel_job(redis, job_id, settings.result_ttl))
 
 
 def _public(job_id: str, r: dict) -> JobPublic:
