@@ -23,7 +23,7 @@ from pathlib import Path
 from service.client import RepaintClient
 from tests.conftest import face_and_mask, png_bytes
 from tests.procs import ApiProcess, RedisServer, WorkerProcess
-from worker import jobs
+from worker.params import count_evaluations
 
 
 def run_level(client_url: str, n_jobs: int, concurrency: int, fields: dict) -> dict:
@@ -57,7 +57,7 @@ def run_level(client_url: str, n_jobs: int, concurrency: int, fields: dict) -> d
         t.join()
     wall = time.perf_counter() - t0
     latencies.sort()
-    evaluations = jobs.count_evaluations(fields["steps"], fields["jump_length"], fields["jump_n_sample"])
+    evaluations = count_evaluations(fields["steps"], fields["jump_length"], fields["jump_n_sample"])
     return {
         "concurrency": concurrency, "jobs": n_jobs, "failed": len(failures), "wall_seconds": round(wall, 2),
         "images_per_minute": round(60 * n_jobs / wall, 1),
@@ -93,7 +93,7 @@ def run_config(max_batch: int, args) -> list[dict]:
 
 
 def table(rows: list[dict], args) -> str:
-    evaluations = jobs.count_evaluations(args.steps, args.jump_length, args.jump_n_sample)
+    evaluations = count_evaluations(args.steps, args.jump_length, args.jump_n_sample)
     out = [f"Schedule {args.steps}/{args.jump_length}/{args.jump_n_sample} ({evaluations} evaluations per image), "
            f"model `tiny` (32x32), {args.jobs} jobs per row, worker torch threads: {args.threads}, "
            f"compile: {args.compile}. Machine: {platform.machine()}, {platform.processor() or 'unknown CPU'}, "

@@ -44,7 +44,7 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
     app.state.redis = Redis.from_url(settings.redis_url, socket_timeout=10, socket_connect_timeout=5,
                                      health_check_interval=30)
     registry = CollectorRegistry()
-    registry.register(RedisJobCollector(app.state.redis))
+    registry.register(RedisJobCollector(app.state.redis, settings))
     app.add_middleware(HttpMetricsMiddleware, metrics=HttpMetrics(registry))
 
     @app.middleware("http")

@@ -25,12 +25,14 @@ FINAL_STATUSES = ("succeeded", "failed", "canceled")
 class RedisJobCollector:
     """Reads every model's counters and histograms from Redis on each scrape."""
 
-    def __init__(self, redis: Redis):
+    def __init__(self, redis: Redis, settings):
         self.redis = redis
+        self.settings = settings
 
     def collect(self):
         depth = GaugeMetricFamily("repaint_queue_depth", "Jobs waiting in a model's queue", labels=["model"])
         workers = GaugeMetricFamily("repaint_workers", "Live workers serving a model", labels=["model"])
+        running = GaugeMetricFamily("repaint_jobs_running", "Jobs running on a worker (all models)")
         finished = CounterMetricFamily("repaint_jobs", "Jobs that reached a final status",
                                        labels=["model", "status"])
         evaluations = CounterMetricFamily("repaint_model_evaluations", "Network evaluations of finished jobs",
@@ -43,7 +45,8 @@ class RedisJobCollector:
         forward = HistogramMetricFamily("repaint_forward_seconds",
                                         "Duration of one batched sampler step (forward pass and update)",
                                         labels=["model"])
-        for model in sorted(jobstore.registered_models(self.redis)):
+        running.add_metric([], self.redis.scard(jobs.running_key()))
+        for model in sorted(jobstore.served_models(self.redis, self.settings)):
             queue = jobstore.queue_for(self.redis, model)
             depth.add_metric([model], queue.count)
             workers.add_metric([model], Worker.count(connection=self.redis, queue=queue))
@@ -58,7 +61,7 @@ class RedisJobCollector:
                 buckets = [(str(b), raw.get(f"{name}_bucket:{b}", 0.0)) for b in bounds]
                 buckets.append(("+Inf", raw.get(f"{name}_count", 0.0)))
                 family.add_metric([model], buckets, raw.get(f"{name}_sum", 0.0))
-        yield from (depth, workers, finished, evaluations, waits, runs, batch, forward)
+        yield from (depth, workers, running, finished, evaluations, waits, runs, batch, forward)
 
 
 class HttpMetrics:

@@ -42,6 +42,8 @@ class JobPublic(BaseModel):
     started_at: str | None = None
     finished_at: str | None = None
     attempts: int = Field(0, description="times a worker has started this job")
+    failures: int = Field(0, description="attempts lost to a lost worker or an infrastructure error; the job "
+                          "fails when they reach the service's REPAINT_MAX_ATTEMPTS")
     cancel_requested: bool = Field(False, description="DELETE was called; a running job stops at its next step")
     params: dict[str, Any] = Field(description="the parameters used, seed included")
     error: JobError | None = None
@@ -68,7 +70,9 @@ class ModelPublic(BaseModel):
     diffusion_steps: int
     defaults: ModelDefaults
     default: bool = Field(description="used when POST /inpaint names no model")
-    workers: int = Field(description="live workers serving this model")
+    workers: int = Field(description="live workers serving this model (0: jobs wait until one starts)")
+    defunct_workers: int = Field(0, description="workers of this model that declared themselves broken and "
+                                 "exited within the last hour (details: /readyz)")
     queued: int = Field(description="jobs waiting in this model's queue")
 
 

@@ -11,6 +11,8 @@ class ApiSettings(BaseSettings):
 
     redis_url: str = Field("redis://127.0.0.1:6379/0", description="Redis shared with the workers")
     model: str = Field("faces32", description="default model for POST /inpaint")
+    models: str = Field("", description="comma-separated further models to accept jobs for, whether or not "
+                        "a worker is live (presets: celeba256, places256, imagenet256, faces32, tiny)")
     max_upload_bytes: int = Field(20 * 1024 * 1024, ge=1024, description="largest accepted upload, per file")
     max_image_pixels: int = Field(40_000_000, ge=1, description="largest accepted width x height")
     max_num_samples: int = Field(8, ge=1, description="largest num_samples per job")
@@ -19,10 +21,12 @@ class ApiSettings(BaseSettings):
     result_ttl: int = Field(24 * 3600, ge=60, description="seconds results and finished jobs are kept")
     job_timeout: int | None = Field(None, ge=1, description="fixed RQ job timeout in seconds; "
                                     "default: derived from the job's evaluations and measured speed")
-    seconds_per_evaluation: float = Field(
-        0.5, gt=0, description="assumed seconds per evaluation before a worker has measured one")
+    seconds_per_pass: float = Field(
+        0.5, gt=0, description="assumed seconds per batched forward pass before a worker has measured one "
+        "(derived job timeouts)")
     min_job_timeout: int = Field(600, ge=1, description="floor of the derived job timeout")
-    max_attempts: int = Field(3, ge=1, description="times a job is started before a lost worker fails it")
+    max_attempts: int = Field(3, ge=1, description="attempts a job may lose to lost workers or infrastructure "
+                              "errors before it fails")
     max_queue_length: int = Field(200, ge=1, description="queued jobs per model before POST /inpaint answers 429")
     idempotency_ttl: int = Field(24 * 3600, ge=60, description="seconds an Idempotency-Key is remembered")
     webhook_allowed_hosts: str = Field("", description="comma-separated hosts webhooks may call ('*' = any); "

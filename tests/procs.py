@@ -166,3 +166,12 @@ def wait_final(client, job_id, timeout=180, seen=None) -> dict:
         return wait_until(final, timeout, f"job {job_id}", interval=0.1)
     except TimeoutError as exc:
         raise AssertionError(f"{exc}; last state: {seen[-1] if seen else None}") from None
+
+
+JOB_KEY_PREFIXES = ("repaint:job:", "repaint:lease:", "repaint:idempotency:", "rq:job:", "rq:execution:")
+
+
+def job_keys_without_ttl(redis: Redis) -> list[str]:
+    """Keys that name a job (ours and RQ's) but would live forever."""
+    return [key.decode() for key in redis.scan_iter()
+            if key.decode().startswith(JOB_KEY_PREFIXES) and redis.ttl(key) == -1]

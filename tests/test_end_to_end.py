@@ -128,3 +128,26 @@ def test_api_process_never_imports_torch():
             "print(bad); sys.exit(1 if bad else 0)")
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_scale_from_zero_jobs_wait_for_the_first_worker(redis_server, redis_db):
+    """No worker has ever registered (compose starting, workers scaled to zero by an autoscaler
+    on the queue length): the default model still takes jobs, and the first worker runs them."""
+    api = ApiProcess(redis_server.url, REPAINT_MODELS="faces32")
+    try:
+        client = api.client()
+        assert redis_db.hlen(jobs.models_key()) == 0
+        models = {m["name"]: m for m in client.get("/models").json()["models"]}
+        assert set(models) == {"tiny", "faces32"} and models["tiny"]["workers"] == 0
+        job_id = submit(client, *face_and_mask(), steps=20, jump_length=5, jump_n_sample=2)
+        assert redis_db.llen(f"rq:queue:{jobs.queue_name('tiny')}") == 1  # what KEDA's list scaler reads
+        assert client.get("/models").json()["models"][1]["queued"] == 1
+        assert "1 job(s) wait" in " ".join(client.get("/readyz").json()["warnings"])
+        assert client.post("/inpaint", files={"image": ("i.png", b"x")}, data={"model": "places256"}).status_code == 404
+        worker = WorkerProcess(redis_server.url, "first").wait_ready(redis_db)
+        try:
+            assert wait_final(api.client(), job_id)["status"] == "succeeded"
+        finally:
+            worker.stop()
+    finally:
+        api.stop()

@@ -163,3 +163,87 @@ def test_job_timeout_fails_the_job_with_a_reason(redis_server, redis_db):
     finally:
         worker.stop()
         api.stop()
+
+
+def test_poison_job_fails_after_one_attempt_while_its_neighbour_succeeds(api, redis_server, redis_db):
+    """A valid upload whose result cannot be encoded (WebP stops at 16383 px) used to crash the
+    engine's finishing code, put every job back and loop forever."""
+    from tests.test_chaos import poison_upload
+
+    client = api.client()
+    worker = WorkerProcess(redis_server.url, "poisoned").wait_ready(redis_db)
+    try:
+        neighbour = submit(client, *face_and_mask(), steps=60, jump_length=10, jump_n_sample=3)
+        poison = submit(client, *poison_upload(), strategy="crop", output_format="webp", steps=20,
+                        jump_length=5, jump_n_sample=1)
+        job = wait_final(client, poison, timeout=120)
+        assert job["status"] == "failed" and job["error"]["type"] == "invalid_input", job
+        assert job["attempts"] == 1 and "WebP" in job["error"]["message"]
+        assert wait_final(client, neighbour)["status"] == "succeeded"
+        assert worker.proc.poll() is None
+        time.sleep(2)
+        assert client.get(f"/jobs/{poison}").json()["attempts"] == 1  # never started again
+    finally:
+        worker.stop()
+
+
+def test_redis_down_longer_than_the_heartbeat_ttl_leaves_no_job_running():
+    """Observed before the ledger: two workers, four jobs, Redis stopped for 18 s (TTL 10 s) and
+    restarted with its AOF; one job stayed `running` for good."""
+    server = RedisServer(appendonly=True).start()
+    api = ApiProcess(server.url)
+    workers = [WorkerProcess(server.url, f"outage{i}", **FAST_DETECTION) for i in range(2)]
+    try:
+        for w in workers:
+            w.wait_ready(server.client())
+        client = api.client()
+        ids = [submit(client, *face_and_mask(seed=i), **LONG) for i in range(4)]
+        wait_until(lambda: any(running_with_progress(client, j) for j in ids), 60, "jobs running")
+        server.stop(signal.SIGTERM)
+        time.sleep(18)
+        server.start()
+        finished = [wait_final(client, j, timeout=240) for j in ids]
+        assert [j["status"] for j in finished] == ["succeeded"] * 4, finished
+        redis = server.client()
+        assert redis.scard("repaint:running") == 0
+        # Live owners renewed their leases after the outage: at most the reaper's patience was spent.
+        assert all(j["failures"] == 0 for j in finished), [j["last_error"] for j in finished]
+    finally:
+        for w in workers:
+            w.stop()
+        api.stop()
+        server.stop()
+
+
+def test_a_stuck_forward_pass_is_reaped_and_its_worker_exits_defunct(api, redis_server, redis_db):
+    client = api.client()
+    stuck = WorkerProcess(redis_server.url, "stuck", REPAINT_TEST_HANG_SECONDS="120", REPAINT_STALL_TIMEOUT="2",
+                          **FAST_DETECTION).wait_ready(redis_db)
+    job_id = submit(client, *face_and_mask(), **FAST)
+    wait_until(lambda: client.get(f"/jobs/{job_id}").json()["status"] == "running", 60, "job running")
+    assert stuck.proc.wait(timeout=60) == 70  # EX_SOFTWARE: the supervisor restarts it
+    ready = client.get("/readyz").json()
+    assert any("stuck declared itself defunct" in w and "no progress" in w for w in ready["warnings"]), ready
+    rescuer = WorkerProcess(redis_server.url, "unstuck", **FAST_DETECTION).wait_ready(redis_db)
+    try:
+        job = wait_final(client, job_id, timeout=120)
+        assert job["status"] == "succeeded" and job["attempts"] == 2 and job["last_error"]["type"] == "worker_lost"
+    finally:
+        rescuer.stop()
+
+
+def test_repeated_forward_pass_failures_make_the_worker_defunct(api, redis_server, redis_db):
+    """A sticky device error used to fail every job the worker took, using up their attempts."""
+    client = api.client()
+    broken = WorkerProcess(redis_server.url, "broken", REPAINT_TEST_FAIL_PASSES="true",
+                           REPAINT_MAX_PASS_FAILURES="2").wait_ready(redis_db)
+    ids = [submit(client, *face_and_mask(seed=i), **FAST) for i in range(2)]
+    assert broken.proc.wait(timeout=60) == 70
+    assert "2 forward passes failed in a row" in client.get("/readyz").text
+    jobs_after = [client.get(f"/jobs/{i}").json() for i in ids]
+    assert all(j["status"] == "queued" and j["failures"] >= 1 for j in jobs_after), jobs_after
+    healthy = WorkerProcess(redis_server.url, "healthy").wait_ready(redis_db)
+    try:
+        assert [wait_final(client, i)["status"] for i in ids] == ["succeeded"] * 2
+    finally:
+        healthy.stop()

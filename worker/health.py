@@ -1,16 +1,20 @@
-"""`python -m worker.health`: exit 0 when a worker of this host is registered and alive in Redis.
+"""`python -m worker.health`: exit 0 when a worker of this host is registered, alive and not defunct.
 
-Used as the container health check of workers, which serve no HTTP.
+Used as the container health check of workers, which serve no HTTP. A worker that declared
+itself defunct (repeated forward-pass failures, a stuck pass) exits on its own; this check
+also fails while its reason is on record, so an orchestrator that only probes still sees it.
 """
 
 from __future__ import annotations
 
+import json
 import socket
 import sys
 
 from redis import Redis
 from rq import Worker
 
+from . import jobs
 from .settings import WorkerSettings
 
 
@@ -18,10 +22,15 @@ def main() -> int:
     settings = WorkerSettings()
     prefix = settings.worker_name or socket.gethostname()
     try:
-        alive = [w.name for w in Worker.all(connection=Redis.from_url(settings.redis_url, socket_timeout=5))
-                 if w.name.startswith(prefix)]
+        redis = Redis.from_url(settings.redis_url, socket_timeout=5)
+        alive = [w.name for w in Worker.all(connection=redis) if w.name.startswith(prefix)]
+        defunct = {name: redis.get(jobs.defunct_key(name)) for name in alive}
     except Exception as exc:
         print(f"unhealthy: {exc}", file=sys.stderr)
+        return 1
+    broken = {name: json.loads(raw)["reason"] for name, raw in defunct.items() if raw is not None}
+    if broken:
+        print("unhealthy: defunct: " + "; ".join(f"{n}: {r}" for n, r in broken.items()))
         return 1
     print("healthy: " + ", ".join(alive) if alive else f"unhealthy: no live worker named {prefix}*")
     return 0 if alive else 1

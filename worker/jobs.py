@@ -1,7 +1,8 @@
-"""The job contract shared by the API and the workers: statuses, Redis keys, payload fields.
+"""The job contract shared by the API and the workers: statuses, Redis keys, record fields.
 
 Torch-free on purpose: the API imports this module and must stay small and start fast. The
-API enqueues `TASK_PATH` by its dotted path, so it never imports the worker's code.
+API enqueues `TASK_PATH` by its dotted path, so it never imports the worker's code. Job
+parameters live in `worker.params`; every change of a job's status goes through `worker.ledger`.
 """
 
 from __future__ import annotations
@@ -27,15 +28,6 @@ class JobStatus(str, enum.Enum):
     @property
     def final(self) -> bool:
         return self in (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELED)
-
-
-# Named sampling settings (`preset=` on POST /inpaint), chosen from the quality table in
-# docs/quality.md. Explicit steps/jump_length/jump_n_sample override a preset's values.
-QUALITY_PRESETS: dict[str, dict[str, int]] = {
-    "fast": {"steps": 50, "jump_length": 5, "jump_n_sample": 3},
-    "balanced": {"steps": 100, "jump_length": 10, "jump_n_sample": 5},
-    "paper": {"steps": 250, "jump_length": 10, "jump_n_sample": 10},
-}
 
 
 def queue_name(model: str) -> str:
@@ -73,12 +65,34 @@ def publish(pipe, job_id: str, event: str, data: dict) -> None:
 
 
 def models_key() -> str:
-    """Hash model name -> JSON description, written by workers when they start."""
+    """Hash model name -> JSON description with `seen_at`, refreshed by live workers."""
     return f"{PREFIX}:models"
 
 
+def lease_key(job_id: str, token: str) -> str:
+    """Exists (with a TTL) while the execution `token` of a running job shows signs of life."""
+    return f"{PREFIX}:lease:{job_id}:{token}"
+
+
+def running_key() -> str:
+    """Set of `<job id>|<execution token>` of every running job: where the reaper looks for lost leases."""
+    return f"{PREFIX}:running"
+
+
+def idempotency_key(key: str) -> str:
+    return f"{PREFIX}:idempotency:{key}"
+
+
+def defunct_key(worker_name: str) -> str:
+    """Why a worker declared itself broken (repeated forward-pass failures, a stalled loop)."""
+    return f"{PREFIX}:defunct:{worker_name}"
+
+
 def speed_key(model: str) -> str:
-    """Measured seconds per network evaluation of one sample, for ETAs and timeouts."""
+    """Measured seconds per batched forward pass (one evaluation of every sample in flight).
+
+    A job's wall time is its evaluations per sample times this, whatever its batch neighbours:
+    the API derives job timeouts from it."""
     return f"{PREFIX}:speed:{model}"
 
 
@@ -107,31 +121,6 @@ def record_duration(pipe, model: str, name: str, seconds: float) -> None:
     record_observation(pipe, model, name, seconds, DURATION_BUCKETS)
 
 
-def finish_record(redis, job_id: str, model: str, status: "JobStatus", ttl: int | None = None, *,
-                  count: bool = True, **fields) -> None:
-    """Write a final status, in one round trip: record fields, finish time, run-time histogram,
-    the final-status counter (unless `count` is False), the status event, and drop the uploads.
-
-    `ttl` (seconds the finished record is kept) leaves the record's expiry as it is when None.
-    """
-    assert status.final, status
-    finished = time.time()
-    key = job_key(job_id)
-    started = redis.hget(key, "started_at")
-    with redis.pipeline() as pipe:
-        pipe.hset(key, mapping={"status": status.value, "finished_at": finished,
-                                **{k: dumps(v) for k, v in fields.items()}})
-        if ttl is not None:
-            pipe.expire(key, ttl)
-        pipe.delete(input_key(job_id, "image"), input_key(job_id, "mask"))
-        if count:
-            pipe.hincrby(metrics_key(model), f"jobs_{status.value}_total", 1)
-        if started is not None:
-            record_duration(pipe, model, "run", finished - float(started))
-        publish(pipe, job_id, "status", {"status": status.value, **fields})
-        pipe.execute()
-
-
 def now() -> float:
     return time.time()
 
@@ -150,19 +139,8 @@ def decode_record(raw: dict) -> dict[str, Any]:
             out[key] = json.loads(value)
         elif key in ("created_at", "started_at", "finished_at", "updated_at"):
             out[key] = float(value)
-        elif key in ("num_samples", "attempts", "evaluations", "cancel_requested", "timeout"):
+        elif key in ("num_samples", "attempts", "failures", "max_attempts", "cancel_requested", "timeout"):
             out[key] = int(value)
         else:
             out[key] = value
     return out
-
-
-def count_evaluations(steps: int, jump_length: int, jump_n_sample: int) -> int:
-    """Network evaluations per sample of a RePaint jump schedule, without building it.
-
-    Every step is evaluated once, and each of the stretches that start below
-    `steps - jump_length` is redone `jump_n_sample - 1` more times (equal to counting
-    `models.jump_schedule`; a test checks it).
-    """
-    stretches = len(range(0, steps - jump_length, jump_length))
-    return steps + (jump_n_sample - 1) * jump_length * stretches

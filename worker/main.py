@@ -4,6 +4,8 @@ The worker is an RQ SimpleWorker (jobs run in this process: no fork per job, sin
 not survive a fork and the weights load once) whose `execute_job` hands each dequeued job to
 the batching engine, which admits further queued jobs between forward passes. Several workers,
 on one machine or many, share a model's queue through the one Redis they point at.
+
+This module and worker.rqside are the RQ adapter: the hooks RQ calls, and RQ's bookkeeping.
 """
 
 from __future__ import annotations
@@ -11,18 +13,20 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import sys
 import time
 import uuid
 
 from redis import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
-from rq import Queue, SimpleWorker
-from rq.serializers import JSONSerializer
+from rq import SimpleWorker
 from rq.worker import WorkerStatus
 
-from . import jobs
+from . import jobs, rqside
 from .engine import BatchEngine
+from .ledger import Ledger, Outcome
+from .liveness import DEFUNCT_EXIT_CODE, Heartbeats, register_model
 from .runtime import Runtime
 from .settings import WorkerSettings
 
@@ -33,32 +37,39 @@ class BatchWorker(SimpleWorker):
     """A SimpleWorker whose jobs run through a continuous-batching engine."""
 
     engine: BatchEngine
+    ledger: Ledger
     heartbeat_ttl: int = 30
 
     def execute_job(self, job, queue) -> None:
-        self.engine.run(job, queue)
-        self.set_state(WorkerStatus.IDLE)
+        # BUSY: RQ then takes SIGTERM as "finish first" (warm shutdown), and idle peers are told apart.
+        self.set_state(WorkerStatus.BUSY)
+        try:
+            self.engine.run(job, queue)
+        finally:
+            self.set_state(WorkerStatus.IDLE)
 
     def get_heartbeat_ttl(self, job, working_time: float = 0.0) -> int:
-        # Short, refreshed every few seconds by the engine's thread: a dead worker's jobs are
-        # found within about this many seconds, not at the job timeout.
+        # Short, refreshed every few seconds by the heartbeat thread: a dead worker's jobs are
+        # found within about twice this many seconds, not at the job timeout.
         return self.heartbeat_ttl
 
-
-def register_model(redis: Redis, runtime: Runtime) -> None:
-    redis.hset(jobs.models_key(), runtime.preset.name, jobs.dumps(runtime.describe()))
+    def handle_job_failure(self, job, queue, started_job_registry=None, exc_string="", execution=None):
+        """RQ calls this for a job it found stuck between the queue and a worker (a worker died
+        right after dequeueing it): the ledger puts it back if it is still waiting."""
+        outcome = self.ledger.recover_undelivered(queue.name, job.id)
+        log.warning("job %s was stuck after dequeue (%s): %s", job.id, exc_string, outcome.value)
+        if outcome == Outcome.MISSING:
+            super().handle_job_failure(job, queue, started_job_registry, exc_string, execution)
 
 
 def build_worker(settings: WorkerSettings, redis: Redis, runtime: Runtime) -> BatchWorker:
     name = settings.worker_name or f"{socket.gethostname()}.{os.getpid()}.{uuid.uuid4().hex[:6]}"
-    queue = Queue(jobs.queue_name(settings.model), connection=redis, serializer=JSONSerializer)
-    worker = BatchWorker([queue], connection=redis, serializer=JSONSerializer, name=name,
+    queue = rqside.queue_for(redis, jobs.queue_name(settings.model))
+    worker = BatchWorker([queue], connection=redis, serializer=rqside.SERIALIZER, name=name,
                          worker_ttl=settings.heartbeat_ttl)
     worker.heartbeat_ttl = settings.heartbeat_ttl
-    worker.engine = BatchEngine(worker, runtime, max_batch=runtime.max_batch,
-                                progress_interval=settings.progress_interval,
-                                heartbeat_interval=max(1.0, settings.heartbeat_ttl / 6),
-                                shutdown_grace=settings.shutdown_grace)
+    worker.ledger = Ledger(redis, result_ttl=settings.result_ttl)
+    worker.engine = BatchEngine(worker, runtime, worker.ledger, settings, max_batch=runtime.max_batch)
     return worker
 
 
@@ -68,11 +79,13 @@ def main(settings: WorkerSettings | None = None) -> None:
     redis = Redis.from_url(settings.redis_url, socket_timeout=30, socket_connect_timeout=5,
                            health_check_interval=15)
     runtime = Runtime(settings)  # before taking any job: a bad checkpoint stops here, loudly
+    describe = runtime.describe()
     delay = 1.0
     while True:
         try:
             worker = build_worker(settings, redis, runtime)
-            register_model(redis, runtime)
+            register_model(redis, describe)
+            redis.delete(jobs.defunct_key(worker.name))
         except (RedisConnectionError, RedisTimeoutError) as exc:
             log.error("redis unavailable (%s); retrying in %.0fs", exc, delay)
             time.sleep(delay)
@@ -81,11 +94,15 @@ def main(settings: WorkerSettings | None = None) -> None:
         delay = 1.0
         log.info("worker %s serving model %s on queue %s", worker.name, settings.model,
                  jobs.queue_name(settings.model))
-        worker.engine.start()
+        heartbeats = Heartbeats(worker, worker.engine, worker.ledger, ttl=settings.heartbeat_ttl, describe=describe)
+        heartbeats.start()
         try:
             worker.work(with_scheduler=False, logging_level=settings.log_level)
         finally:
-            worker.engine.stop()
+            heartbeats.stop()
+        if worker.engine.defunct:
+            log.error("worker %s exits defunct: %s", worker.name, worker.engine.defunct)
+            sys.exit(DEFUNCT_EXIT_CODE)
         if worker._shutdown_requested_date is not None:
             break  # SIGTERM/SIGINT: a requested stop
         # RQ's loop gave up (typically Redis went away outside a dequeue): start a fresh worker.

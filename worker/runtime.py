@@ -17,6 +17,7 @@ import models
 
 from . import geometry
 from .imaging import from_model_range, to_model_range
+from .params import JobParams, ParamError, check_for_model
 from .settings import WorkerSettings
 
 log = logging.getLogger(__name__)
@@ -40,36 +41,24 @@ def resolve_dtype(name: str, device: torch.device, preset: models.Preset) -> tor
     return DTYPES[name]
 
 
-@dataclass(frozen=True)
-class JobParams:
-    """What a job asks for, as the API resolved it (seed always set)."""
+def sample_params(params: JobParams) -> list[models.SampleParams]:
+    """One SampleParams per sample of a job; sample i uses seed + i."""
+    return [models.SampleParams(t_T=params.steps, jump_length=params.jump_length, jump_n_sample=params.jump_n_sample,
+                                seed=params.seed + i, class_label=params.class_label,
+                                classifier_scale=params.classifier_scale) for i in range(params.num_samples)]
 
-    seed: int
-    steps: int
-    jump_length: int
-    jump_n_sample: int
-    num_samples: int = 1
-    class_label: int | None = None
-    classifier_scale: float = 0.0
-    strategy: str = "auto"
-    blend: int | None = None  # None: about one model pixel (see geometry.auto_blend)
-    mask_dilate: int = 0
-    output_format: str = "png"
 
-    @classmethod
-    def from_dict(cls, d: dict) -> "JobParams":
-        return cls(**{k: d[k] for k in cls.__dataclass_fields__ if k in d})
-
-    @property
-    def evaluations(self) -> int:
-        """Network evaluations per sample."""
-        return models.count_model_evaluations(models.jump_schedule(self.steps, self.jump_length, self.jump_n_sample))
-
-    def sample_params(self) -> list[models.SampleParams]:
-        """One SampleParams per sample; sample i uses seed + i."""
-        return [models.SampleParams(t_T=self.steps, jump_length=self.jump_length, jump_n_sample=self.jump_n_sample,
-                                    seed=self.seed + i, class_label=self.class_label,
-                                    classifier_scale=self.classifier_scale) for i in range(self.num_samples)]
+def describe_preset(preset: models.Preset, *, classifier: bool) -> dict:
+    """What the API needs to know of a model (worker.catalog holds the same for every preset)."""
+    d = preset.defaults
+    return {
+        "name": preset.name, "description": preset.description, "image_size": preset.image_size,
+        "class_cond": preset.class_cond, "num_classes": 1000 if preset.class_cond else None,
+        "classifier": classifier, "diffusion_steps": int(preset.conf["diffusion_steps"]),
+        "defaults": {"steps": d.t_T, "jump_length": d.jump_length, "jump_n_sample": d.jump_n_sample,
+                     "classifier_scale": float(preset.conf.get("classifier_scale", 0.0)) if preset.class_cond
+                     else 0.0},
+    }
 
 
 @dataclass
@@ -112,7 +101,6 @@ class Runtime:
         self.max_batch = settings.max_batch or (16 if self.device.type == "cuda" else 8)
         log.info("loaded model %s on %s (%s) in %.1fs; max_batch %d", preset.name, self.device, self.dtype,
                  time.perf_counter() - t0, self.max_batch)
-        self.seconds_per_evaluation: float | None = None
 
     @property
     def preset(self) -> models.Preset:
@@ -120,16 +108,7 @@ class Runtime:
 
     def describe(self) -> dict:
         """What the API needs to know of this model: no torch on the API side."""
-        p = self.preset
-        d = p.defaults
-        return {
-            "name": p.name, "description": p.description, "image_size": p.image_size,
-            "class_cond": p.class_cond, "num_classes": 1000 if p.class_cond else None,
-            "classifier": self.loaded.classifier is not None,
-            "diffusion_steps": self.loaded.diffusion.config.diffusion_steps,
-            "defaults": {"steps": d.t_T, "jump_length": d.jump_length, "jump_n_sample": d.jump_n_sample,
-                         "classifier_scale": float(p.conf.get("classifier_scale", 0.0)) if p.class_cond else 0.0},
-        }
+        return describe_preset(self.preset, classifier=self.loaded.classifier is not None)
 
     # ---- one job's data ----------------------------------------------------------------------
 
@@ -143,12 +122,10 @@ class Runtime:
             raise JobInputError(f"stored upload is unreadable: {exc}") from exc
         if fill.shape != (original.height, original.width):
             raise JobInputError("mask and image sizes differ")
-        if self.preset.class_cond and params.class_label is None:
-            raise JobInputError(f"model {self.preset.name} is class-conditional: class_label is required")
-        if not self.preset.class_cond and params.class_label is not None:
-            raise JobInputError(f"model {self.preset.name} is not class-conditional: omit class_label")
-        if params.class_label is not None and not 0 <= params.class_label < 1000:
-            raise JobInputError(f"class_label {params.class_label} is out of range")
+        try:
+            check_for_model(params, self.describe())
+        except ParamError as exc:
+            raise JobInputError(str(exc)) from exc
         fill = geometry.dilate(fill, params.mask_dilate)
         if not fill.any():
             raise JobInputError("the mask selects no pixel")
@@ -165,12 +142,34 @@ class Runtime:
         x = to_model_range(prepared.image).to(self.device)[None].expand(n, -1, -1, -1)
         masks = prepared.keep.to(self.device)[None, None].expand(n, -1, -1, -1).float()
         try:
-            return batch.add(x, masks, params.sample_params())
+            return batch.add(x, masks, sample_params(params))
         except ValueError as exc:
             raise JobInputError(str(exc)) from exc
 
+    def new_batch(self) -> models.RePaintBatch:
+        return models.RePaintBatch(self.loaded.diffusion, device=self.device)
+
+    def result(self, batch: models.RePaintBatch, samples: list) -> torch.Tensor:
+        with torch.inference_mode():
+            return batch.result(samples)
+
+    def estimates(self, batch: models.RePaintBatch, samples: list) -> torch.Tensor:
+        with torch.inference_mode():
+            return batch.estimate(samples)
+
     def encode(self, out: torch.Tensor, prepared: PreparedJob, params: JobParams) -> list[bytes]:
-        """The results at the upload's size and mode; only masked pixels differ from the upload."""
+        """The results at the upload's size and mode; only masked pixels differ from the upload.
+
+        Raises JobInputError when the result cannot be encoded (e.g. WebP past 16383 pixels):
+        that is the job's own data, and another attempt would fail the same way."""
+        try:
+            return self._encode(out, prepared, params)
+        except JobInputError:
+            raise
+        except (ValueError, OSError, MemoryError) as exc:
+            raise JobInputError(f"the result cannot be encoded as {params.output_format}: {exc}") from exc
+
+    def _encode(self, out: torch.Tensor, prepared: PreparedJob, params: JobParams) -> list[bytes]:
         pixels = from_model_range(out.float()).cpu()
         # Known model pixels are the model input's, exactly, before scaling back.
         pixels = torch.where(prepared.keep.expand_as(prepared.image), prepared.image, pixels)
@@ -196,17 +195,18 @@ class Runtime:
         return torch.autocast(self.device.type, dtype=self.autocast_dtype)
 
     def step(self, batch: models.RePaintBatch) -> int:
-        """One network evaluation for every unfinished sample; updates the measured speed."""
-        t0 = time.perf_counter()
+        """One network evaluation for every unfinished sample; returns how many ran."""
         limit = self.settings.test_oom_above
         if limit is not None and sum(not s.done for s in batch.states) > limit:
             raise torch.OutOfMemoryError(f"simulated: more than {limit} samples in one forward pass")
-        with self._autocast():
+        if self.settings.test_fail_passes:
+            raise RuntimeError("simulated: the device failed (REPAINT_TEST_FAIL_PASSES)")
+        if self.settings.test_hang_seconds:
+            time.sleep(self.settings.test_hang_seconds)
+        with torch.inference_mode(), self._autocast():
             ran = models.step(self.net, batch, classifier=self.loaded.classifier)
-        if ran:
-            if self.device.type == "cuda":
-                torch.cuda.synchronize(self.device)
-            self._measure(time.perf_counter() - t0, ran)
+        if ran and self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)  # so that the caller's clock measures the pass
         return ran
 
     def inpaint(self, image_png: bytes, mask_png: bytes, params: JobParams,
@@ -214,7 +214,7 @@ class Runtime:
         """Run one job alone to the end: `num_samples` encoded images (for scripts and tests)."""
         prepared = self.prepare(image_png, mask_png, params)
         with torch.inference_mode():
-            batch = models.RePaintBatch(self.loaded.diffusion, device=self.device)
+            batch = self.new_batch()
             states = self.add_samples(batch, prepared, params)
             total = states[0].total_evaluations
             done = 0
@@ -231,9 +231,3 @@ class Runtime:
     def release_memory(self) -> None:
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
-
-    def _measure(self, seconds: float, sample_evaluations: int) -> None:
-        """Seconds per evaluation of one sample, smoothed: for ETAs and job timeouts."""
-        per = seconds / max(sample_evaluations, 1)
-        old = self.seconds_per_evaluation
-        self.seconds_per_evaluation = per if old is None else 0.95 * old + 0.05 * per

@@ -29,10 +29,18 @@ class WorkerSettings(BaseSettings):
     progress_interval: float = Field(0.5, gt=0, le=1.0, description="seconds between progress writes")
     heartbeat_ttl: int = Field(30, ge=10, description="seconds without a heartbeat before a worker's jobs "
                                "count as abandoned and are handed to another worker")
+    stall_timeout: float = Field(120.0, ge=1, description="seconds one forward pass may take (at least 20 "
+                                 "measured passes) before the worker stops heartbeating its jobs so that "
+                                 "they are reaped and run elsewhere; stuck twice as long, the worker exits")
+    max_pass_failures: int = Field(3, ge=1, description="forward passes failing in a row (not out of memory) "
+                                   "before the worker declares itself defunct and exits")
     shutdown_grace: float = Field(50.0, ge=0, description="seconds a SIGTERMed worker keeps finishing its jobs "
                                   "before it puts the rest back in the queue")
     test_oom_above: int | None = Field(None, ge=1, description="testing aid: raise out-of-memory when a "
                                        "forward pass has more samples than this")
+    test_fail_passes: bool = Field(False, description="testing aid: every forward pass fails (a broken device)")
+    test_hang_seconds: float | None = Field(None, gt=0, description="testing aid: every forward pass first "
+                                            "hangs this many seconds (a stuck device)")
     preview_interval: float = Field(3.0, gt=0, description="seconds between preview images of a running job")
     webhook_secret: str = Field("", description="shared secret that signs webhook bodies (HMAC-SHA256)")
     webhook_allowed_hosts: str = Field("", description="comma-separated hosts webhooks may call; '*' = any")

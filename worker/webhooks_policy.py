@@ -9,6 +9,11 @@ from urllib.parse import urlsplit
 EVENTS = ("started", "progress", "completed")
 
 
+def parse_allowed_hosts(setting: str) -> list[str]:
+    """REPAINT_WEBHOOK_ALLOWED_HOSTS as a list (comma-separated; empty: webhooks off)."""
+    return [h.strip() for h in setting.split(",") if h.strip()]
+
+
 def host_allowed(url: str, allowed_hosts: list[str]) -> bool:
     """Only http(s) URLs whose host the operator listed; '*' allows any host."""
     parts = urlsplit(url)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse
-from rq import Worker
 
 from .. import jobstore
 from ..deps import RedisDep, SettingsDep
@@ -17,15 +16,25 @@ def healthz() -> dict:
     return {"status": "ok"}
 
 
-@router.get("/readyz", summary="Redis is reachable and a worker serves the default model",
+@router.get("/readyz", summary="The API can accept jobs; what serves them",
             responses={503: {"description": "not ready, with the reason"}})
 def readyz(redis: RedisDep, settings: SettingsDep):
+    """200 when Redis answers: jobs are accepted and wait in their queue, even while no worker is
+    live (workers starting, a deploy, autoscaling from zero). The body says, per model, how many
+    workers are live, which declared themselves defunct and how much work waits, and `warnings`
+    names what keeps queued jobs from running. 503 when Redis is unreachable."""
     try:
         redis.ping()
     except Exception as exc:
         return JSONResponse({"status": "unavailable", "detail": f"redis unreachable: {exc}"}, status_code=503)
-    workers = Worker.count(connection=redis, queue=jobstore.queue_for(redis, settings.model))
-    if workers == 0:
-        return JSONResponse({"status": "unavailable", "detail": f"no live worker for model {settings.model}"},
-                            status_code=503)
-    return {"status": "ready", "model": settings.model, "workers": workers}
+    models, warnings = {}, []
+    for name in sorted(jobstore.served_models(redis, settings)):
+        workers, defunct = jobstore.worker_counts(redis, name)
+        queued = jobstore.queue_for(redis, name).count
+        models[name] = {"workers": workers, "defunct": defunct, "queued": queued}
+        if workers == 0 and (queued or name == settings.model):
+            warnings.append(f"no live worker for model {name}: {queued} job(s) wait until one starts")
+        for d in defunct:
+            warnings.append(f"worker {d['worker']} declared itself defunct: {d['reason']}")
+    return {"status": "ready", "model": settings.model, "workers": models[settings.model]["workers"]
+            if settings.model in models else 0, "models": models, "warnings": warnings}

@@ -9,9 +9,11 @@ from typing import Annotated, Literal
 
 from fastapi import APIRouter, File, Form, Header, HTTPException, Response, UploadFile, status
 
-from worker.jobs import QUALITY_PRESETS, JobStatus, count_evaluations
+from worker.jobs import JobStatus
+from worker.ledger import IdempotencyConflict, new_job_id
+from worker.params import JobParams, ParamError, check_class_label, resolve_sampling
 from worker.webhooks_policy import EVENTS as WEBHOOK_EVENTS
-from worker.webhooks_policy import host_allowed
+from worker.webhooks_policy import host_allowed, parse_allowed_hosts
 
 from .. import jobstore, uploads
 from ..deps import ApiKey, RedisDep, SettingsDep
@@ -68,41 +70,22 @@ def create_inpaint_job(
         "client retries with the same key and upload get the same job instead of a new one"))] = None,
 ) -> JobCreated:
     model = model or settings.model
-    info = jobstore.registered_models(redis).get(model)
+    served = jobstore.served_models(redis, settings)
+    info = served.get(model)
     if info is None:
-        known = sorted(jobstore.registered_models(redis))
-        raise HTTPException(404, f"unknown model {model!r}; available: {known}")
+        raise HTTPException(404, f"unknown model {model!r}; available: {sorted(served)}")
     if num_samples > settings.max_num_samples:
         raise HTTPException(422, f"num_samples must be at most {settings.max_num_samples}")
-    defaults = dict(info["defaults"])
-    if preset is not None:
-        if preset not in QUALITY_PRESETS:
-            raise HTTPException(422, f"unknown preset {preset!r}; known: {sorted(QUALITY_PRESETS)}")
-        defaults.update(QUALITY_PRESETS[preset])
-    steps = steps or defaults["steps"]
-    jump_length = jump_length or defaults["jump_length"]
-    jump_n_sample = jump_n_sample or defaults["jump_n_sample"]
-    if steps > info["diffusion_steps"]:
-        raise HTTPException(422, f"steps must be at most {info['diffusion_steps']} for model {model}")
-    if info["class_cond"]:
-        if class_label is None:
-            raise HTTPException(422, f"model {model} is class-conditional: class_label is required")
-        if class_label >= info["num_classes"]:
-            raise HTTPException(422, f"class_label must be below {info['num_classes']}")
-        if classifier_scale is None:
-            classifier_scale = defaults.get("classifier_scale", 0.0) if info.get("classifier") else 0.0
-        if classifier_scale and not info.get("classifier"):
-            raise HTTPException(422, f"model {model} is served without a classifier: classifier_scale must be 0")
-    elif class_label is not None or classifier_scale:
-        raise HTTPException(422, f"model {model} is not class-conditional: omit class_label and classifier_scale")
-    evaluations = count_evaluations(steps, jump_length, jump_n_sample)
-    if evaluations > settings.max_evaluations:
-        raise HTTPException(422, f"these settings need {evaluations} network evaluations per sample; "
-                                 f"the limit is {settings.max_evaluations}")
+    try:
+        sampling = resolve_sampling(info, preset=preset, steps=steps, jump_length=jump_length,
+                                    jump_n_sample=jump_n_sample, max_evaluations=settings.max_evaluations)
+        classifier_scale = check_class_label(info, class_label, classifier_scale)
+    except ParamError as exc:
+        raise HTTPException(422, str(exc)) from None
 
     hook = None
     if webhook is not None:
-        allowed = [h.strip() for h in settings.webhook_allowed_hosts.split(",") if h.strip()]
+        allowed = parse_allowed_hosts(settings.webhook_allowed_hosts)
         if not allowed:
             raise HTTPException(422, "webhooks are not enabled on this service (REPAINT_WEBHOOK_ALLOWED_HOSTS)")
         if not host_allowed(webhook, allowed):
@@ -120,42 +103,33 @@ def create_inpaint_job(
 
     image_bytes = uploads.read_limited(image.file, settings.max_upload_bytes, "image")
     mask_bytes = b"" if mask is None else uploads.read_limited(mask.file, settings.max_upload_bytes, "mask")
-    fingerprint = None
+    idempotency = None
     if idempotency_key is not None:
         request_fields = {"model": model, "seed": seed, "num_samples": num_samples, "preset": preset,
-                          "steps": steps, "jump_length": jump_length, "jump_n_sample": jump_n_sample,
-                          "class_label": class_label, "classifier_scale": classifier_scale, "strategy": strategy,
-                          "blend": blend, "mask_dilate": mask_dilate, "output_format": output_format}
+                          **sampling, "class_label": class_label, "classifier_scale": classifier_scale,
+                          "strategy": strategy, "blend": blend, "mask_dilate": mask_dilate,
+                          "output_format": output_format, "webhook": hook}
         digest = hashlib.sha256(image_bytes)
         digest.update(hashlib.sha256(mask_bytes).digest())
         digest.update(json.dumps(request_fields, sort_keys=True).encode())
-        fingerprint = digest.hexdigest()
-        replay = jobstore.idempotent_job(redis, idempotency_key, fingerprint)
-        if replay is not None:
-            return _created(response, replay, replayed=True)
+        idempotency = (idempotency_key, digest.hexdigest(), settings.idempotency_ttl)
     img = uploads.open_image(image_bytes, "image", settings.max_image_pixels)
     msk = None if mask is None else uploads.open_image(mask_bytes, "mask", settings.max_image_pixels)
     prepared = uploads.prepare(img, msk)
 
-    params = {"seed": secrets.randbits(52) if seed is None else seed, "num_samples": num_samples,
-              "steps": steps, "jump_length": jump_length, "jump_n_sample": jump_n_sample,
-              "evaluations_per_sample": evaluations, "strategy": strategy, "blend": blend,
-              "mask_dilate": mask_dilate, "output_format": output_format,
-              "image": {"width": prepared.width, "height": prepared.height, "mode": prepared.mode}}
-    if preset is not None:
-        params["preset"] = preset
-    if hook is not None:
-        params["webhook"] = hook
-    if info["class_cond"]:
-        params.update(class_label=class_label, classifier_scale=classifier_scale)
-    job_id = jobstore.new_job_id()
-    if idempotency_key is not None:
-        claimed = jobstore.claim_idempotency_key(redis, idempotency_key, fingerprint, job_id, settings.idempotency_ttl)
-        if claimed != job_id:  # a concurrent retry with the same key won the race
-            return _created(response, claimed, replayed=True)
-    jobstore.create_job(redis, settings, job_id=job_id, model=model, params=params, image_png=prepared.image_png,
-                        mask_png=prepared.mask_png, evaluations=evaluations * num_samples)
-    return _created(response, job_id)
+    params = JobParams(seed=secrets.randbits(52) if seed is None else seed, num_samples=num_samples, **sampling,
+                       class_label=class_label if info["class_cond"] else None,
+                       classifier_scale=classifier_scale, strategy=strategy, blend=blend,
+                       mask_dilate=mask_dilate, output_format=output_format, preset=preset, webhook=hook,
+                       image={"width": prepared.width, "height": prepared.height, "mode": prepared.mode})
+    try:
+        job_id, replayed = jobstore.ledger(redis, settings).create(
+            job_id=new_job_id(), model=model, params=params, image_png=prepared.image_png,
+            mask_png=prepared.mask_png, timeout=jobstore.job_timeout(redis, settings, model, params.evaluations),
+            input_ttl=settings.input_ttl, max_attempts=settings.max_attempts, idempotency=idempotency)
+    except IdempotencyConflict:
+        raise HTTPException(409, "this Idempotency-Key was used for a different upload or parameters") from None
+    return _created(response, job_id, replayed=replayed)
 
 
 def _created(response: Response, job_id: str, replayed: bool = False) -> JobCreated:

@@ -42,7 +42,8 @@ def cancel_job(job_id: str, redis: RedisDep, settings: SettingsDep) -> JobPublic
     """A queued job is canceled at once and never runs; a running one stops at its next step
     (status stays `running` with `cancel_requested` until then). Finished jobs are unchanged."""
     _found(redis, job_id)
-    return _public(job_id, jobstore.cancel_job(redis, job_id, settings.result_ttl))
+    jobstore.ledger(redis, settings).cancel(job_id)
+    return _public(job_id, _found(redis, job_id))
 
 
 def _public(job_id: str, r: dict) -> JobPublic:
@@ -50,7 +51,8 @@ def _public(job_id: str, r: dict) -> JobPublic:
         id=job_id, status=r["status"], model=r["model"], position=r.get("position"),
         progress=r.get("progress"), created_at=jobstore.iso(r["created_at"]),
         started_at=jobstore.iso(r.get("started_at")), finished_at=jobstore.iso(r.get("finished_at")),
-        attempts=r.get("attempts", 0), cancel_requested=bool(r.get("cancel_requested", 0)), params=r["params"], error=r.get("error"),
+        attempts=r.get("attempts", 0), failures=r.get("failures", 0),
+        cancel_requested=bool(r.get("cancel_requested", 0)), params=r["params"], error=r.get("error"),
         last_error=r.get("last_error"), plan=r.get("plan"), links=_links(job_id, r))
 
 

@@ -145,9 +145,14 @@ def test_models_lists_sizes_defaults_and_the_default(client):
 
 
 def test_health_and_readiness_without_workers(client):
+    """No worker is no reason to refuse work: jobs wait in the queue (autoscaling from zero),
+    and readiness says what keeps them waiting."""
     assert client.get("/healthz").json() == {"status": "ok"}
     r = client.get("/readyz")
-    assert r.status_code == 503 and "no live worker" in r.json()["detail"]
+    assert r.status_code == 200 and r.json()["workers"] == 0
+    assert any("no live worker for model tiny" in w for w in r.json()["warnings"])
+    assert post(client).status_code == 202
+    assert "1 job(s) wait" in " ".join(client.get("/readyz").json()["warnings"])
 
 
 def test_openapi_documents_the_contract(client):

@@ -86,3 +86,17 @@ def test_oversized_body_is_refused_from_its_length(redis_server, redis_db, tiny_
     with make_client(redis_server, redis_db, tiny_description, max_upload_bytes=10_000) as client:
         r = client.post("/inpaint", content=b"x" * 100_000, headers={"Content-Type": "multipart/form-data; boundary=b"})
         assert r.status_code == 413 and "limit" in r.json()["detail"]
+
+
+def test_derived_timeout_scales_with_the_measured_pass_time(redis_server, redis_db, tiny_description):
+    """A job's run time is its evaluations per sample times the time of one batched pass; the old
+    timeout used seconds per *sample* and let jobs in batches of more than 3 samples overrun it."""
+    redis_db.set(jobs.speed_key("tiny"), 2.0)  # what a worker measured: seconds per forward pass
+    img, msk = face_and_mask()
+    files = {"image": ("i.png", png_bytes(img)), "mask": ("m.png", png_bytes(msk))}
+    with make_client(redis_server, redis_db, tiny_description) as client:
+        timeouts = []
+        for n in (1, 4):
+            r = client.post("/inpaint", files=files, data={"preset": "balanced", "num_samples": str(n)})
+            timeouts.append(int(redis_db.hget(jobs.job_key(r.json()["id"]), "timeout")))
+    assert timeouts == [3 * 2 * 460 + 60] * 2  # samples of one job share every pass

@@ -9,7 +9,8 @@ import pytest
 from PIL import Image
 
 from worker import geometry
-from worker.runtime import JobParams, Runtime
+from worker.params import JobParams
+from worker.runtime import Runtime
 from worker.settings import WorkerSettings
 
 

@@ -1,0 +1,140 @@
+"""Heartbeats that mean progress, and the reaper's patience, against a real Redis and a fake clock."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import pytest
+
+from tests.worker.test_ledger import MODEL, create, queue, record, started
+from worker import jobs
+from worker.ledger import Ledger, Outcome
+from worker.liveness import Heartbeats, Reaper
+
+
+class Clock:
+    def __init__(self):
+        self.now = 1000.0
+
+    def __call__(self):
+        return self.now
+
+
+@pytest.fixture()
+def ledger(redis_db):
+    return Ledger(redis_db, result_ttl=600)
+
+
+def lapse(redis_db, lease):
+    redis_db.delete(jobs.lease_key(lease.job_id, lease.token))
+
+
+def test_a_missing_lease_is_abandoned_only_after_a_full_ttl(ledger, redis_db):
+    clock = Clock()
+    reaper = Reaper(ledger, ttl=10, clock=clock)
+    create(ledger)
+    lease = started(ledger, redis_db)
+    lapse(redis_db, lease)
+    for _ in range(4):  # scans every 2.5 s: suspect, but not yet abandoned
+        assert reaper.scan() == []
+        clock.now += 2.5
+    assert reaper.scan() == [(lease, Outcome.REQUEUED)]
+    assert record(redis_db, lease.job_id)["last_error"]["type"] == "worker_lost"
+
+
+def test_a_live_owner_renewing_after_an_outage_keeps_its_job(ledger, redis_db):
+    """Redis was away longer than the TTL: every lease lapsed at once. The owner renews within
+    the reaper's patience, so its job is not taken away."""
+    clock = Clock()
+    reaper = Reaper(ledger, ttl=10, clock=clock)
+    create(ledger)
+    lease = started(ledger, redis_db)
+    lapse(redis_db, lease)
+    reaper.scan()
+    clock.now += 5
+    assert ledger.heartbeat([lease], ttl=10) == [True]
+    clock.now += 5
+    assert reaper.scan() == [] and record(redis_db, lease.job_id)["status"] == "running"
+
+
+def test_a_reaper_that_was_not_looking_starts_counting_again(ledger, redis_db):
+    clock = Clock()
+    reaper = Reaper(ledger, ttl=10, clock=clock)
+    create(ledger)
+    lease = started(ledger, redis_db)
+    lapse(redis_db, lease)
+    reaper.scan()
+    clock.now += 60  # this process was paused: its first sighting proves nothing
+    for _ in range(4):
+        assert reaper.scan() == []
+        clock.now += 2.5
+    assert reaper.scan() == [(lease, Outcome.REQUEUED)]
+
+
+def test_two_reapers_abandon_a_lease_once(ledger, redis_db):
+    clock = Clock()
+    reapers = [Reaper(ledger, ttl=10, clock=clock), Reaper(ledger, ttl=10, clock=clock)]
+    create(ledger, max_attempts=5)
+    lease = started(ledger, redis_db)
+    lapse(redis_db, lease)
+    outcomes = []
+    for _ in range(5):
+        outcomes += [o for r in reapers for _, o in r.scan()]
+        clock.now += 2.5
+    assert outcomes.count(Outcome.REQUEUED) == 1
+    assert record(redis_db, lease.job_id)["failures"] == 1
+
+
+@dataclass
+class FakeFlight:
+    job_id: str
+    token: str
+
+
+@dataclass
+class FakeEngine:
+    flights: list
+    stalled: float = 0.0
+    lost: set = field(default_factory=set)
+
+    def stalled_for(self):
+        return self.stalled
+
+    def stall_deadline(self):
+        return 100.0
+
+    def mark_lost(self, ids):
+        self.lost.update(ids)
+
+
+class FakeWorker:
+    def __init__(self, redis):
+        self.connection, self.name = redis, "w1"
+        self.queues = [queue(redis)]
+
+    def heartbeat(self):
+        pass
+
+
+def test_heartbeats_stop_while_the_loop_is_stuck(ledger, redis_db):
+    create(ledger)
+    lease = started(ledger, redis_db)
+    engine = FakeEngine([FakeFlight(lease.job_id, lease.token)], stalled=150.0)
+    beats = Heartbeats(FakeWorker(redis_db), engine, ledger, ttl=10,
+                       describe={"name": MODEL, "image_size": 32})
+    lapse(redis_db, lease)
+    beats.beat()
+    assert not redis_db.exists(jobs.lease_key(lease.job_id, lease.token))  # stuck: no beat
+    engine.stalled = 0.0
+    beats.beat()
+    assert redis_db.ttl(jobs.lease_key(lease.job_id, lease.token)) > 0  # progressing: beats again
+    assert b"tiny" in redis_db.hkeys(jobs.models_key())
+
+
+def test_heartbeats_report_jobs_the_worker_no_longer_owns(ledger, redis_db):
+    create(ledger)
+    lease = started(ledger, redis_db)
+    ledger.abandon(lease)
+    engine = FakeEngine([FakeFlight(lease.job_id, lease.token)])
+    Heartbeats(FakeWorker(redis_db), engine, ledger, ttl=10, describe={"name": MODEL}).beat()
+    assert engine.lost == {lease.job_id}

@@ -1,0 +1,464 @@
+"""The job ledger: the only code that changes a job's status.
+
+Each transition is one atomic Redis transaction (WATCH on the job's record, then MULTI/EXEC)
+that first checks its preconditions and then changes everything that belongs to it together:
+the record, the uploads and results, RQ's queue and registries (`worker.rqside`), the lease,
+the TTLs, the metrics and the event. A crash or a lost connection before EXEC changes nothing;
+a concurrent change to the record makes the transaction start again from a fresh read.
+
+The rules the preconditions enforce:
+- a final status (succeeded, failed, canceled) is never left;
+- only the execution that owns a running job (its `owner` token, given at `start`) may report
+  progress on it, finish it or put it back; after a reap the old owner is refused (NOT_OWNER);
+- deterministic failures (anything about the job's own data or parameters) are final at once;
+  only a lost worker or an infrastructure error uses one of the job's `max_attempts`.
+
+A transition answers with an `Outcome` instead of raising, as BullMQ's scripts return codes.
+Torch-free: the API calls `create`, `cancel` and `read`; the worker engine and its reaper the rest.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import logging
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Callable
+
+from redis import Redis
+from redis.exceptions import WatchError
+from rq.job import JobStatus as RQStatus
+
+from . import jobs, rqside
+from .jobs import JobStatus
+from .params import JobParams
+
+log = logging.getLogger(__name__)
+
+# Extra lifetime of unfinished records beyond their upload and timeout, so a record never
+# expires while its job can still run.
+RECORD_MARGIN = 3600
+
+
+class Outcome(str, enum.Enum):
+    OK = "ok"                  # the transition happened
+    MISSING = "missing"        # no record: unknown or expired job
+    FINAL = "final"            # the job is already final: nothing changed
+    NOT_OWNER = "not_owner"    # the caller's execution no longer owns the job
+    CANCELED = "canceled"      # `start` found a cancel request: the job is now canceled
+    FAILED = "failed"          # `start` found the job unrunnable (inputs expired): now failed
+    REQUEUED = "requeued"      # `fail`/`abandon`: the job was put back for another attempt
+
+
+class IdempotencyConflict(Exception):
+    """An Idempotency-Key reused with a different upload or parameters."""
+
+
+@dataclass(frozen=True)
+class Started:
+    outcome: Outcome
+    token: str | None = None
+    record: dict | None = None
+
+
+@dataclass(frozen=True)
+class Lease:
+    job_id: str
+    token: str
+
+    @property
+    def member(self) -> str:
+        return f"{self.job_id}|{self.token}"
+
+    @classmethod
+    def parse(cls, member: bytes | str) -> "Lease":
+        text = member.decode() if isinstance(member, bytes) else member
+        job_id, _, token = text.partition("|")
+        return cls(job_id, token)
+
+
+# KEYS: record, lease. ARGV: token, ttl. Returns 1 if the lease was refreshed, 0 if not owned.
+_HEARTBEAT = """
+if redis.call('hget', KEYS[1], 'status') == 'running' and redis.call('hget', KEYS[1], 'owner') == ARGV[1] then
+  redis.call('set', KEYS[2], '1', 'EX', ARGV[2])
+  return 1
+end
+return 0
+"""
+
+# KEYS: record, events channel. ARGV: token, progress JSON, event JSON. Returns 1 or 0 (not owned).
+_PROGRESS = """
+if redis.call('hget', KEYS[1], 'status') == 'running' and redis.call('hget', KEYS[1], 'owner') == ARGV[1] then
+  redis.call('hset', KEYS[1], 'progress', ARGV[2])
+  redis.call('publish', KEYS[2], ARGV[3])
+  return 1
+end
+return 0
+"""
+
+
+class Ledger:
+    """Job transitions on one Redis. `result_ttl`: seconds finished records and results live."""
+
+    def __init__(self, redis: Redis, *, result_ttl: int = 24 * 3600):
+        self.redis = redis
+        self.result_ttl = result_ttl
+        self._heartbeat = redis.register_script(_HEARTBEAT)
+        self._progress = redis.register_script(_PROGRESS)
+
+    # ---- the transaction helper ----------------------------------------------------------------
+
+    def _transact(self, keys: list[str], body: Callable):
+        """Run `body(pipe)` under WATCH `keys`: it reads (executed at once), calls `pipe.multi()`
+        and buffers its writes; EXEC applies them all or none. Starts over when a watched key
+        changed meanwhile. A body that returns without `multi()` changed nothing."""
+        with self.redis.pipeline() as pipe:
+            while True:
+                try:
+                    pipe.watch(*keys)
+                    result = body(pipe)
+                    if pipe.explicit_transaction:
+                        pipe.execute()
+                    return result
+                except WatchError:
+                    continue
+                finally:
+                    pipe.reset()
+
+    @staticmethod
+    def _record(pipe, job_id: str) -> dict:
+        return jobs.decode_record(pipe.hgetall(jobs.job_key(job_id)))
+
+    # ---- the API's transitions -----------------------------------------------------------------
+
+    def create(self, *, job_id: str, model: str, params: JobParams, image_png: bytes, mask_png: bytes,
+               timeout: int, input_ttl: int, max_attempts: int,
+               idempotency: tuple[str, str, int] | None = None) -> tuple[str, bool]:
+        """Store the upload and record and enqueue the job, all or nothing.
+
+        `idempotency` is (key, fingerprint, ttl): the same key with the same fingerprint returns
+        the job it created (replayed=True); with another fingerprint it raises IdempotencyConflict.
+        Returns (job_id, replayed).
+        """
+        queue = rqside.queue_for(self.redis, jobs.queue_name(model))
+        keep = input_ttl + timeout + RECORD_MARGIN
+        idem_key = jobs.idempotency_key(idempotency[0]) if idempotency else None
+
+        def body(pipe):
+            if idem_key is not None:
+                raw = pipe.get(idem_key)
+                if raw is not None:
+                    stored = json.loads(raw)
+                    if stored["fingerprint"] != idempotency[1]:
+                        raise IdempotencyConflict(idempotency[0])
+                    return stored["job_id"], True
+            rq_job = rqside.new_job(queue, jobs.TASK_PATH, job_id, timeout=timeout, ttl=keep,
+                                    result_ttl=self.result_ttl, description=f"inpaint {model} {job_id}")
+            pipe.multi()
+            if idem_key is not None:
+                pipe.set(idem_key, jobs.dumps({"job_id": job_id, "fingerprint": idempotency[1]}), ex=idempotency[2])
+            pipe.set(jobs.input_key(job_id, "image"), image_png, ex=input_ttl)
+            pipe.set(jobs.input_key(job_id, "mask"), mask_png, ex=input_ttl)
+            key = jobs.job_key(job_id)
+            pipe.hset(key, mapping={
+                "status": JobStatus.QUEUED.value, "model": model, "params": jobs.dumps(params.to_record()),
+                "created_at": time.time(), "num_samples": params.num_samples, "attempts": 0, "failures": 0,
+                "max_attempts": max_attempts, "timeout": timeout})
+            pipe.expire(key, keep)
+            rqside.enqueue(pipe, queue, rq_job)
+            return job_id, False
+
+        return self._transact([idem_key] if idem_key else [jobs.job_key(job_id)], body)
+
+    def read(self, job_id: str) -> dict | None:
+        """The record as stored (None: unknown or expired), with the queue position while queued."""
+        record = jobs.decode_record(self.redis.hgetall(jobs.job_key(job_id)))
+        if not record:
+            return None
+        if record["status"] == JobStatus.QUEUED.value:
+            record["position"] = rqside.queue_for(self.redis, jobs.queue_name(record["model"])).get_job_position(job_id)
+        return record
+
+    def cancel(self, job_id: str) -> Outcome:
+        """A queued job is canceled at once; a running one gets `cancel_requested` and its owner
+        cancels it at its next step (`cancel_running`); a final or unknown one is left alone."""
+        def body(pipe):
+            record = self._record(pipe, job_id)
+            if not record:
+                return Outcome.MISSING
+            status = JobStatus(record["status"])
+            if status.final:
+                return Outcome.FINAL
+            pipe.multi()
+            if status == JobStatus.RUNNING:
+                pipe.hset(jobs.job_key(job_id), "cancel_requested", 1)
+                return Outcome.OK
+            self._finish(pipe, job_id, record, JobStatus.CANCELED, {})
+            self._rq_final(pipe, jobs.queue_name(record["model"]), job_id, RQStatus.CANCELED)
+            return Outcome.CANCELED
+
+        return self._transact([jobs.job_key(job_id)], body)
+
+    # ---- the worker's transitions --------------------------------------------------------------
+
+    def start(self, rq_job, worker_name: str, lease_ttl: int) -> Started:
+        """Take a dequeued job: it becomes `running`, owned by a new execution whose token is returned.
+
+        A delivery of a job that is final, already owned, or gone is dropped (no second run);
+        one whose cancel was requested is canceled; one whose upload expired fails.
+        """
+        job_id = rq_job.id
+        key = jobs.job_key(job_id)
+        inputs = [jobs.input_key(job_id, "image"), jobs.input_key(job_id, "mask")]
+        queue_name = rq_job.origin
+
+        def body(pipe):
+            record = self._record(pipe, job_id)
+            if not record:
+                pipe.multi()
+                self._rq_final(pipe, queue_name, job_id, RQStatus.FAILED)
+                return Started(Outcome.MISSING)
+            status = JobStatus(record["status"])
+            if status.final or status == JobStatus.RUNNING:
+                pipe.multi()
+                rqside.dropped_delivery(pipe, self.redis, queue_name, job_id)
+                return Started(Outcome.FINAL if status.final else Outcome.NOT_OWNER, record=record)
+            if record.get("cancel_requested"):
+                pipe.multi()
+                self._finish(pipe, job_id, record, JobStatus.CANCELED, {})
+                self._rq_final(pipe, queue_name, job_id, RQStatus.CANCELED)
+                return Started(Outcome.CANCELED, record=record)
+            if pipe.exists(*inputs) != 2:
+                error = {"type": "invalid_input", "message": "the job's upload expired before a worker took it"}
+                pipe.multi()
+                self._finish(pipe, job_id, record, JobStatus.FAILED, {"error": error})
+                self._rq_final(pipe, queue_name, job_id, RQStatus.FAILED)
+                return Started(Outcome.FAILED, record={**record, "error": error})
+            started = time.time()
+            keep = int(record.get("timeout", 0)) + self.result_ttl + RECORD_MARGIN
+            pipe.multi()
+            execution = rqside.start(pipe, rq_job, worker_name, lease_ttl, keep)
+            lease = Lease(job_id, execution.id)
+            pipe.hset(key, mapping={"status": JobStatus.RUNNING.value, "owner": execution.id,
+                                    "worker": worker_name, "started_at": started})
+            pipe.hdel(key, "progress")
+            pipe.hincrby(key, "attempts", 1)
+            pipe.expire(key, keep)
+            for k in inputs:
+                pipe.expire(k, keep)  # the upload must outlive the run, for a retry after a lost worker
+            pipe.set(jobs.lease_key(job_id, lease.token), 1, ex=lease_ttl)
+            pipe.sadd(jobs.running_key(), lease.member)
+            jobs.record_duration(pipe, record["model"], "queue_wait", started - record["created_at"])
+            attempts = record.get("attempts", 0) + 1
+            jobs.publish(pipe, job_id, "status", {"status": JobStatus.RUNNING.value, "attempts": attempts})
+            return Started(Outcome.OK, execution.id, {**record, "status": JobStatus.RUNNING.value,
+                                                      "attempts": attempts, "started_at": started})
+
+        return self._transact([key, *inputs], body)
+
+    def heartbeat(self, leases: list[Lease], ttl: int) -> list[bool]:
+        """Refresh the leases of owned running jobs; False where the job is no longer ours."""
+        with self.redis.pipeline(transaction=False) as pipe:
+            for lease in leases:
+                self._heartbeat(keys=[jobs.job_key(lease.job_id), jobs.lease_key(lease.job_id, lease.token)],
+                                args=[lease.token, ttl], client=pipe)
+            return [bool(v) for v in pipe.execute()]
+
+    def progress(self, updates: list[tuple[Lease, dict]],
+                 previews: dict[str, tuple[bytes, int]] | None = None) -> list[bool]:
+        """Write each owned job's progress and publish it; False where the job is no longer ours.
+        `previews` maps job ids to (PNG, step) of their latest estimate."""
+        previews = previews or {}
+        with self.redis.pipeline(transaction=False) as pipe:
+            for lease, progress in updates:
+                self._progress(keys=[jobs.job_key(lease.job_id), jobs.events_channel(lease.job_id)],
+                               args=[lease.token, jobs.dumps(progress),
+                                     jobs.dumps({"event": "progress", "data": progress})], client=pipe)
+            for job_id, (png, step) in previews.items():
+                pipe.set(jobs.preview_key(job_id), png, ex=self.result_ttl)
+                jobs.publish(pipe, job_id, "preview", {"url": f"/jobs/{job_id}/preview", "step": step})
+            out = pipe.execute()
+        return [bool(v) for v in out[:len(updates)]]
+
+    def set_plan(self, lease: Lease, plan: dict) -> bool:
+        return self._owned_write(lease, lambda pipe: pipe.hset(jobs.job_key(lease.job_id), "plan", jobs.dumps(plan)))
+
+    def succeed(self, lease: Lease, results: list[bytes], *, evaluations: int,
+                seconds_per_pass: float | None = None) -> Outcome:
+        """Store the results and finish the job, if `lease` still owns it."""
+        job_id = lease.job_id
+
+        def body(pipe):
+            record, refusal = self._owned(pipe, lease)
+            if refusal:
+                return refusal
+            total = record["params"]["evaluations_per_sample"]
+            progress = {"step": total, "total": total, "fraction": 1.0, "eta_seconds": 0.0, "updated_at": time.time()}
+            pipe.multi()
+            for i, png in enumerate(results):
+                pipe.set(jobs.result_key(job_id, i), png, ex=self.result_ttl)
+            pipe.hincrby(jobs.metrics_key(record["model"]), "model_evaluations_total", evaluations)
+            if seconds_per_pass is not None:
+                pipe.set(jobs.speed_key(record["model"]), seconds_per_pass)
+            jobs.publish(pipe, job_id, "progress", progress)
+            self._finish(pipe, job_id, record, JobStatus.SUCCEEDED,
+                         {"progress": progress, "result": {"count": len(results)}}, lease)
+            self._rq_final(pipe, jobs.queue_name(record["model"]), job_id, RQStatus.FINISHED, lease, record)
+            return Outcome.OK
+
+        return self._transact([jobs.job_key(job_id)], body)
+
+    def fail(self, lease: Lease, error: dict, *, retryable: bool) -> Outcome:
+        """A failed execution. Deterministic errors (`retryable=False`) fail the job for good; an
+        infrastructure error uses one attempt and puts the job back while attempts are left."""
+        return self._end_execution(lease, error, charge=True, final_unless_retryable=not retryable)
+
+    def requeue(self, lease: Lease, reason: str) -> Outcome:
+        """Put an owned job back at the front of its queue, using no attempt (SIGTERM past the
+        grace period, a batch shrunk after out-of-memory). It restarts from scratch."""
+        return self._end_execution(lease, {"type": "requeued", "message": reason}, charge=False,
+                                   final_unless_retryable=False)
+
+    def abandon(self, lease: Lease) -> Outcome:
+        """The reaper's transition for a lease that expired: the worker is gone or stuck."""
+        outcome = self._end_execution(lease, {"type": "worker_lost", "message": "the worker running this job "
+                                              "stopped responding"}, charge=True, final_unless_retryable=False)
+        if outcome in (Outcome.MISSING, Outcome.FINAL, Outcome.NOT_OWNER):
+            self.redis.srem(jobs.running_key(), lease.member)  # a stale entry: nothing else to do
+        return outcome
+
+    def cancel_running(self, lease: Lease) -> Outcome:
+        """The owner honours a cancel request between two steps."""
+        def body(pipe):
+            record, refusal = self._owned(pipe, lease)
+            if refusal:
+                return refusal
+            pipe.multi()
+            self._finish(pipe, lease.job_id, record, JobStatus.CANCELED, {}, lease)
+            self._rq_final(pipe, jobs.queue_name(record["model"]), lease.job_id, RQStatus.CANCELED, lease, record)
+            return Outcome.OK
+
+        return self._transact([jobs.job_key(lease.job_id)], body)
+
+    def cancel_requested(self, leases: list[Lease]) -> list[bool]:
+        with self.redis.pipeline(transaction=False) as pipe:
+            for lease in leases:
+                pipe.hget(jobs.job_key(lease.job_id), "cancel_requested")
+            return [flag is not None for flag in pipe.execute()]
+
+    def recover_undelivered(self, queue_name: str, job_id: str) -> Outcome:
+        """A job RQ found stuck between its queue and a worker (the worker died after dequeueing
+        it, before `start`): back to the front of the queue if it is still waiting."""
+        def body(pipe):
+            record = self._record(pipe, job_id)
+            if not record:
+                return Outcome.MISSING
+            if record["status"] != JobStatus.QUEUED.value:
+                return Outcome.FINAL if JobStatus(record["status"]).final else Outcome.NOT_OWNER
+            pipe.multi()
+            rqside.requeued(pipe, self.redis, queue_name, job_id, None, None,
+                            int(record.get("timeout", 0)) + self.result_ttl + RECORD_MARGIN)
+            return Outcome.REQUEUED
+
+        return self._transact([jobs.job_key(job_id)], body)
+
+    def expired_leases(self) -> list[Lease]:
+        """Running jobs whose lease key is gone: their worker stopped beating."""
+        members = [Lease.parse(m) for m in self.redis.smembers(jobs.running_key())]
+        if not members:
+            return []
+        with self.redis.pipeline(transaction=False) as pipe:
+            for lease in members:
+                pipe.exists(jobs.lease_key(lease.job_id, lease.token))
+            alive = pipe.execute()
+        return [lease for lease, up in zip(members, alive) if not up]
+
+    # ---- shared pieces -------------------------------------------------------------------------
+
+    def _owned(self, pipe, lease: Lease) -> tuple[dict, Outcome | None]:
+        record = self._record(pipe, lease.job_id)
+        if not record:
+            return record, Outcome.MISSING
+        if JobStatus(record["status"]).final:
+            return record, Outcome.FINAL
+        if record["status"] != JobStatus.RUNNING.value or record.get("owner") != lease.token:
+            return record, Outcome.NOT_OWNER
+        return record, None
+
+    def _owned_write(self, lease: Lease, write) -> bool:
+        def body(pipe):
+            _, refusal = self._owned(pipe, lease)
+            if refusal:
+                return False
+            pipe.multi()
+            write(pipe)
+            return True
+
+        return self._transact([jobs.job_key(lease.job_id)], body)
+
+    def _end_execution(self, lease: Lease, error: dict, *, charge: bool, final_unless_retryable: bool) -> Outcome:
+        job_id = lease.job_id
+        key = jobs.job_key(job_id)
+
+        def body(pipe):
+            record, refusal = self._owned(pipe, lease)
+            if refusal:
+                return refusal
+            err = dict(error)
+            queue_name = jobs.queue_name(record["model"])
+            failures = record.get("failures", 0) + (1 if charge else 0)
+            out_of_attempts = failures >= record.get("max_attempts", 1)
+            pipe.multi()
+            if final_unless_retryable or (charge and out_of_attempts):
+                if err["type"] == "worker_lost":
+                    err["message"] += f"; gave up after {failures} attempt(s)"
+                pipe.hset(key, "failures", failures)
+                self._finish(pipe, job_id, record, JobStatus.FAILED, {"error": err}, lease)
+                self._rq_final(pipe, queue_name, job_id, RQStatus.FAILED, lease, record)
+                return Outcome.FAILED
+            keep = int(record.get("timeout", 0)) + self.result_ttl + RECORD_MARGIN
+            pipe.hset(key, mapping={"status": JobStatus.QUEUED.value, "failures": failures,
+                                    "last_error": jobs.dumps(err)})
+            pipe.hdel(key, "owner", "progress", "started_at")
+            pipe.expire(key, keep)
+            self._drop_lease(pipe, lease)
+            rqside.requeued(pipe, self.redis, queue_name, job_id, lease.token, record.get("worker"), keep)
+            jobs.publish(pipe, job_id, "status", {"status": JobStatus.QUEUED.value, "last_error": err})
+            return Outcome.REQUEUED
+
+        return self._transact([key], body)
+
+    def _rq_final(self, pipe, queue_name: str, job_id: str, status: RQStatus, lease: Lease | None = None,
+                  record: dict | None = None) -> None:
+        """RQ's side of a final transition: the execution (if any) ends, the job joins the registry."""
+        rqside.final(pipe, self.redis, queue_name, job_id, lease.token if lease else None,
+                     (record or {}).get("worker"), self.result_ttl, status)
+
+    @staticmethod
+    def _drop_lease(pipe, lease: Lease) -> None:
+        pipe.delete(jobs.lease_key(lease.job_id, lease.token))
+        pipe.srem(jobs.running_key(), lease.member)
+
+    def _finish(self, pipe, job_id: str, record: dict, status: JobStatus, fields: dict,
+                lease: Lease | None = None) -> None:
+        """The record's part of every final transition (inside the caller's MULTI)."""
+        assert status.final, status
+        finished = time.time()
+        key = jobs.job_key(job_id)
+        pipe.hset(key, mapping={"status": status.value, "finished_at": finished,
+                                **{k: jobs.dumps(v) for k, v in fields.items()}})
+        pipe.hdel(key, "owner")
+        pipe.expire(key, self.result_ttl)
+        pipe.delete(jobs.input_key(job_id, "image"), jobs.input_key(job_id, "mask"))
+        if lease is not None:
+            self._drop_lease(pipe, lease)
+        pipe.hincrby(jobs.metrics_key(record["model"]), f"jobs_{status.value}_total", 1)
+        if record.get("started_at") is not None:
+            jobs.record_duration(pipe, record["model"], "run", finished - float(record["started_at"]))
+        jobs.publish(pipe, job_id, "status", {"status": status.value, **fields})
+
+
+def new_job_id() -> str:
+    return str(uuid.uuid4())

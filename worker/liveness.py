@@ -1,0 +1,135 @@
+"""Liveness, on a thread beside the batching loop: heartbeats that mean progress, and the reaper.
+
+Heartbeats. Every running job has a lease key with a TTL (`REPAINT_HEARTBEAT_TTL`) that only
+its owner's heartbeat renews (worker.ledger). This thread renews the leases of the jobs in
+flight, and RQ's worker and execution heartbeats, only while the loop makes progress: a
+forward pass stuck for longer than the engine's stall deadline stops the beats, so the jobs
+are reaped and run elsewhere. Stuck for twice as long, the worker declares itself defunct and
+exits, so that its supervisor restarts it.
+
+The reaper. Any worker looks, every beat, for running jobs whose lease is gone. A lease seen
+missing is only a suspect: the job is abandoned (ledger `abandon`: back to the queue, or failed
+after its last attempt) when the lease is still missing a full TTL later. That gives a live
+owner one TTL to renew after Redis comes back from an outage, a restart or a pause longer than
+the TTL (when every lease has lapsed at once), so only jobs whose worker is really gone or
+stuck are taken away. Abandoning is a guarded transition: several reapers acting on one lease
+abandon it once.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+
+from . import catalog, jobs, rqside
+from .ledger import Lease, Ledger, Outcome
+
+log = logging.getLogger(__name__)
+
+DEFUNCT_EXIT_CODE = 70  # EX_SOFTWARE: the supervisor restarts the worker
+
+
+class Reaper:
+    """Finds leases that stayed missing for a full TTL and abandons their jobs."""
+
+    def __init__(self, ledger: Ledger, ttl: float, *, clock=time.monotonic, on_failed=None):
+        self.ledger = ledger
+        self.ttl = ttl
+        self.clock = clock
+        self.on_failed = on_failed  # called with the lease of a job abandoned for good
+        self._suspects: dict[Lease, float] = {}
+        self._last_scan: float | None = None
+
+    def scan(self) -> list[tuple[Lease, Outcome]]:
+        now = self.clock()
+        if self._last_scan is not None and now - self._last_scan > self.ttl / 2:
+            # This process was not looking (it was paused, or Redis was away): what it saw
+            # before says nothing about how long a lease has been missing since.
+            self._suspects.clear()
+        self._last_scan = now
+        missing = set(self.ledger.expired_leases())
+        self._suspects = {lease: self._suspects.get(lease, now) for lease in missing}
+        handled = []
+        for lease, since in list(self._suspects.items()):
+            if now - since >= self.ttl:
+                outcome = self.ledger.abandon(lease)
+                del self._suspects[lease]
+                if outcome in (Outcome.REQUEUED, Outcome.FAILED):
+                    log.warning("job %s was abandoned by its worker: %s", lease.job_id, outcome.value)
+                if outcome == Outcome.FAILED and self.on_failed is not None:
+                    self.on_failed(lease)
+                handled.append((lease, outcome))
+        return handled
+
+
+class Heartbeats:
+    """The heartbeat and reaper thread of one worker (its engine is `worker.engine`)."""
+
+    def __init__(self, worker, engine, ledger: Ledger, *, ttl: int, describe: dict, interval: float | None = None):
+        self.worker = worker
+        self.engine = engine
+        self.ledger = ledger
+        self.redis = worker.connection
+        self.ttl = ttl
+        self.describe = describe
+        self.interval = interval or max(1.0, ttl / 6)
+        self.reaper = Reaper(ledger, ttl, on_failed=self._notify_failed)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="heartbeats", daemon=True)
+        self._stall_logged = False
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.interval):
+            try:
+                self.beat()
+            except Exception as exc:  # Redis away: the next beat tries again
+                log.warning("heartbeat: %s", exc)
+
+    def beat(self) -> None:
+        stalled = self.engine.stalled_for()
+        if stalled:
+            if not self._stall_logged:
+                log.error("the batch loop has made no progress for %.0fs: no more heartbeats for its jobs", stalled)
+                self._stall_logged = True
+            if stalled > 2 * self.engine.stall_deadline():
+                self.engine.declare_defunct(f"the batch loop made no progress for {stalled:.0f}s", requeue=False)
+                log.error("exiting: a stuck forward pass cannot be interrupted from inside the process")
+                os._exit(DEFUNCT_EXIT_CODE)
+            return
+        self._stall_logged = False
+        flights = self.engine.flights
+        if flights:
+            owned = self.ledger.heartbeat([Lease(f.job_id, f.token) for f in flights], self.ttl)
+            self.engine.mark_lost(f.job_id for f, ok in zip(flights, owned) if not ok)
+            with self.redis.pipeline(transaction=False) as pipe:
+                for flight, ok in zip(flights, owned):
+                    if ok:
+                        rqside.heartbeat(pipe, self.redis, self.worker.queues[0].name, flight.job_id, flight.token,
+                                         self.worker.name, self.ttl)
+                pipe.execute()
+        self.worker.heartbeat()
+        register_model(self.redis, self.describe)
+        catalog.prune_stale_models(self.redis)
+        for queue in self.worker.queues:
+            rqside.prune_canceled(self.redis, queue.name)
+        self.reaper.scan()
+
+
+    def _notify_failed(self, lease: Lease) -> None:
+        """The job's webhook hears of a failure the reaper decided (no worker will)."""
+        record = self.ledger.read(lease.job_id) or {}
+        hook = record.get("params", {}).get("webhook")
+        self.engine.webhooks.notify(hook, lease.job_id, "completed", {"status": "failed", "error": record.get("error")})
+
+
+def register_model(redis, describe: dict) -> None:
+    """What this worker serves, with the time it was last seen (the API ignores stale entries)."""
+    redis.hset(jobs.models_key(), describe["name"], jobs.dumps({**describe, "seen_at": time.time()}))
