@@ -13,6 +13,7 @@ from tests.conftest import face_and_mask
 from tests.procs import ApiProcess, RedisServer, WorkerProcess, submit, wait_final, wait_until
 
 LONG = {"steps": 250, "jump_length": 10, "jump_n_sample": 4}  # 250 + 3*10*24 = 970 evaluations
+MEDIUM = {"steps": 100, "jump_length": 10, "jump_n_sample": 3}  # 100 + 2*10*9 = 280 evaluations
 FAST = {"steps": 20, "jump_length": 5, "jump_n_sample": 2}
 FAST_DETECTION = {"REPAINT_HEARTBEAT_TTL": "10"}
 
@@ -32,7 +33,7 @@ def running_with_progress(client, job_id):
 def test_sigkilled_worker_job_is_finished_by_another_worker(api, redis_server, redis_db):
     client = api.client()
     doomed = WorkerProcess(redis_server.url, "doomed", **FAST_DETECTION).wait_ready(redis_db)
-    job_id = submit(client, *face_and_mask(), **LONG)
+    job_id = submit(client, *face_and_mask(), **MEDIUM)
     wait_until(lambda: running_with_progress(client, job_id), 60, "job running")
     doomed.stop(signal.SIGKILL)
     rescuer = WorkerProcess(redis_server.url, "rescuer", **FAST_DETECTION).wait_ready(redis_db)
@@ -52,7 +53,7 @@ def test_lost_job_fails_with_a_reason_after_its_last_attempt(redis_server, redis
     try:
         client = api.client()
         doomed = WorkerProcess(redis_server.url, "doomed1", **FAST_DETECTION).wait_ready(redis_db)
-        job_id = submit(client, *face_and_mask(), **LONG)
+        job_id = submit(client, *face_and_mask(), **MEDIUM)
         wait_until(lambda: running_with_progress(client, job_id), 60, "job running")
         doomed.stop(signal.SIGKILL)
         reaper = WorkerProcess(redis_server.url, "reaper", **FAST_DETECTION).wait_ready(redis_db)
@@ -80,7 +81,7 @@ def test_sigterm_finishes_the_running_job_then_exits(api, redis_server, redis_db
 def test_sigterm_after_the_grace_period_puts_the_job_back(api, redis_server, redis_db):
     client = api.client()
     worker = WorkerProcess(redis_server.url, "impatient", REPAINT_SHUTDOWN_GRACE="0").wait_ready(redis_db)
-    job_id = submit(client, *face_and_mask(), **LONG)
+    job_id = submit(client, *face_and_mask(), **MEDIUM)
     wait_until(lambda: running_with_progress(client, job_id), 60, "job running")
     worker.proc.send_signal(signal.SIGTERM)
     assert worker.proc.wait(timeout=60) == 0
@@ -197,7 +198,7 @@ def test_redis_down_longer_than_the_heartbeat_ttl_leaves_no_job_running():
         for w in workers:
             w.wait_ready(server.client())
         client = api.client()
-        ids = [submit(client, *face_and_mask(seed=i), **LONG) for i in range(4)]
+        ids = [submit(client, *face_and_mask(seed=i), **MEDIUM) for i in range(4)]
         wait_until(lambda: any(running_with_progress(client, j) for j in ids), 60, "jobs running")
         server.stop(signal.SIGTERM)
         time.sleep(18)

@@ -86,11 +86,13 @@ class BatchEngine:
         self.stats = StepStats()
         self.webhooks = WebhookSender(settings.webhook_secret, parse_allowed_hosts(settings.webhook_allowed_hosts))
         self.defunct: str | None = None
-        # Written by the loop, read by the heartbeat thread: when the loop last got anywhere.
-        self.loop_alive_at = time.monotonic()
-        self._lost: set[str] = set()          # job ids the heartbeat thread found owned by no one
+        # Written by the loop, read by the heartbeat thread: when the forward pass now running
+        # began (None between passes). Only a pass can hang the loop for long.
+        self.in_pass_since: float | None = None
+        self._lost: set[Lease] = set()        # leases the heartbeat thread found owned by no one
         self._lost_lock = threading.Lock()
         self._pass_failures = 0
+        self._charged: set[str] = set()       # jobs charged an attempt in the current failure streak
         self._last_progress = 0.0
         self._last_preview = 0.0
         self._peers_checked = 0.0
@@ -104,20 +106,24 @@ class BatchEngine:
         return list(self.scheduler.flights)
 
     def stall_deadline(self) -> float:
-        """Seconds without loop progress after which the worker stops vouching for its jobs."""
-        per_pass = self.scheduler.seconds_per_pass or 0.0
+        """Seconds one forward pass may take before the worker stops vouching for its jobs. The
+        first pass may compile (REPAINT_COMPILE) and gets five times as long."""
+        per_pass = self.scheduler.seconds_per_pass
+        if per_pass is None:
+            return 5 * self.settings.stall_timeout
         return max(self.settings.stall_timeout, 20 * per_pass)
 
     def stalled_for(self) -> float:
-        """How long the loop has been stuck inside one step with jobs in flight (0: it is not)."""
-        if not self.scheduler.flights:
+        """How long the forward pass now running has taken, once past the deadline (else 0)."""
+        since = self.in_pass_since
+        if since is None:
             return 0.0
-        idle = time.monotonic() - self.loop_alive_at
-        return idle if idle > self.stall_deadline() else 0.0
+        running = time.monotonic() - since
+        return running if running > self.stall_deadline() else 0.0
 
-    def mark_lost(self, job_ids) -> None:
+    def mark_lost(self, leases) -> None:
         with self._lost_lock:
-            self._lost.update(job_ids)
+            self._lost.update(leases)
 
     # ---- admission -------------------------------------------------------------------------
 
@@ -206,6 +212,8 @@ class BatchEngine:
     # ---- the loop --------------------------------------------------------------------------
 
     def run(self, job: "Job", queue: "Queue") -> None:
+        with self._lost_lock:
+            self._lost.clear()
         try:
             self._run(job)
         except BaseException:
@@ -230,13 +238,18 @@ class BatchEngine:
             except REDIS_ERRORS as exc:
                 log.error("redis unavailable (%s): batch of %d job(s) paused", exc, len(self.scheduler.flights))
                 self._wait_for_redis()
-            self.loop_alive_at = time.monotonic()
-        self.loop_alive_at = time.monotonic()
+            except StopRequested:
+                raise
+            except Exception as exc:
+                # Not Redis, not one job's data: the machine's. Treated as a failed pass, so a
+                # worker that keeps hitting it declares itself defunct instead of looping.
+                self._pass_failed(exc)
         self._until_redis(self._flush_stats)
 
     def tick(self) -> None:
         """One network evaluation for every sample in flight."""
         t0 = time.perf_counter()
+        self.in_pass_since = time.monotonic()
         try:
             ran = self.scheduler.step()
         except StopRequested:
@@ -247,7 +260,10 @@ class BatchEngine:
             else:
                 self._pass_failed(exc)
             return
+        finally:
+            self.in_pass_since = None
         self._pass_failures = 0
+        self._charged.clear()
         if ran:
             self.stats.record(ran, time.perf_counter() - t0)
 
@@ -255,11 +271,17 @@ class BatchEngine:
         """A failure inside the shared forward pass cannot be pinned on one job's data: it is the
         machine's. Every job in the pass uses an attempt; repeated failures make the worker defunct."""
         self._pass_failures += 1
-        log.exception("forward pass failed (%d in a row)", self._pass_failures, exc_info=exc)
+        log.error("forward pass failed (%d in a row)", self._pass_failures, exc_info=exc)
         error = error_of(exc, self.runtime)
         for flight in self.flights:
+            lease = Lease(flight.job_id, flight.token)
+            if flight.job_id in self._charged:
+                # One broken worker costs a job one attempt, however often it takes the job back.
+                self._until_redis(lambda: self.ledger.requeue(lease, error["message"]))
+            else:
+                self._until_redis(lambda: self._fail(lease, flight.webhook, error, retryable=True))
+                self._charged.add(flight.job_id)
             self.scheduler.remove(flight)
-            self._fail(Lease(flight.job_id, flight.token), flight.webhook, error, retryable=True)
         if self._pass_failures >= self.settings.max_pass_failures:
             self.declare_defunct(f"{self._pass_failures} forward passes failed in a row; last: {error['message']}")
 
@@ -284,20 +306,24 @@ class BatchEngine:
     def _shrink_after_oom(self, exc: BaseException) -> None:
         shrink = self.scheduler.shrink_after_oom()
         log.warning("out of memory (%s); limit now %d samples per pass", exc, self.scheduler.limit)
+        # The samples had to leave the batch at once to free memory; the ledger calls wait for
+        # Redis if they must (they are safe to repeat), so the jobs are not left `running`.
         for flight in shrink.requeue:
-            self.ledger.requeue(Lease(flight.job_id, flight.token),
-                                "out of memory in a batch; queued again for a smaller batch")
+            lease = Lease(flight.job_id, flight.token)
+            self._until_redis(lambda: self.ledger.requeue(
+                lease, "out of memory in a batch; queued again for a smaller batch"))
         if shrink.too_big is not None:
             flight = shrink.too_big
-            self._fail(Lease(flight.job_id, flight.token), flight.webhook, {
-                "type": "out_of_memory", "message": f"the job does not fit in memory alone: {exc}"}, retryable=False)
+            error = {"type": "out_of_memory", "message": f"the job does not fit in memory alone: {exc}"}
+            self._until_redis(lambda: self._fail(Lease(flight.job_id, flight.token), flight.webhook, error,
+                                                 retryable=False))
 
     def drop_lost(self) -> None:
         """Jobs this worker no longer owns (reaped while it was stuck or cut off) leave the batch."""
         with self._lost_lock:
             lost, self._lost = self._lost, set()
         for flight in self.flights:
-            if flight.job_id in lost:
+            if Lease(flight.job_id, flight.token) in lost:
                 log.warning("job %s is no longer owned by this worker: dropped from the batch", flight.job_id)
                 self.scheduler.remove(flight)
 
@@ -306,9 +332,9 @@ class BatchEngine:
         for flight in self.scheduler.finished():
             self._succeed(flight)
         for flight in self.scheduler.overdue():
-            self.scheduler.remove(flight)
             self._fail(Lease(flight.job_id, flight.token), flight.webhook, {
                 "type": "timeout", "message": f"job exceeded its timeout of {flight.timeout:.0f}s"}, retryable=False)
+            self.scheduler.remove(flight)  # after the ledger: a Redis error keeps it here for a retry
 
     def check_cancellations(self) -> None:
         """A DELETE sets a flag on the job's record; a canceled job leaves before the next step."""
@@ -318,8 +344,9 @@ class BatchEngine:
         flags = self.ledger.cancel_requested([Lease(f.job_id, f.token) for f in flights])
         for flight, flag in zip(flights, flags):
             if flag:
+                outcome = self.ledger.cancel_running(Lease(flight.job_id, flight.token))
                 self.scheduler.remove(flight)
-                if self.ledger.cancel_running(Lease(flight.job_id, flight.token)) == Outcome.OK:
+                if outcome == Outcome.OK:
                     log.info("job %s canceled after %d of %d steps", flight.job_id, flight.step, flight.total)
                     self._notify_final(flight.webhook, flight.job_id, "canceled")
 
@@ -342,11 +369,16 @@ class BatchEngine:
             out = self.runtime.result(self.scheduler.batch, flight.samples)
             pngs = self.runtime.encode(out, flight.prepared, flight.params)
         except Exception as exc:
-            # The result of this job's own data cannot be made: another attempt would fail the
-            # same way, so the job fails now and its neighbours carry on.
+            # Its neighbours carry on whatever happens. A result this job's data cannot make
+            # (JobInputError: e.g. past WebP's size limit) fails it now, for good; running out
+            # of memory puts it back for free; anything else may be the machine's and uses an attempt.
             log.warning("job %s: finishing failed: %s", flight.job_id, exc)
+            if self.runtime.is_out_of_memory(exc):
+                self.ledger.requeue(lease, f"out of memory while finishing: {exc}")
+            else:
+                self._fail(lease, flight.webhook, error_of(exc, self.runtime),
+                           retryable=not isinstance(exc, JobInputError))
             self.scheduler.remove(flight)
-            self._fail(lease, flight.webhook, error_of(exc, self.runtime), retryable=False)
             return
         # Ledger first, leave last: if Redis fails half-way, the job stays in flight and this
         # runs again once Redis is back (the transaction applied all or nothing).
@@ -399,7 +431,7 @@ class BatchEngine:
             updates.append((Lease(flight.job_id, flight.token), progress))
             self.webhooks.notify(flight.webhook, flight.job_id, "progress", progress)
         owned = self.ledger.progress(updates, self._previews(now_, flights))
-        self.mark_lost(f.job_id for f, ok in zip(flights, owned) if not ok)
+        self.mark_lost(Lease(f.job_id, f.token) for f, ok in zip(flights, owned) if not ok)
         self._flush_stats()
 
     def _previews(self, now_: float, flights: list[Flight]) -> dict[str, tuple[bytes, int]]:
@@ -407,27 +439,31 @@ class BatchEngine:
         if now_ - self._last_preview < self.settings.preview_interval or not flights:
             return {}
         self._last_preview = now_
-        estimates = self.runtime.estimates(self.scheduler.batch, [f.samples[0] for f in flights])
-        return {f.job_id: (self.runtime.preview_png(x), f.step) for f, x in zip(flights, estimates)}
+        try:
+            estimates = self.runtime.estimates(self.scheduler.batch, [f.samples[0] for f in flights])
+            return {f.job_id: (self.runtime.preview_png(x), f.step) for f, x in zip(flights, estimates)}
+        except Exception as exc:  # previews are a nicety: never a reason to stop the batch
+            log.warning("previews skipped: %s", exc)
+            return {}
 
     def _flush_stats(self) -> None:
         with self.redis.pipeline() as pipe:
             self.stats.flush(pipe, self.model)
             pipe.execute()
 
-    def _wait_for_redis(self, limit: float = 600.0) -> None:
-        """Block (the batch stays in memory) until Redis answers again; give up after `limit`."""
-        deadline, delay = time.time() + limit, 0.5
-        while time.time() < deadline:
+    def _wait_for_redis(self) -> None:
+        """Block (the batch stays in memory) until Redis answers again, however long it takes:
+        the jobs' records are in Redis, so there is nothing better to do meanwhile."""
+        delay, since = 0.5, time.monotonic()
+        while True:
             try:
                 self.redis.ping()
-                log.info("redis is back: resuming %d job(s)", len(self.scheduler.flights))
+                log.info("redis is back after %.0fs: resuming %d job(s)", time.monotonic() - since,
+                         len(self.scheduler.flights))
                 return
             except REDIS_ERRORS:
                 time.sleep(delay)
                 delay = min(delay * 2, 10.0)
-                self.loop_alive_at = time.monotonic()  # waiting for Redis is not a stalled pass
-        raise redis.exceptions.ConnectionError(f"redis unreachable for {limit:.0f}s")
 
     def _until_redis(self, action) -> None:
         while True:

@@ -14,6 +14,10 @@ The rules the preconditions enforce:
   only a lost worker or an infrastructure error uses one of the job's `max_attempts`.
 
 A transition answers with an `Outcome` instead of raising, as BullMQ's scripts return codes.
+Each can be run again after a lost reply (redis-py turns a connection lost during WATCH into a
+retry, whether or not EXEC was applied): `create` recognises its own record, `start` its own
+token, and a transition that ended an execution leaves `closed_by: <token>`, so a re-run
+answers what the first run did instead of refusing.
 Torch-free: the API calls `create`, `cancel` and `read`; the worker engine and its reaper the rest.
 """
 
@@ -44,6 +48,7 @@ RECORD_MARGIN = 3600
 
 class Outcome(str, enum.Enum):
     OK = "ok"                  # the transition happened
+    ALIVE = "alive"            # `abandon`: the lease was renewed meanwhile: the owner lives
     MISSING = "missing"        # no record: unknown or expired job
     FINAL = "final"            # the job is already final: nothing changed
     NOT_OWNER = "not_owner"    # the caller's execution no longer owns the job
@@ -143,10 +148,14 @@ class Ledger:
         Returns (job_id, replayed).
         """
         queue = rqside.queue_for(self.redis, jobs.queue_name(model))
-        keep = input_ttl + timeout + RECORD_MARGIN
+        # The record and RQ's job outlive the upload, so that a job whose upload expired before
+        # any worker came is still there to fail with that reason when one does.
+        keep = input_ttl + timeout + self.result_ttl + RECORD_MARGIN
         idem_key = jobs.idempotency_key(idempotency[0]) if idempotency else None
 
         def body(pipe):
+            if pipe.exists(jobs.job_key(job_id)):
+                return job_id, False  # our own earlier run of this body was applied
             if idem_key is not None:
                 raw = pipe.get(idem_key)
                 if raw is not None:
@@ -170,7 +179,7 @@ class Ledger:
             rqside.enqueue(pipe, queue, rq_job)
             return job_id, False
 
-        return self._transact([idem_key] if idem_key else [jobs.job_key(job_id)], body)
+        return self._transact([jobs.job_key(job_id), *([idem_key] if idem_key else [])], body)
 
     def read(self, job_id: str) -> dict | None:
         """The record as stored (None: unknown or expired), with the queue position while queued."""
@@ -213,9 +222,12 @@ class Ledger:
         key = jobs.job_key(job_id)
         inputs = [jobs.input_key(job_id, "image"), jobs.input_key(job_id, "mask")]
         queue_name = rq_job.origin
+        token = uuid.uuid4().hex
 
         def body(pipe):
             record = self._record(pipe, job_id)
+            if record.get("owner") == token and record["status"] == JobStatus.RUNNING.value:
+                return Started(Outcome.OK, token, record)  # our own earlier run was applied
             if not record:
                 pipe.multi()
                 self._rq_final(pipe, queue_name, job_id, RQStatus.FAILED)
@@ -239,9 +251,9 @@ class Ledger:
             started = time.time()
             keep = int(record.get("timeout", 0)) + self.result_ttl + RECORD_MARGIN
             pipe.multi()
-            execution = rqside.start(pipe, rq_job, worker_name, lease_ttl, keep)
-            lease = Lease(job_id, execution.id)
-            pipe.hset(key, mapping={"status": JobStatus.RUNNING.value, "owner": execution.id,
+            rqside.start(pipe, rq_job, token, worker_name, lease_ttl, keep)
+            lease = Lease(job_id, token)
+            pipe.hset(key, mapping={"status": JobStatus.RUNNING.value, "owner": token,
                                     "worker": worker_name, "started_at": started})
             pipe.hdel(key, "progress")
             pipe.hincrby(key, "attempts", 1)
@@ -253,8 +265,8 @@ class Ledger:
             jobs.record_duration(pipe, record["model"], "queue_wait", started - record["created_at"])
             attempts = record.get("attempts", 0) + 1
             jobs.publish(pipe, job_id, "status", {"status": JobStatus.RUNNING.value, "attempts": attempts})
-            return Started(Outcome.OK, execution.id, {**record, "status": JobStatus.RUNNING.value,
-                                                      "attempts": attempts, "started_at": started})
+            return Started(Outcome.OK, token, {**record, "status": JobStatus.RUNNING.value,
+                                               "attempts": attempts, "started_at": started})
 
         return self._transact([key, *inputs], body)
 
@@ -291,7 +303,7 @@ class Ledger:
         job_id = lease.job_id
 
         def body(pipe):
-            record, refusal = self._owned(pipe, lease)
+            record, refusal = self._owned(pipe, lease, "succeed")
             if refusal:
                 return refusal
             total = record["params"]["evaluations_per_sample"]
@@ -304,7 +316,7 @@ class Ledger:
                 pipe.set(jobs.speed_key(record["model"]), seconds_per_pass)
             jobs.publish(pipe, job_id, "progress", progress)
             self._finish(pipe, job_id, record, JobStatus.SUCCEEDED,
-                         {"progress": progress, "result": {"count": len(results)}}, lease)
+                         {"progress": progress, "result": {"count": len(results)}}, lease, "succeed")
             self._rq_final(pipe, jobs.queue_name(record["model"]), job_id, RQStatus.FINISHED, lease, record)
             return Outcome.OK
 
@@ -322,9 +334,11 @@ class Ledger:
                                    final_unless_retryable=False)
 
     def abandon(self, lease: Lease) -> Outcome:
-        """The reaper's transition for a lease that expired: the worker is gone or stuck."""
+        """The reaper's transition for a lease that expired: the worker is gone or stuck.
+        ALIVE (nothing changed) if the owner renewed the lease meanwhile."""
         outcome = self._end_execution(lease, {"type": "worker_lost", "message": "the worker running this job "
-                                              "stopped responding"}, charge=True, final_unless_retryable=False)
+                                              "stopped responding"}, charge=True, final_unless_retryable=False,
+                                      require_lapsed=True)
         if outcome in (Outcome.MISSING, Outcome.FINAL, Outcome.NOT_OWNER):
             self.redis.srem(jobs.running_key(), lease.member)  # a stale entry: nothing else to do
         return outcome
@@ -332,11 +346,11 @@ class Ledger:
     def cancel_running(self, lease: Lease) -> Outcome:
         """The owner honours a cancel request between two steps."""
         def body(pipe):
-            record, refusal = self._owned(pipe, lease)
+            record, refusal = self._owned(pipe, lease, "cancel")
             if refusal:
                 return refusal
             pipe.multi()
-            self._finish(pipe, lease.job_id, record, JobStatus.CANCELED, {}, lease)
+            self._finish(pipe, lease.job_id, record, JobStatus.CANCELED, {}, lease, "cancel")
             self._rq_final(pipe, jobs.queue_name(record["model"]), lease.job_id, RQStatus.CANCELED, lease, record)
             return Outcome.OK
 
@@ -377,10 +391,14 @@ class Ledger:
 
     # ---- shared pieces -------------------------------------------------------------------------
 
-    def _owned(self, pipe, lease: Lease) -> tuple[dict, Outcome | None]:
+    def _owned(self, pipe, lease: Lease, op: str = "") -> tuple[dict, Outcome | None]:
         record = self._record(pipe, lease.job_id)
         if not record:
             return record, Outcome.MISSING
+        if record.get("closed_by") == f"{lease.token}:{op}" and record["status"] != JobStatus.RUNNING.value:
+            # This very transition already ended this execution (an earlier run of it was
+            # applied and its reply lost): answer what that run did.
+            return record, _CLOSED_AS[record["status"]]
         if JobStatus(record["status"]).final:
             return record, Outcome.FINAL
         if record["status"] != JobStatus.RUNNING.value or record.get("owner") != lease.token:
@@ -398,16 +416,27 @@ class Ledger:
 
         return self._transact([jobs.job_key(lease.job_id)], body)
 
-    def _end_execution(self, lease: Lease, error: dict, *, charge: bool, final_unless_retryable: bool) -> Outcome:
+    def _end_execution(self, lease: Lease, error: dict, *, charge: bool, final_unless_retryable: bool,
+                       require_lapsed: bool = False) -> Outcome:
+        op = error["type"]
         job_id = lease.job_id
         key = jobs.job_key(job_id)
+        lease_key = jobs.lease_key(job_id, lease.token)
 
         def body(pipe):
-            record, refusal = self._owned(pipe, lease)
+            record, refusal = self._owned(pipe, lease, op)
             if refusal:
                 return refusal
+            if require_lapsed and pipe.exists(lease_key):
+                return Outcome.ALIVE
             err = dict(error)
             queue_name = jobs.queue_name(record["model"])
+            if record.get("cancel_requested"):
+                # Its owner asked for it to stop: whatever ended this execution, it ends canceled.
+                pipe.multi()
+                self._finish(pipe, job_id, record, JobStatus.CANCELED, {}, lease, op)
+                self._rq_final(pipe, queue_name, job_id, RQStatus.CANCELED, lease, record)
+                return Outcome.CANCELED
             failures = record.get("failures", 0) + (1 if charge else 0)
             out_of_attempts = failures >= record.get("max_attempts", 1)
             pipe.multi()
@@ -415,12 +444,12 @@ class Ledger:
                 if err["type"] == "worker_lost":
                     err["message"] += f"; gave up after {failures} attempt(s)"
                 pipe.hset(key, "failures", failures)
-                self._finish(pipe, job_id, record, JobStatus.FAILED, {"error": err}, lease)
+                self._finish(pipe, job_id, record, JobStatus.FAILED, {"error": err}, lease, op)
                 self._rq_final(pipe, queue_name, job_id, RQStatus.FAILED, lease, record)
                 return Outcome.FAILED
             keep = int(record.get("timeout", 0)) + self.result_ttl + RECORD_MARGIN
             pipe.hset(key, mapping={"status": JobStatus.QUEUED.value, "failures": failures,
-                                    "last_error": jobs.dumps(err)})
+                                    "last_error": jobs.dumps(err), "closed_by": f"{lease.token}:{op}"})
             pipe.hdel(key, "owner", "progress", "started_at")
             pipe.expire(key, keep)
             self._drop_lease(pipe, lease)
@@ -428,7 +457,7 @@ class Ledger:
             jobs.publish(pipe, job_id, "status", {"status": JobStatus.QUEUED.value, "last_error": err})
             return Outcome.REQUEUED
 
-        return self._transact([key], body)
+        return self._transact([key, lease_key] if require_lapsed else [key], body)
 
     def _rq_final(self, pipe, queue_name: str, job_id: str, status: RQStatus, lease: Lease | None = None,
                   record: dict | None = None) -> None:
@@ -442,7 +471,7 @@ class Ledger:
         pipe.srem(jobs.running_key(), lease.member)
 
     def _finish(self, pipe, job_id: str, record: dict, status: JobStatus, fields: dict,
-                lease: Lease | None = None) -> None:
+                lease: Lease | None = None, op: str = "") -> None:
         """The record's part of every final transition (inside the caller's MULTI)."""
         assert status.final, status
         finished = time.time()
@@ -450,6 +479,8 @@ class Ledger:
         pipe.hset(key, mapping={"status": status.value, "finished_at": finished,
                                 **{k: jobs.dumps(v) for k, v in fields.items()}})
         pipe.hdel(key, "owner")
+        if lease is not None:
+            pipe.hset(key, "closed_by", f"{lease.token}:{op}")
         pipe.expire(key, self.result_ttl)
         pipe.delete(jobs.input_key(job_id, "image"), jobs.input_key(job_id, "mask"))
         if lease is not None:
@@ -458,6 +489,11 @@ class Ledger:
         if record.get("started_at") is not None:
             jobs.record_duration(pipe, record["model"], "run", finished - float(record["started_at"]))
         jobs.publish(pipe, job_id, "status", {"status": status.value, **fields})
+
+
+# What a transition that ended an execution answered, by the status it left.
+_CLOSED_AS = {JobStatus.SUCCEEDED.value: Outcome.OK, JobStatus.CANCELED.value: Outcome.OK,
+              JobStatus.FAILED.value: Outcome.FAILED, JobStatus.QUEUED.value: Outcome.REQUEUED}
 
 
 def new_job_id() -> str:

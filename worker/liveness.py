@@ -2,9 +2,9 @@
 
 Heartbeats. Every running job has a lease key with a TTL (`REPAINT_HEARTBEAT_TTL`) that only
 its owner's heartbeat renews (worker.ledger). This thread renews the leases of the jobs in
-flight, and RQ's worker and execution heartbeats, only while the loop makes progress: a
-forward pass stuck for longer than the engine's stall deadline stops the beats, so the jobs
-are reaped and run elsewhere. Stuck for twice as long, the worker declares itself defunct and
+flight, and RQ's worker and execution heartbeats, unless the loop is stuck: a forward pass
+running for longer than the engine's stall deadline stops the beats, so the jobs are reaped
+and run elsewhere. Stuck for twice as long, the worker declares itself defunct and
 exits, so that its supervisor restarts it.
 
 The reaper. Any worker looks, every beat, for running jobs whose lease is gone. A lease seen
@@ -108,7 +108,7 @@ class Heartbeats:
         flights = self.engine.flights
         if flights:
             owned = self.ledger.heartbeat([Lease(f.job_id, f.token) for f in flights], self.ttl)
-            self.engine.mark_lost(f.job_id for f, ok in zip(flights, owned) if not ok)
+            self.engine.mark_lost(Lease(f.job_id, f.token) for f, ok in zip(flights, owned) if not ok)
             with self.redis.pipeline(transaction=False) as pipe:
                 for flight, ok in zip(flights, owned):
                     if ok:

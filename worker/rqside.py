@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from rq.executions import Execution
+from rq.executions import Execution, ExecutionRegistry
 from rq.job import Job, JobStatus as RQStatus
 from rq.queue import Queue
 from rq.registry import CanceledJobRegistry, FailedJobRegistry, FinishedJobRegistry, StartedJobRegistry
@@ -49,9 +49,18 @@ def _job(redis: "Redis", queue_name: str, job_id: str) -> Job:
     return job
 
 
-def start(pipe: "Pipeline", job: Job, worker_name: str, heartbeat_ttl: int, keep: int) -> Execution:
-    """The job leaves the intermediate list for the started registry, as one RQ execution."""
-    execution = Execution.create(job, heartbeat_ttl, pipe, worker_name=worker_name)
+def start(pipe: "Pipeline", job: Job, token: str, worker_name: str, heartbeat_ttl: int, keep: int) -> Execution:
+    """The job leaves the intermediate list for the started registry, as the RQ execution `token`.
+
+    What `Execution.create` writes, with an id chosen by the caller, so that the transaction can
+    be run again after a lost reply and recognise its own work."""
+    execution = Execution(id=token, job_id=job.id, connection=job.connection, worker_name=worker_name)
+    execution._job = job
+    execution.save(ttl=heartbeat_ttl, pipeline=pipe)
+    ExecutionRegistry(job_id=job.id, connection=pipe).add(execution=execution, ttl=heartbeat_ttl, pipeline=pipe)
+    job.started_job_registry.add_execution(execution, pipeline=pipe, ttl=heartbeat_ttl, xx=False)
+    pipe.sadd(execution.worker_executions_key, execution.composite_key)
+    pipe.expire(execution.worker_executions_key, heartbeat_ttl + 60)
     job.prepare_for_execution(worker_name, pipe)
     pipe.expire(job.key, keep)
     pipe.lrem(queue_for(job.connection, job.origin).intermediate_queue_key, 0, job.id)

@@ -47,6 +47,12 @@ def started(ledger, redis_db, worker="w1") -> Lease:
     return Lease(rq_job.id, result.token)
 
 
+def lapse(redis_db, lease: Lease) -> Lease:
+    """The lease expired: its worker stopped beating."""
+    redis_db.delete(jobs.lease_key(lease.job_id, lease.token))
+    return lease
+
+
 def record(redis_db, job_id) -> dict:
     return jobs.decode_record(redis_db.hgetall(jobs.job_key(job_id)))
 
@@ -116,7 +122,7 @@ def test_two_executions_finishing_one_job_record_it_once(ledger, redis_db):
     """A job reaped from a stuck worker and run again: the old owner's late finish is refused."""
     job_id, _ = create(ledger)
     old = started(ledger, redis_db, "stuck")
-    assert ledger.abandon(old) == Outcome.REQUEUED
+    assert ledger.abandon(lapse(redis_db, old)) == Outcome.REQUEUED
     new = started(ledger, redis_db, "rescuer")
     assert ledger.succeed(new, [b"new"], evaluations=30) == Outcome.OK
     assert ledger.succeed(old, [b"old"], evaluations=30) == Outcome.FINAL
@@ -128,7 +134,7 @@ def test_two_executions_finishing_one_job_record_it_once(ledger, redis_db):
 def test_ownership_lost_after_a_reap_is_refused_while_the_job_runs_elsewhere(ledger, redis_db):
     job_id, _ = create(ledger)
     old = started(ledger, redis_db, "stuck")
-    ledger.abandon(old)
+    ledger.abandon(lapse(redis_db, old))
     new = started(ledger, redis_db, "rescuer")
     for refused in (ledger.succeed(old, [b"x"], evaluations=1), ledger.requeue(old, "shutdown"),
                     ledger.fail(old, {"type": "X", "message": "m"}, retryable=False), ledger.cancel_running(old)):
@@ -157,8 +163,10 @@ def test_transitions_from_a_final_status_are_no_ops(ledger, redis_db):
     before = redis_db.hgetall(jobs.job_key(job_id))
     assert ledger.cancel(job_id) == Outcome.FINAL
     assert ledger.succeed(lease, [b"png"], evaluations=1) == Outcome.FINAL
-    assert ledger.abandon(lease) == Outcome.FINAL
+    assert ledger.abandon(lapse(redis_db, lease)) == Outcome.FINAL
     assert ledger.requeue(lease, "again") == Outcome.FINAL
+    # The same transition run again (its first reply was lost) answers what it did.
+    assert ledger.fail(lease, {"type": "invalid_input", "message": "bad"}, retryable=False) == Outcome.FAILED
     assert redis_db.hgetall(jobs.job_key(job_id)) == before
     assert redis_db.hget(jobs.metrics_key(MODEL), "jobs_failed_total") == b"1"
 
@@ -267,10 +275,12 @@ def test_a_job_whose_upload_expired_fails_at_start(ledger, redis_db):
 
 def test_abandon_requeues_then_fails_after_the_last_attempt(ledger, redis_db):
     job_id, _ = create(ledger, max_attempts=2)
-    assert ledger.abandon(started(ledger, redis_db)) == Outcome.REQUEUED
+    lease = started(ledger, redis_db)
+    assert ledger.abandon(lease) == Outcome.ALIVE  # renewed meanwhile: the owner lives
+    assert ledger.abandon(lapse(redis_db, lease)) == Outcome.REQUEUED
     r = record(redis_db, job_id)
     assert r["status"] == "queued" and r["last_error"]["type"] == "worker_lost"
-    assert ledger.abandon(started(ledger, redis_db)) == Outcome.FAILED
+    assert ledger.abandon(lapse(redis_db, started(ledger, redis_db))) == Outcome.FAILED
     r = record(redis_db, job_id)
     assert r["status"] == "failed" and r["error"]["type"] == "worker_lost" and "2 attempt(s)" in r["error"]["message"]
     assert redis_db.scard(jobs.running_key()) == 0
@@ -284,7 +294,7 @@ def test_abandon_repairs_what_rqs_own_cleanup_did(ledger, redis_db):
     q = queue(redis_db)
     StartedJobRegistry(queue=q).cleanup(timestamp=10**10)  # every execution counts as expired
     assert FailedJobRegistry(queue=q).get_job_ids() == [job_id]
-    assert ledger.abandon(lease) == Outcome.REQUEUED
+    assert ledger.abandon(lapse(redis_db, lease)) == Outcome.REQUEUED
     assert FailedJobRegistry(queue=q).get_job_ids() == [] and q.get_job_ids() == [job_id]
     assert redis_db.hget(f"rq:job:{job_id}", "status") == b"queued"
     assert started(ledger, redis_db).job_id == job_id
@@ -308,6 +318,36 @@ def test_recover_undelivered_puts_a_waiting_job_back(ledger, redis_db):
     assert queue(redis_db).get_job_ids() == [job_id] and record(redis_db, job_id)["status"] == "queued"
 
 
+def test_transitions_run_again_after_a_lost_reply_answer_what_they_did(ledger, redis_db, monkeypatch):
+    """redis-py retries a transaction whose connection dropped while watching, whether or not
+    EXEC was applied: the re-run must recognise its own work instead of refusing it."""
+    job_id, _ = create(ledger)
+    rq_job = dequeue(redis_db)
+    original = redis_lib.client.Pipeline.execute
+    calls = {"n": 0}
+
+    def applied_then_lost(self, *args, **kwargs):
+        result = original(self, *args, **kwargs)
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise redis_lib.exceptions.WatchError("injected: connection lost after EXEC was applied")
+        return result
+
+    monkeypatch.setattr(redis_lib.client.Pipeline, "execute", applied_then_lost)
+    result = ledger.start(rq_job, "w1", lease_ttl=30)
+    assert result.outcome == Outcome.OK and record(redis_db, job_id)["owner"] == result.token
+    calls["n"] = 0
+    lease = Lease(job_id, result.token)
+    assert ledger.succeed(lease, [b"png"], evaluations=1) == Outcome.OK
+    monkeypatch.undo()
+    assert record(redis_db, job_id)["status"] == "succeeded"
+    assert redis_db.hget(jobs.metrics_key(MODEL), "jobs_succeeded_total") == b"1"
+    other, _ = create(ledger)
+    assert ledger.create(job_id=other, model=MODEL, params=PARAMS, image_png=b"i", mask_png=b"m", timeout=1,
+                         input_ttl=60, max_attempts=1) == (other, False)
+    assert queue(redis_db).get_job_ids() == [other]  # not enqueued twice
+
+
 def test_progress_is_written_only_by_the_owner(ledger, redis_db):
     job_id, _ = create(ledger)
     lease = started(ledger, redis_db)
@@ -320,3 +360,33 @@ def test_progress_is_written_only_by_the_owner(ledger, redis_db):
     assert events == ["progress", "preview"]
     assert ledger.progress([(Lease(job_id, "someone-else"), {"step": 4})]) == [False]
     assert record(redis_db, job_id)["progress"]["step"] == 3
+
+
+def test_housekeeping_prunes_the_canceled_registry_and_models_of_workers_gone(ledger, redis_db):
+    """RQ never cleans its canceled registry; our workers do, as entries expire with their jobs."""
+    import time
+
+    from worker import catalog
+
+    job_id, _ = create(ledger)
+    ledger.cancel(job_id)
+    registry = CanceledJobRegistry(queue=queue(redis_db))
+    assert rqside.prune_canceled(redis_db, jobs.queue_name(MODEL)) == 0  # not expired yet
+    redis_db.zadd(registry.key, {job_id: time.time() - 1})  # as if result_ttl had passed
+    assert rqside.prune_canceled(redis_db, jobs.queue_name(MODEL)) == 1 and registry.get_job_ids() == []
+
+    now = time.time()
+    redis_db.hset(jobs.models_key(), mapping={
+        "tiny": json.dumps({"name": "tiny", "seen_at": now}),
+        "faces32": json.dumps({"name": "faces32", "seen_at": now - catalog.MODEL_ENTRY_STALE_SECONDS - 1})})
+    assert set(catalog.live_models(redis_db)) == {"tiny"}
+    assert catalog.prune_stale_models(redis_db) == ["faces32"]
+    assert redis_db.hkeys(jobs.models_key()) == [b"tiny"]
+
+
+def test_a_job_whose_cancel_was_requested_ends_canceled_when_its_worker_dies(ledger, redis_db):
+    job_id, _ = create(ledger)
+    lease = started(ledger, redis_db)
+    ledger.cancel(job_id)
+    assert ledger.abandon(lapse(redis_db, lease)) == Outcome.CANCELED
+    assert record(redis_db, job_id)["status"] == "canceled" and queue(redis_db).count == 0

@@ -134,7 +134,8 @@ def test_heartbeats_stop_while_the_loop_is_stuck(ledger, redis_db):
 def test_heartbeats_report_jobs_the_worker_no_longer_owns(ledger, redis_db):
     create(ledger)
     lease = started(ledger, redis_db)
+    lapse(redis_db, lease)
     ledger.abandon(lease)
     engine = FakeEngine([FakeFlight(lease.job_id, lease.token)])
     Heartbeats(FakeWorker(redis_db), engine, ledger, ttl=10, describe={"name": MODEL}).beat()
-    assert engine.lost == {lease.job_id}
+    assert engine.lost == {lease}
