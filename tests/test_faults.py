@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import re
 import signal
 import time
 
-import httpx
 import pytest
 
 from tests.conftest import face_and_mask
