@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import logging
+import time
 from pathlib import Path
 from contextlib import asynccontextmanager
 
 import redis.exceptions
-from fastapi import FastAPI, HTTPException, Request
-from fastapi.exceptions import RequestValidationError
+from fastapi import FastAPI, Request
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
@@ -71,10 +71,16 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
     def metrics() -> Response:
         return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
+    outage_logged = [0.0]
+
     @app.exception_handler(redis.exceptions.ConnectionError)
     @app.exception_handler(redis.exceptions.TimeoutError)
     async def redis_down(request: Request, exc: Exception) -> JSONResponse:
-        log.warning("redis unavailable: %s", exc)
+        # One line per outage, not one per request: clients retry often while Redis is away.
+        now = time.monotonic()
+        if now - outage_logged[0] > 30:
+            log.warning("redis unavailable: %s (answering 503 until it is back)", exc)
+        outage_logged[0] = now
         return JSONResponse({"detail": "the job store (Redis) is unavailable; retry shortly"}, status_code=503,
                             headers={"Retry-After": "5"})
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+import uuid
 from typing import TYPE_CHECKING
 
 import redis.exceptions
@@ -175,8 +176,13 @@ class BatchEngine:
             busy = bool(self.scheduler.flights)
 
     def take(self, rq_job: "Job") -> None:
-        """Start a dequeued job in the ledger, then put its samples into the batch."""
-        started = self.ledger.start(rq_job, self.worker.name, self.settings.heartbeat_ttl)
+        """Start a dequeued job in the ledger, then put its samples into the batch.
+
+        Redis calls here wait for Redis and retry (the start with the same token), so that a
+        started job never ends up owned by this worker but outside its batch."""
+        token = uuid.uuid4().hex
+        started = self._until_redis(lambda: self.ledger.start(rq_job, self.worker.name,
+                                                              self.settings.heartbeat_ttl, token=token))
         record = started.record or {}
         if started.outcome != Outcome.OK:
             log.info("delivery of job %s not run: %s", rq_job.id, started.outcome.value)
@@ -187,12 +193,12 @@ class BatchEngine:
         lease = Lease(rq_job.id, started.token)
         try:
             params = JobParams.from_record(record["params"])
-            image_png = self.redis.get(jobs.input_key(lease.job_id, "image"))
-            mask_png = self.redis.get(jobs.input_key(lease.job_id, "mask"))
+            image_png, mask_png = self._until_redis(lambda: self.redis.mget(
+                jobs.input_key(lease.job_id, "image"), jobs.input_key(lease.job_id, "mask")))
             if image_png is None or mask_png is None:
                 raise JobInputError("the job's upload expired before a worker took it")
             prepared = self.runtime.prepare(image_png, mask_png, params)
-            self.ledger.set_plan(lease, prepared.plan.describe())
+            self._until_redis(lambda: self.ledger.set_plan(lease, prepared.plan.describe()))
             timeout = record.get("timeout") or None
             flight = self.scheduler.admit(lease.job_id, lease.token, params, prepared,
                                           timeout=timeout, webhook=params.webhook)
@@ -238,6 +244,11 @@ class BatchEngine:
             except REDIS_ERRORS as exc:
                 log.error("redis unavailable (%s): batch of %d job(s) paused", exc, len(self.scheduler.flights))
                 self._wait_for_redis()
+            except redis.exceptions.RedisError as exc:
+                # Redis answers but refuses (read-only after a failover, out of memory): the
+                # batch waits in memory and the step is tried again; it is not the machine's fault.
+                log.error("redis refused a write (%s): batch of %d job(s) paused", exc, len(self.scheduler.flights))
+                time.sleep(1.0)
             except StopRequested:
                 raise
             except Exception as exc:
@@ -251,7 +262,10 @@ class BatchEngine:
         t0 = time.perf_counter()
         self.in_pass_since = time.monotonic()
         try:
-            ran = self.scheduler.step()
+            try:
+                ran = self.scheduler.step()
+            finally:
+                self.in_pass_since = None  # what follows may wait for Redis: that is no stuck pass
         except StopRequested:
             raise  # SIGTERM arrived while the worker was not marked busy: RQ's cold path
         except Exception as exc:
@@ -260,8 +274,6 @@ class BatchEngine:
             else:
                 self._pass_failed(exc)
             return
-        finally:
-            self.in_pass_since = None
         self._pass_failures = 0
         self._charged.clear()
         if ran:
@@ -373,8 +385,10 @@ class BatchEngine:
             # (JobInputError: e.g. past WebP's size limit) fails it now, for good; running out
             # of memory puts it back for free; anything else may be the machine's and uses an attempt.
             log.warning("job %s: finishing failed: %s", flight.job_id, exc)
-            if self.runtime.is_out_of_memory(exc):
-                self.ledger.requeue(lease, f"out of memory while finishing: {exc}")
+            if self.runtime.is_out_of_memory(exc) and len(self.scheduler.flights) > 1:
+                self.ledger.requeue(lease, f"out of memory while finishing: {exc}")  # alone it may fit
+            elif self.runtime.is_out_of_memory(exc):
+                self._fail(lease, flight.webhook, error_of(exc, self.runtime), retryable=False)
             else:
                 self._fail(lease, flight.webhook, error_of(exc, self.runtime),
                            retryable=not isinstance(exc, JobInputError))
@@ -397,6 +411,8 @@ class BatchEngine:
         log.warning("job %s failed (%s: %s): %s", lease.job_id, error["type"], error["message"], outcome.value)
         if outcome == Outcome.FAILED:
             self._notify_final(webhook, lease.job_id, "failed", error)
+        elif outcome == Outcome.CANCELED:  # its cancel had been requested: that is how it ends
+            self._notify_final(webhook, lease.job_id, "canceled")
 
     def _notify_final(self, webhook: dict | None, job_id: str, status: str, error: dict | None = None) -> None:
         data = {"status": status}
@@ -409,7 +425,7 @@ class BatchEngine:
             self.scheduler.remove(flight)
             try:
                 self.ledger.requeue(Lease(flight.job_id, flight.token), reason)
-            except REDIS_ERRORS:
+            except redis.exceptions.RedisError:
                 log.error("could not re-queue job %s: redis unavailable; its lease lapses and the reaper "
                           "re-queues it", flight.job_id)
 

@@ -93,11 +93,16 @@ end
 return 0
 """
 
-# KEYS: record, events channel. ARGV: token, progress JSON, event JSON. Returns 1 or 0 (not owned).
+# KEYS: record, events channel, preview. ARGV: token, progress JSON, progress event JSON,
+# preview PNG ('' for none), preview event JSON, preview TTL. Returns 1, or 0 (not owned: nothing written).
 _PROGRESS = """
 if redis.call('hget', KEYS[1], 'status') == 'running' and redis.call('hget', KEYS[1], 'owner') == ARGV[1] then
   redis.call('hset', KEYS[1], 'progress', ARGV[2])
   redis.call('publish', KEYS[2], ARGV[3])
+  if ARGV[4] ~= '' then
+    redis.call('set', KEYS[3], ARGV[4], 'EX', ARGV[6])
+    redis.call('publish', KEYS[2], ARGV[5])
+  end
   return 1
 end
 return 0
@@ -212,17 +217,18 @@ class Ledger:
 
     # ---- the worker's transitions --------------------------------------------------------------
 
-    def start(self, rq_job, worker_name: str, lease_ttl: int) -> Started:
+    def start(self, rq_job, worker_name: str, lease_ttl: int, token: str | None = None) -> Started:
         """Take a dequeued job: it becomes `running`, owned by a new execution whose token is returned.
 
         A delivery of a job that is final, already owned, or gone is dropped (no second run);
-        one whose cancel was requested is canceled; one whose upload expired fails.
+        one whose cancel was requested is canceled; one whose upload expired fails. A caller
+        that retries after a lost reply passes the same `token` and gets its start back.
         """
         job_id = rq_job.id
         key = jobs.job_key(job_id)
         inputs = [jobs.input_key(job_id, "image"), jobs.input_key(job_id, "mask")]
         queue_name = rq_job.origin
-        token = uuid.uuid4().hex
+        token = token or uuid.uuid4().hex
 
         def body(pipe):
             record = self._record(pipe, job_id)
@@ -285,14 +291,14 @@ class Ledger:
         previews = previews or {}
         with self.redis.pipeline(transaction=False) as pipe:
             for lease, progress in updates:
-                self._progress(keys=[jobs.job_key(lease.job_id), jobs.events_channel(lease.job_id)],
+                job_id = lease.job_id
+                png, step = previews.get(job_id, (b"", None))
+                preview_event = {"event": "preview", "data": {"url": f"/jobs/{job_id}/preview", "step": step}}
+                self._progress(keys=[jobs.job_key(job_id), jobs.events_channel(job_id), jobs.preview_key(job_id)],
                                args=[lease.token, jobs.dumps(progress),
-                                     jobs.dumps({"event": "progress", "data": progress})], client=pipe)
-            for job_id, (png, step) in previews.items():
-                pipe.set(jobs.preview_key(job_id), png, ex=self.result_ttl)
-                jobs.publish(pipe, job_id, "preview", {"url": f"/jobs/{job_id}/preview", "step": step})
-            out = pipe.execute()
-        return [bool(v) for v in out[:len(updates)]]
+                                     jobs.dumps({"event": "progress", "data": progress}),
+                                     png, jobs.dumps(preview_event), self.result_ttl], client=pipe)
+            return [bool(v) for v in pipe.execute()]
 
     def set_plan(self, lease: Lease, plan: dict) -> bool:
         return self._owned_write(lease, lambda pipe: pipe.hset(jobs.job_key(lease.job_id), "plan", jobs.dumps(plan)))
@@ -333,12 +339,13 @@ class Ledger:
         return self._end_execution(lease, {"type": "requeued", "message": reason}, charge=False,
                                    final_unless_retryable=False)
 
-    def abandon(self, lease: Lease) -> Outcome:
+    def abandon(self, lease: Lease, reaper: str = "") -> Outcome:
         """The reaper's transition for a lease that expired: the worker is gone or stuck.
-        ALIVE (nothing changed) if the owner renewed the lease meanwhile."""
+        ALIVE (nothing changed) if the owner renewed the lease meanwhile. `reaper` names the
+        caller, so that only its own re-run is answered as done (another reaper gets FINAL)."""
         outcome = self._end_execution(lease, {"type": "worker_lost", "message": "the worker running this job "
                                               "stopped responding"}, charge=True, final_unless_retryable=False,
-                                      require_lapsed=True)
+                                      require_lapsed=True, op=f"worker_lost@{reaper}")
         if outcome in (Outcome.MISSING, Outcome.FINAL, Outcome.NOT_OWNER):
             self.redis.srem(jobs.running_key(), lease.member)  # a stale entry: nothing else to do
         return outcome
@@ -417,8 +424,8 @@ class Ledger:
         return self._transact([jobs.job_key(lease.job_id)], body)
 
     def _end_execution(self, lease: Lease, error: dict, *, charge: bool, final_unless_retryable: bool,
-                       require_lapsed: bool = False) -> Outcome:
-        op = error["type"]
+                       require_lapsed: bool = False, op: str | None = None) -> Outcome:
+        op = op or error["type"]
         job_id = lease.job_id
         key = jobs.job_key(job_id)
         lease_key = jobs.lease_key(job_id, lease.token)

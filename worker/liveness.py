@@ -34,11 +34,12 @@ DEFUNCT_EXIT_CODE = 70  # EX_SOFTWARE: the supervisor restarts the worker
 class Reaper:
     """Finds leases that stayed missing for a full TTL and abandons their jobs."""
 
-    def __init__(self, ledger: Ledger, ttl: float, *, clock=time.monotonic, on_failed=None):
+    def __init__(self, ledger: Ledger, ttl: float, *, clock=time.monotonic, on_final=None, name: str = ""):
         self.ledger = ledger
+        self.name = name
         self.ttl = ttl
         self.clock = clock
-        self.on_failed = on_failed  # called with the lease of a job abandoned for good
+        self.on_final = on_final  # called with (lease, outcome) for a job the reaper ended for good
         self._suspects: dict[Lease, float] = {}
         self._last_scan: float | None = None
 
@@ -54,12 +55,12 @@ class Reaper:
         handled = []
         for lease, since in list(self._suspects.items()):
             if now - since >= self.ttl:
-                outcome = self.ledger.abandon(lease)
+                outcome = self.ledger.abandon(lease, self.name)
                 del self._suspects[lease]
                 if outcome in (Outcome.REQUEUED, Outcome.FAILED):
                     log.warning("job %s was abandoned by its worker: %s", lease.job_id, outcome.value)
-                if outcome == Outcome.FAILED and self.on_failed is not None:
-                    self.on_failed(lease)
+                if outcome in (Outcome.FAILED, Outcome.CANCELED) and self.on_final is not None:
+                    self.on_final(lease, outcome)
                 handled.append((lease, outcome))
         return handled
 
@@ -75,7 +76,7 @@ class Heartbeats:
         self.ttl = ttl
         self.describe = describe
         self.interval = interval or max(1.0, ttl / 6)
-        self.reaper = Reaper(ledger, ttl, on_failed=self._notify_failed)
+        self.reaper = Reaper(ledger, ttl, on_final=self._notify_final, name=worker.name)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="heartbeats", daemon=True)
         self._stall_logged = False
@@ -123,11 +124,12 @@ class Heartbeats:
         self.reaper.scan()
 
 
-    def _notify_failed(self, lease: Lease) -> None:
-        """The job's webhook hears of a failure the reaper decided (no worker will)."""
+    def _notify_final(self, lease: Lease, outcome: Outcome) -> None:
+        """The job's webhook hears of an end the reaper decided (no worker will)."""
         record = self.ledger.read(lease.job_id) or {}
         hook = record.get("params", {}).get("webhook")
-        self.engine.webhooks.notify(hook, lease.job_id, "completed", {"status": "failed", "error": record.get("error")})
+        self.engine.webhooks.notify(hook, lease.job_id, "completed",
+                                    {"status": record.get("status", outcome.value), "error": record.get("error")})
 
 
 def register_model(redis, describe: dict) -> None:

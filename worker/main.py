@@ -79,6 +79,11 @@ def main(settings: WorkerSettings | None = None) -> None:
     redis = Redis.from_url(settings.redis_url, socket_timeout=30, socket_connect_timeout=5,
                            health_check_interval=15)
     runtime = Runtime(settings)  # before taking any job: a bad checkpoint stops here, loudly
+    try:
+        runtime.self_test()  # and so does a device that cannot run it
+    except Exception:
+        log.exception("the model's self-test forward pass failed: this worker takes no job")
+        sys.exit(DEFUNCT_EXIT_CODE)
     describe = runtime.describe()
     delay = 1.0
     while True:

@@ -225,6 +225,21 @@ class Runtime:
                     progress(done, total, batch.pred_xstart)
             return self.encode(batch.result(), prepared, params)
 
+    def self_test(self) -> None:
+        """One forward pass on a blank one-sample batch, before the worker takes any job: a
+        device that cannot run the model stops the worker here, before it costs a job an
+        attempt (a supervisor restarting a worker on a broken GPU would otherwise charge the
+        job at the front of the queue on every restart). It also warms up a compiled model."""
+        size = self.preset.image_size
+        with torch.inference_mode():
+            batch = self.new_batch()
+            batch.add(torch.zeros(1, 3, size, size, device=self.device),
+                      torch.ones(1, 1, size, size, device=self.device),
+                      [models.SampleParams(t_T=1, jump_length=1, jump_n_sample=1, seed=0,
+                                           class_label=0 if self.preset.class_cond else None)])
+            with self._autocast():
+                models.step(self.net, batch, classifier=None)
+
     def is_out_of_memory(self, exc: BaseException | None) -> bool:
         return exc is not None and (isinstance(exc, torch.OutOfMemoryError) or "out of memory" in str(exc).lower())
 

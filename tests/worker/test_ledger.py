@@ -358,8 +358,9 @@ def test_progress_is_written_only_by_the_owner(ledger, redis_db):
     assert record(redis_db, job_id)["progress"] == {"step": 3, "total": 30}
     events = [json.loads(pubsub.get_message(timeout=1)["data"])["event"] for _ in range(2)]
     assert events == ["progress", "preview"]
-    assert ledger.progress([(Lease(job_id, "someone-else"), {"step": 4})]) == [False]
+    assert ledger.progress([(Lease(job_id, "someone-else"), {"step": 4})], {job_id: (b"stale", 4)}) == [False]
     assert record(redis_db, job_id)["progress"]["step"] == 3
+    assert redis_db.get(jobs.preview_key(job_id)) == b"png" and 0 < redis_db.ttl(jobs.preview_key(job_id)) <= 600
 
 
 def test_housekeeping_prunes_the_canceled_registry_and_models_of_workers_gone(ledger, redis_db):

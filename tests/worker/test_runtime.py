@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 
 import numpy as np
+import torch
 import pytest
 from PIL import Image
 
@@ -45,3 +46,18 @@ def test_describe_is_what_the_api_needs(runtime):
     d = runtime.describe()
     assert d["name"] == "tiny" and d["image_size"] == 32 and d["class_cond"] is False
     assert d["defaults"] == {"steps": 250, "jump_length": 10, "jump_n_sample": 10, "classifier_scale": 0.0}
+
+
+def test_self_test_runs_one_forward_pass_before_any_job(runtime):
+    runtime.self_test()  # a working device: no error
+
+    class Broken(torch.nn.Module):
+        def forward(self, *args, **kwargs):
+            raise RuntimeError("CUDA error: an illegal memory access was encountered")
+
+    net, runtime.net = runtime.net, Broken()
+    try:
+        with pytest.raises(RuntimeError, match="illegal memory access"):
+            runtime.self_test()
+    finally:
+        runtime.net = net
