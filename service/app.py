@@ -14,6 +14,8 @@ from fastapi.staticfiles import StaticFiles
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from redis import Redis
 
+from worker.ledger import Ledger
+
 from .deps import ApiKey
 from .metrics import HttpMetrics, HttpMetricsMiddleware, RedisJobCollector
 from .routes import events, health, inpaint, jobs, models
@@ -43,6 +45,7 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.redis = Redis.from_url(settings.redis_url, socket_timeout=10, socket_connect_timeout=5,
                                      health_check_interval=30)
+    app.state.ledger = Ledger(app.state.redis, result_ttl=settings.result_ttl)  # one per app: scripts load once
     registry = CollectorRegistry()
     registry.register(RedisJobCollector(app.state.redis, settings))
     app.add_middleware(HttpMetricsMiddleware, metrics=HttpMetrics(registry))

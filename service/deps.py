@@ -9,6 +9,8 @@ import hmac
 from fastapi import Depends, HTTPException, Request
 from redis import Redis
 
+from worker.ledger import Ledger
+
 from .settings import ApiSettings
 
 
@@ -20,7 +22,12 @@ def get_settings(request: Request) -> ApiSettings:
     return request.app.state.settings
 
 
+def get_ledger(request: Request) -> Ledger:
+    return request.app.state.ledger
+
+
 RedisDep = Annotated[Redis, Depends(get_redis)]
+LedgerDep = Annotated[Ledger, Depends(get_ledger)]
 SettingsDep = Annotated[ApiSettings, Depends(get_settings)]
 
 

@@ -15,10 +15,6 @@ from worker.ledger import Ledger
 
 from .settings import ApiSettings
 
-def ledger(redis: Redis, settings: ApiSettings) -> Ledger:
-    return Ledger(redis, result_ttl=settings.result_ttl)
-
-
 def queue_for(redis: Redis, model: str):
     return rqside.queue_for(redis, jobs.queue_name(model))
 
@@ -42,11 +38,11 @@ def valid_job_id(job_id: str) -> bool:
     return True
 
 
-def read_job(redis: Redis, job_id: str) -> dict | None:
+def read_job(ledger: Ledger, job_id: str) -> dict | None:
     """The job's record as the ledger keeps it (None: unknown or expired)."""
     if not valid_job_id(job_id):
         return None
-    return Ledger(redis).read(job_id)
+    return ledger.read(job_id)
 
 
 def result_bytes(redis: Redis, job_id: str, index: int) -> bytes | None:

@@ -203,7 +203,7 @@ class BatchEngine:
             flight = self.scheduler.admit(lease.job_id, lease.token, params, prepared,
                                           timeout=timeout, webhook=params.webhook)
         except (StopRequested, *REDIS_ERRORS):
-            raise  # the job stays owned without a flight: its lease lapses and the reaper re-queues it
+            raise  # a cold stop: the job's lease lapses and the reaper re-queues it
         except Exception as exc:
             # Bad data fails this job alone, at once; an unexpected error here may be the
             # machine's (a device that fails to take the tensors), so it uses an attempt.
@@ -385,13 +385,12 @@ class BatchEngine:
             # (JobInputError: e.g. past WebP's size limit) fails it now, for good; running out
             # of memory puts it back for free; anything else may be the machine's and uses an attempt.
             log.warning("job %s: finishing failed: %s", flight.job_id, exc)
-            if self.runtime.is_out_of_memory(exc) and len(self.scheduler.flights) > 1:
+            out_of_memory = self.runtime.is_out_of_memory(exc)
+            if out_of_memory and len(self.scheduler.flights) > 1:
                 self.ledger.requeue(lease, f"out of memory while finishing: {exc}")  # alone it may fit
-            elif self.runtime.is_out_of_memory(exc):
-                self._fail(lease, flight.webhook, error_of(exc, self.runtime), retryable=False)
             else:
                 self._fail(lease, flight.webhook, error_of(exc, self.runtime),
-                           retryable=not isinstance(exc, JobInputError))
+                           retryable=not (out_of_memory or isinstance(exc, JobInputError)))
             self.scheduler.remove(flight)
             return
         # Ledger first, leave last: if Redis fails half-way, the job stays in flight and this

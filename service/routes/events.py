@@ -13,7 +13,7 @@ from worker import jobs
 from worker.jobs import JobStatus
 
 from .. import jobstore
-from ..deps import ApiKey, RedisDep, SettingsDep
+from ..deps import ApiKey, LedgerDep, RedisDep, SettingsDep
 from ..schemas import ErrorBody
 
 router = APIRouter(prefix="/jobs", tags=["jobs"], dependencies=[ApiKey])
@@ -30,10 +30,10 @@ def sse(event: str, data: dict, event_id: int) -> bytes:
             response_class=StreamingResponse,
             responses={200: {"content": {"text/event-stream": {}}},
                        404: {"model": ErrorBody, "description": "unknown or expired job"}})
-async def job_events(job_id: str, request: Request, redis: RedisDep, settings: SettingsDep):
+async def job_events(job_id: str, request: Request, ledger: LedgerDep, settings: SettingsDep):
     """Events `status` ({status, position?, ...}), `progress` ({step, total, fraction, eta_seconds})
     and `preview` ({url, step}), in order; the stream ends after a final status."""
-    if await run_in_threadpool(jobstore.read_job, redis, job_id) is None:
+    if await run_in_threadpool(jobstore.read_job, ledger, job_id) is None:
         raise HTTPException(404, f"no job {job_id} (unknown, or expired after its results' lifetime)")
 
     async def stream():
@@ -43,7 +43,7 @@ async def job_events(job_id: str, request: Request, redis: RedisDep, settings: S
         try:
             await pubsub.subscribe(jobs.events_channel(job_id))
             # Snapshot after subscribing, so no event falls between the two.
-            record = await run_in_threadpool(jobstore.read_job, redis, job_id)
+            record = await run_in_threadpool(jobstore.read_job, ledger, job_id)
             if record is None:
                 return
             status = record["status"]
@@ -61,7 +61,7 @@ async def job_events(job_id: str, request: Request, redis: RedisDep, settings: S
                 if message is None:
                     quiet += POSITION_SECONDS
                     if status == JobStatus.QUEUED.value:
-                        fresh = await run_in_threadpool(jobstore.read_job, redis, job_id)
+                        fresh = await run_in_threadpool(jobstore.read_job, ledger, job_id)
                         if fresh and fresh.get("position") != position and fresh["status"] == status:
                             position = fresh.get("position")
                             counter += 1
@@ -93,9 +93,9 @@ async def job_events(job_id: str, request: Request, redis: RedisDep, settings: S
 @router.get("/{job_id}/preview", response_class=Response, summary="The latest estimate of a running job",
             responses={200: {"content": {"image/png": {}}},
                        404: {"model": ErrorBody, "description": "unknown job or no preview yet"}})
-def job_preview(job_id: str, redis: RedisDep) -> Response:
+def job_preview(job_id: str, redis: RedisDep, ledger: LedgerDep) -> Response:
     """The current x0 estimate (the model's view of the job, first sample) as a PNG."""
-    if jobstore.read_job(redis, job_id) is None:
+    if jobstore.read_job(ledger, job_id) is None:
         raise HTTPException(404, f"no job {job_id}")
     data = redis.get(jobs.preview_key(job_id))
     if data is None:

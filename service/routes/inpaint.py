@@ -16,7 +16,7 @@ from worker.webhooks_policy import EVENTS as WEBHOOK_EVENTS
 from worker.webhooks_policy import host_allowed, parse_allowed_hosts
 
 from .. import jobstore, uploads
-from ..deps import ApiKey, RedisDep, SettingsDep
+from ..deps import ApiKey, LedgerDep, RedisDep, SettingsDep
 from ..schemas import ErrorBody, JobCreated, Links
 
 router = APIRouter(tags=["jobs"], dependencies=[ApiKey])
@@ -38,6 +38,7 @@ MAX_SEED = 2**53
 )
 def create_inpaint_job(
     redis: RedisDep,
+    ledger: LedgerDep,
     settings: SettingsDep,
     response: Response,
     image: Annotated[UploadFile, File(description="PNG, JPEG or WebP image")],
@@ -123,7 +124,7 @@ def create_inpaint_job(
                        mask_dilate=mask_dilate, output_format=output_format, preset=preset, webhook=hook,
                        image={"width": prepared.width, "height": prepared.height, "mode": prepared.mode})
     try:
-        job_id, replayed = jobstore.ledger(redis, settings).create(
+        job_id, replayed = ledger.create(
             job_id=new_job_id(), model=model, params=params, image_png=prepared.image_png,
             mask_png=prepared.mask_png, timeout=jobstore.job_timeout(redis, settings, model, params.evaluations),
             input_ttl=settings.input_ttl, max_attempts=settings.max_attempts, idempotency=idempotency)

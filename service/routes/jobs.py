@@ -9,7 +9,7 @@ from fastapi import APIRouter, HTTPException, Query, Response
 from worker.jobs import JobStatus
 
 from .. import jobstore
-from ..deps import ApiKey, RedisDep, SettingsDep
+from ..deps import ApiKey, LedgerDep, RedisDep
 from ..schemas import ErrorBody, JobPublic, Links
 
 router = APIRouter(prefix="/jobs", tags=["jobs"], dependencies=[ApiKey])
@@ -25,25 +25,25 @@ def _links(job_id: str, record: dict) -> Links:
     return links
 
 
-def _found(redis, job_id: str) -> dict:
-    record = jobstore.read_job(redis, job_id)
+def _found(ledger, job_id: str) -> dict:
+    record = jobstore.read_job(ledger, job_id)
     if record is None:
         raise HTTPException(404, f"no job {job_id} (unknown, or expired after its results' lifetime)")
     return record
 
 
 @router.get("/{job_id}", response_model=JobPublic, responses=NOT_FOUND, summary="Job status and progress")
-def get_job(job_id: str, redis: RedisDep) -> JobPublic:
-    return _public(job_id, _found(redis, job_id))
+def get_job(job_id: str, ledger: LedgerDep) -> JobPublic:
+    return _public(job_id, _found(ledger, job_id))
 
 
 @router.delete("/{job_id}", response_model=JobPublic, responses=NOT_FOUND, summary="Cancel a job")
-def cancel_job(job_id: str, redis: RedisDep, settings: SettingsDep) -> JobPublic:
+def cancel_job(job_id: str, ledger: LedgerDep) -> JobPublic:
     """A queued job is canceled at once and never runs; a running one stops at its next step
     (status stays `running` with `cancel_requested` until then). Finished jobs are unchanged."""
-    _found(redis, job_id)
-    jobstore.ledger(redis, settings).cancel(job_id)
-    return _public(job_id, _found(redis, job_id))
+    _found(ledger, job_id)
+    ledger.cancel(job_id)
+    return _public(job_id, _found(ledger, job_id))
 
 
 def _public(job_id: str, r: dict) -> JobPublic:
@@ -59,9 +59,9 @@ def _public(job_id: str, r: dict) -> JobPublic:
 @router.get("/{job_id}/result", response_class=Response, summary="A finished job's image",
             responses={200: {"content": {"image/png": {}, "image/jpeg": {}, "image/webp": {}}}, **NOT_FOUND,
                        409: {"model": ErrorBody, "description": "the job has not succeeded (yet)"}})
-def get_result(job_id: str, redis: RedisDep,
+def get_result(job_id: str, redis: RedisDep, ledger: LedgerDep,
                index: Annotated[int, Query(ge=0, description="which sample, for num_samples > 1")] = 0) -> Response:
-    r = _found(redis, job_id)
+    r = _found(ledger, job_id)
     if r["status"] != JobStatus.SUCCEEDED.value:
         raise HTTPException(409, {"message": f"job {job_id} is {r['status']}, not succeeded", "status": r["status"]})
     count = r.get("result", {}).get("count", 1)

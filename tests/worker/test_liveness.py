@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from tests.worker.test_ledger import MODEL, create, queue, record, started
+from tests.worker.test_ledger import MODEL, create, lapse, queue, record, started
 from worker import jobs
 from worker.ledger import Ledger, Outcome
 from worker.liveness import Heartbeats, Reaper
@@ -25,16 +25,16 @@ def ledger(redis_db):
     return Ledger(redis_db, result_ttl=600)
 
 
-def lapse(redis_db, lease):
-    redis_db.delete(jobs.lease_key(lease.job_id, lease.token))
-
-
-def test_a_missing_lease_is_abandoned_only_after_a_full_ttl(ledger, redis_db):
+@pytest.fixture()
+def lapsed(ledger, redis_db):
+    """A reaper on a fake clock, and a running job whose lease has just lapsed."""
     clock = Clock()
-    reaper = Reaper(ledger, ttl=10, clock=clock)
     create(ledger)
-    lease = started(ledger, redis_db)
-    lapse(redis_db, lease)
+    return clock, Reaper(ledger, ttl=10, clock=clock), lapse(redis_db, started(ledger, redis_db))
+
+
+def test_a_missing_lease_is_abandoned_only_after_a_full_ttl(ledger, redis_db, lapsed):
+    clock, reaper, lease = lapsed
     for _ in range(4):  # scans every 2.5 s: suspect, but not yet abandoned
         assert reaper.scan() == []
         clock.now += 2.5
@@ -42,14 +42,10 @@ def test_a_missing_lease_is_abandoned_only_after_a_full_ttl(ledger, redis_db):
     assert record(redis_db, lease.job_id)["last_error"]["type"] == "worker_lost"
 
 
-def test_a_live_owner_renewing_after_an_outage_keeps_its_job(ledger, redis_db):
+def test_a_live_owner_renewing_after_an_outage_keeps_its_job(ledger, redis_db, lapsed):
     """Redis was away longer than the TTL: every lease lapsed at once. The owner renews within
     the reaper's patience, so its job is not taken away."""
-    clock = Clock()
-    reaper = Reaper(ledger, ttl=10, clock=clock)
-    create(ledger)
-    lease = started(ledger, redis_db)
-    lapse(redis_db, lease)
+    clock, reaper, lease = lapsed
     reaper.scan()
     clock.now += 5
     assert ledger.heartbeat([lease], ttl=10) == [True]
@@ -57,12 +53,8 @@ def test_a_live_owner_renewing_after_an_outage_keeps_its_job(ledger, redis_db):
     assert reaper.scan() == [] and record(redis_db, lease.job_id)["status"] == "running"
 
 
-def test_a_reaper_that_was_not_looking_starts_counting_again(ledger, redis_db):
-    clock = Clock()
-    reaper = Reaper(ledger, ttl=10, clock=clock)
-    create(ledger)
-    lease = started(ledger, redis_db)
-    lapse(redis_db, lease)
+def test_a_reaper_that_was_not_looking_starts_counting_again(ledger, redis_db, lapsed):
+    clock, reaper, lease = lapsed
     reaper.scan()
     clock.now += 60  # this process was paused: its first sighting proves nothing
     for _ in range(4):
