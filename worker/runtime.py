@@ -235,7 +235,9 @@ class Runtime:
             batch = self.new_batch()
             batch.add(torch.zeros(1, 3, size, size, device=self.device),
                       torch.ones(1, 1, size, size, device=self.device),
-                      [models.SampleParams(t_T=1, jump_length=1, jump_n_sample=1, seed=0,
+                      # The model's own default schedule: every preset is known to sample with it.
+                      [models.SampleParams(t_T=self.preset.defaults.t_T, jump_length=self.preset.defaults.jump_length,
+                                           jump_n_sample=1, seed=0,
                                            class_label=0 if self.preset.class_cond else None)])
             with self._autocast():
                 models.step(self.net, batch, classifier=None)

@@ -48,6 +48,11 @@ def test_describe_is_what_the_api_needs(runtime):
     assert d["defaults"] == {"steps": 250, "jump_length": 10, "jump_n_sample": 10, "classifier_scale": 0.0}
 
 
+@pytest.mark.parametrize("model", ["tiny", "faces32"])
+def test_every_shipped_model_passes_the_self_test(model):
+    Runtime(WorkerSettings(model=model, device="cpu")).self_test()
+
+
 def test_self_test_runs_one_forward_pass_before_any_job(runtime):
     runtime.self_test()  # a working device: no error
 
