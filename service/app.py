@@ -15,8 +15,10 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from redis import Redis
 
 from worker.ledger import Ledger
+from worker.webhooks_policy import WebhookPolicy
 
 from .deps import ApiKey
+from .http_limits import RequestLimits
 from .metrics import HttpMetrics, HttpMetricsMiddleware, RedisJobCollector
 from .routes import events, health, inpaint, jobs, models
 from .settings import ApiSettings
@@ -46,18 +48,15 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
     app.state.redis = Redis.from_url(settings.redis_url, socket_timeout=10, socket_connect_timeout=5,
                                      health_check_interval=30)
     app.state.ledger = Ledger(app.state.redis, result_ttl=settings.result_ttl)  # one per app: scripts load once
+    app.state.webhooks = WebhookPolicy.from_settings(settings.webhook_allowed_hosts, settings.webhook_secret)
+    if app.state.webhooks.entries and not app.state.webhooks.enabled:
+        log.error("webhooks are OFF: %s; POST /inpaint refuses webhook URLs", app.state.webhooks.disabled_reason)
     registry = CollectorRegistry()
     registry.register(RedisJobCollector(app.state.redis, settings))
+    # Inside the metrics middleware (which never reads bodies), so that refusals are counted.
+    app.add_middleware(RequestLimits, limit_for=lambda scope: body_limit(scope, settings),
+                       body_timeout=settings.body_timeout)
     app.add_middleware(HttpMetricsMiddleware, metrics=HttpMetrics(registry))
-
-    @app.middleware("http")
-    async def refuse_oversized_bodies(request: Request, call_next):
-        # Refuse from the header, before the multipart body is read at all.
-        limit = 2 * settings.max_upload_bytes + 64 * 1024
-        length = request.headers.get("content-length")
-        if length is not None and length.isdigit() and int(length) > limit:
-            return JSONResponse({"detail": f"request body is larger than the {limit} byte limit"}, status_code=413)
-        return await call_next(request)
 
     for router in (inpaint.router, jobs.router, events.router, models.router, health.router):
         app.include_router(router)
@@ -88,6 +87,18 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
                             headers={"Retry-After": "5"})
 
     return app
+
+
+# Bodies other than POST /inpaint's are small JSON or nothing.
+SMALL_BODY_LIMIT = 64 * 1024
+
+
+def body_limit(scope: dict, settings: ApiSettings) -> int:
+    """The largest body a request may send: an image and a mask plus the form fields for POST
+    /inpaint (each file is then held to max_upload_bytes on its own), 64 KiB elsewhere."""
+    if scope["method"] == "POST" and scope["path"].rstrip("/") == "/inpaint":
+        return 2 * settings.max_upload_bytes + SMALL_BODY_LIMIT
+    return SMALL_BODY_LIMIT
 
 
 def app_factory() -> FastAPI:

@@ -23,7 +23,10 @@ def _embedded_redis():
 def run_api(host: str, port: int, workers: int = 1) -> None:
     import uvicorn
 
+    from .http_limits import MAX_HEAD_BYTES
+
     uvicorn.run("service.app:app_factory", factory=True, host=host, port=port, workers=workers,
+                http="service.http_limits:JsonErrorH11Protocol", h11_max_incomplete_event_size=MAX_HEAD_BYTES,
                 log_level=os.environ.get("REPAINT_LOG_LEVEL", "info").lower())
 
 

@@ -32,6 +32,16 @@ class JobError(BaseModel):
     message: str
 
 
+class WebhookState(BaseModel):
+    event: str = Field(description="the event of the latest delivery: started, progress or completed")
+    state: str = Field(description="delivered | retrying | failed (gave up) | refused (address not allowed "
+                       "at delivery time) | dropped (the host's queue was full)")
+    last_status: int | None = Field(description="HTTP status of the latest attempt (null: no response)")
+    attempts: int = Field(description="attempts made for this event")
+    error: str | None = None
+    at: float = Field(description="when this state was recorded (Unix time)")
+
+
 class JobPublic(BaseModel):
     id: str
     status: str = Field(description="queued | running | succeeded | failed | canceled")
@@ -50,6 +60,7 @@ class JobPublic(BaseModel):
     last_error: JobError | None = Field(None, description="why an earlier attempt did not finish (job retried)")
     plan: dict[str, Any] | None = Field(None, description="how the worker fitted the image to the model: "
                                         "strategy used, square region (box) and scale")
+    webhook: WebhookState | None = Field(None, description="the latest webhook delivery, for jobs with a webhook")
     links: Links
 
 

@@ -14,6 +14,8 @@ class ApiSettings(BaseSettings):
     models: str = Field("", description="comma-separated further models to accept jobs for, whether or not "
                         "a worker is live (presets: celeba256, places256, imagenet256, faces32, tiny)")
     max_upload_bytes: int = Field(20 * 1024 * 1024, ge=1024, description="largest accepted upload, per file")
+    body_timeout: float = Field(30.0, gt=0, description="seconds a request body may go without a byte "
+                                "before the request is refused with 408")
     max_image_pixels: int = Field(40_000_000, ge=1, description="largest accepted width x height")
     max_num_samples: int = Field(8, ge=1, description="largest num_samples per job")
     max_evaluations: int = Field(50_000, ge=1, description="largest network evaluations per sample")
@@ -29,8 +31,10 @@ class ApiSettings(BaseSettings):
                               "errors before it fails")
     max_queue_length: int = Field(200, ge=1, description="queued jobs per model before POST /inpaint answers 429")
     idempotency_ttl: int = Field(24 * 3600, ge=60, description="seconds an Idempotency-Key is remembered")
-    webhook_allowed_hosts: str = Field("", description="comma-separated hosts webhooks may call ('*' = any); "
-                                       "empty disables webhooks")
+    webhook_allowed_hosts: str = Field("", description="comma-separated hosts webhooks may call: 'host' (its "
+                                       "default port), 'host:port', or '*' (any public host); empty disables "
+                                       "webhooks")
+    webhook_secret: str = Field("", description="the workers' signing secret; webhooks are off without one")
     api_keys: str = Field("", description="comma-separated bearer keys; empty = no authentication")
     metrics_require_key: bool = Field(False, description="whether /metrics also needs an API key")
 

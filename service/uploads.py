@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import BinaryIO
 
 from fastapi import HTTPException
-from PIL import Image, ImageOps
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 ACCEPTED_FORMATS = {"PNG", "JPEG", "WEBP"}
 
@@ -23,18 +23,32 @@ def read_limited(stream: BinaryIO, limit: int, field: str) -> bytes:
     return data
 
 
+def looks_accepted(data: bytes) -> bool:
+    """Whether the bytes start like a PNG, JPEG or WebP file (their signatures)."""
+    return data.startswith((b"\x89PNG\r\n\x1a\n", b"\xff\xd8")) or (data[:4] == b"RIFF" and data[8:12] == b"WEBP")
+
+
 def open_image(data: bytes, field: str, max_pixels: int) -> Image.Image:
-    """Decode an upload, refusing non-images, other formats, bombs and corrupt files."""
+    """Decode an upload, refusing non-images, other formats, animations, bombs and corrupt files.
+
+    Only the PNG, JPEG and WebP decoders may look at the bytes (`formats=`): Pillow's other
+    decoders (dozens, some rarely exercised) never parse a client's file.
+    """
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            img = Image.open(io.BytesIO(data))
-            if img.format not in ACCEPTED_FORMATS:
-                raise HTTPException(415, f"{field} must be PNG, JPEG or WebP, got {img.format}")
+            try:
+                img = Image.open(io.BytesIO(data), formats=sorted(ACCEPTED_FORMATS))
+            except UnidentifiedImageError:
+                if looks_accepted(data):  # the right kind of file, broken inside
+                    raise HTTPException(422, f"{field} is not a readable image: its header is corrupt") from None
+                raise HTTPException(415, f"{field} is not a PNG, JPEG or WebP image") from None
             width, height = img.size
             # Refuse huge dimensions from the header, before decoding the pixels.
             if width * height > max_pixels:
                 raise HTTPException(413, f"{field} is {width}x{height}: more than the {max_pixels} pixel limit")
+            if getattr(img, "n_frames", 1) > 1:
+                raise HTTPException(422, f"{field} is animated ({img.n_frames} frames): send a single still image")
             img.load()
     except HTTPException:
         raise

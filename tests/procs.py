@@ -127,9 +127,9 @@ class ApiProcess:
     def __init__(self, redis_url: str, **extra: str):
         self.port = free_port()
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "uvicorn", "--factory", "service.app:app_factory", "--host", "127.0.0.1",
-             "--port", str(self.port), "--log-level", "warning"],
-            cwd=ROOT, env=_env(redis_url, {"REPAINT_MODEL": "tiny"}, **extra))
+            # The production server set-up (HTTP protocol, head limit), as `repaint api` runs it.
+            [sys.executable, "-m", "service.cli", "api", "--host", "127.0.0.1", "--port", str(self.port)],
+            cwd=ROOT, env=_env(redis_url, {"REPAINT_MODEL": "tiny", "REPAINT_LOG_LEVEL": "warning"}, **extra))
         self.url = f"http://127.0.0.1:{self.port}"
         wait_until(lambda: httpx.get(self.url + "/healthz").status_code == 200, 30, "the API")
 

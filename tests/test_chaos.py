@@ -18,21 +18,29 @@ import httpx
 import pytest
 from PIL import Image
 
-from tests.conftest import face_and_mask
+from tests.conftest import face_and_mask, png_bytes
 from tests.procs import ApiProcess, RedisServer, WorkerProcess, job_keys_without_ttl, submit, wait_until
 from worker import jobs
+from worker.ledger import Ledger, new_job_id
+from worker.params import JobParams
 
 FINAL = {"succeeded", "failed", "canceled"}
 JOB = {"steps": 100, "jump_length": 10, "jump_n_sample": 3}  # 280 evaluations per sample
 TTL = 10
 
 
-def poison_upload():
-    """A valid upload whose result cannot be encoded: WebP stops at 16383 pixels."""
+def submit_poison(redis) -> str:
+    """A job no worker can run: its WebP result would be wider than WebP's 16383 pixels. The API
+    refuses it at submit, so it is queued straight through the ledger, as an API of another
+    version or with other limits could have queued it; the worker must fail it alone, at once."""
     image = Image.new("RGB", (16500, 64), (90, 120, 150))
     mask = Image.new("L", (16500, 64), 0)
     mask.paste(255, (20, 20, 40, 40))
-    return image, mask
+    params = JobParams(seed=0, steps=20, jump_length=5, jump_n_sample=1, strategy="crop", output_format="webp",
+                       image={"width": 16500, "height": 64, "mode": "RGB"})
+    job_id, _ = Ledger(redis).create(job_id=new_job_id(), model="tiny", params=params, image_png=png_bytes(image),
+                                     mask_png=png_bytes(mask), timeout=600, input_ttl=3600, max_attempts=3)
+    return job_id
 
 
 class History:
@@ -93,8 +101,7 @@ def run_chaos(n_jobs: int, n_faults: int, budget: float) -> None:
         client = api.client()
         live = [new_worker().wait_ready(server.client()) for _ in range(2)]
         ids = [submit(client, *face_and_mask(seed=i), seed=i, **JOB) for i in range(n_jobs)]
-        poison = submit(client, *poison_upload(), strategy="crop", output_format="webp", steps=20,
-                        jump_length=5, jump_n_sample=1)
+        poison = submit_poison(server.client())
         for job_id in [*ids, poison]:
             history.watch(job_id)
 
@@ -130,7 +137,7 @@ def run_chaos(n_jobs: int, n_faults: int, budget: float) -> None:
         # The poison job fails after one attempt; its neighbours are not dragged down with it.
         job = client.get(f"/jobs/{poison}").json()
         assert job["status"] == "failed" and job["error"]["type"] == "invalid_input", job
-        assert job["attempts"] == 1 and "WebP" in job["error"]["message"]
+        assert job["attempts"] == 1 and "webp" in job["error"]["message"]
         assert all(finals[j] == "succeeded" for j in ids), finals
 
         # Every succeeded job serves its result; nothing is left running, queued or key without TTL.

@@ -165,19 +165,19 @@ def test_job_timeout_fails_the_job_with_a_reason(redis_server, redis_db):
 
 
 def test_poison_job_fails_after_one_attempt_while_its_neighbour_succeeds(api, redis_server, redis_db):
-    """A valid upload whose result cannot be encoded (WebP stops at 16383 px) used to crash the
-    engine's finishing code, put every job back and loop forever."""
-    from tests.test_chaos import poison_upload
+    """A job whose result cannot be encoded (WebP stops at 16383 px) used to crash the engine's
+    finishing code, put every job back and loop forever. The API now refuses it at submit and
+    the worker before sampling; one queued anyway still fails alone."""
+    from tests.test_chaos import submit_poison
 
     client = api.client()
     worker = WorkerProcess(redis_server.url, "poisoned").wait_ready(redis_db)
     try:
         neighbour = submit(client, *face_and_mask(), steps=60, jump_length=10, jump_n_sample=3)
-        poison = submit(client, *poison_upload(), strategy="crop", output_format="webp", steps=20,
-                        jump_length=5, jump_n_sample=1)
+        poison = submit_poison(redis_db)
         job = wait_final(client, poison, timeout=120)
         assert job["status"] == "failed" and job["error"]["type"] == "invalid_input", job
-        assert job["attempts"] == 1 and "WebP" in job["error"]["message"]
+        assert job["attempts"] == 1 and "webp" in job["error"]["message"]
         assert wait_final(client, neighbour)["status"] == "succeeded"
         assert worker.proc.poll() is None
         time.sleep(2)

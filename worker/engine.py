@@ -33,7 +33,6 @@ from .runtime import JobInputError, Runtime
 from .scheduler import BatchScheduler, Flight
 from .settings import WorkerSettings
 from .webhooks import WebhookSender
-from .webhooks_policy import parse_allowed_hosts
 
 if TYPE_CHECKING:
     from rq import Queue
@@ -76,7 +75,8 @@ class StepStats:
 class BatchEngine:
     """The batching loop of one worker. `run(job, queue)` returns when nothing is left in flight."""
 
-    def __init__(self, worker, runtime: Runtime, ledger: Ledger, settings: WorkerSettings, *, max_batch: int):
+    def __init__(self, worker, runtime: Runtime, ledger: Ledger, settings: WorkerSettings, *, max_batch: int,
+                 webhooks: WebhookSender):
         self.worker = worker
         self.runtime = runtime
         self.ledger = ledger
@@ -85,7 +85,7 @@ class BatchEngine:
         self.model = runtime.preset.name
         self.scheduler = BatchScheduler(runtime, max_batch=max_batch)
         self.stats = StepStats()
-        self.webhooks = WebhookSender(settings.webhook_secret, parse_allowed_hosts(settings.webhook_allowed_hosts))
+        self.webhooks = webhooks
         self.defunct: str | None = None
         # Written by the loop, read by the heartbeat thread: when the forward pass now running
         # began (None between passes). Only a pass can hang the loop for long.

@@ -92,12 +92,18 @@ def dilate(fill: np.ndarray, pixels: int) -> np.ndarray:
     return np.asarray(img.filter(ImageFilter.MaxFilter(2 * pixels + 1))) > 127
 
 
+def to_l8(image: Image.Image) -> Image.Image:
+    """A 16- or 32-bit greyscale image as 8-bit L, scaled (Pillow's own convert clips at 255,
+    which turns a 16-bit photo white)."""
+    arr = np.asarray(image, dtype=np.float64)
+    peak = 65535.0 if image.mode.startswith("I;16") or arr.max() > 255 else 255.0
+    return Image.fromarray(np.clip(arr / peak * 255 + 0.5, 0, 255).astype(np.uint8))
+
+
 def to_rgb8(image: Image.Image) -> Image.Image:
     """The model's view of any upload: 8-bit RGB (alpha dropped, 16-bit scaled down)."""
-    if image.mode in ("I;16", "I;16B", "I;16L", "I"):
-        arr = np.asarray(image, dtype=np.float64)
-        peak = 65535.0 if image.mode.startswith("I;16") or arr.max() > 255 else 255.0
-        return Image.fromarray(np.clip(arr / peak * 255 + 0.5, 0, 255).astype(np.uint8)).convert("RGB")
+    if image.mode.startswith("I"):
+        return to_l8(image).convert("RGB")
     return image.convert("RGB")
 
 
@@ -189,6 +195,8 @@ OUTPUT_FORMATS = {"png": ("PNG", "image/png"), "jpeg": ("JPEG", "image/jpeg"), "
 def encode(image: Image.Image, output_format: str) -> bytes:
     fmt, _ = OUTPUT_FORMATS[output_format]
     out = io.BytesIO()
+    if fmt != "PNG" and image.mode.startswith("I"):
+        image = to_l8(image)  # JPEG and WebP are 8-bit: scale 16-bit levels down, never clip
     if fmt == "JPEG" and image.mode not in ("RGB", "L"):
         image = image.convert("RGB")
     if fmt == "WEBP" and image.mode not in ("RGB", "RGBA"):

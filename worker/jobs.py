@@ -135,7 +135,7 @@ def decode_record(raw: dict) -> dict[str, Any]:
     for key, value in raw.items():
         key = key.decode() if isinstance(key, bytes) else key
         value = value.decode() if isinstance(value, bytes) else value
-        if key in ("params", "progress", "error", "result", "last_error", "plan"):
+        if key in ("params", "progress", "error", "result", "last_error", "plan", "webhook"):
             out[key] = json.loads(value)
         elif key in ("created_at", "started_at", "finished_at", "updated_at"):
             out[key] = float(value)

@@ -109,6 +109,17 @@ return 0
 """
 
 
+# KEYS: record. ARGV: webhook state JSON. Only an existing record is written (HSET on an expired
+# one would bring it back without a TTL). Returns 1 if written.
+_WEBHOOK_STATE = """
+if redis.call('exists', KEYS[1]) == 1 then
+  redis.call('hset', KEYS[1], 'webhook', ARGV[1])
+  return 1
+end
+return 0
+"""
+
+
 class Ledger:
     """Job transitions on one Redis. `result_ttl`: seconds finished records and results live."""
 
@@ -117,6 +128,7 @@ class Ledger:
         self.result_ttl = result_ttl
         self._heartbeat = redis.register_script(_HEARTBEAT)
         self._progress = redis.register_script(_PROGRESS)
+        self._webhook_state = redis.register_script(_WEBHOOK_STATE)
 
     # ---- the transaction helper ----------------------------------------------------------------
 
@@ -185,6 +197,19 @@ class Ledger:
             return job_id, False
 
         return self._transact([jobs.job_key(job_id), *([idem_key] if idem_key else [])], body)
+
+    def replay(self, key: str, fingerprint: str) -> str | None:
+        """The job an Idempotency-Key already created with this fingerprint (None: the key is
+        new); IdempotencyConflict if it created one from a different request. A read: `create`
+        checks the key again inside its transaction, so two concurrent first requests still
+        make one job."""
+        raw = self.redis.get(jobs.idempotency_key(key))
+        if raw is None:
+            return None
+        stored = json.loads(raw)
+        if stored["fingerprint"] != fingerprint:
+            raise IdempotencyConflict(key)
+        return stored["job_id"]
 
     def read(self, job_id: str) -> dict | None:
         """The record as stored (None: unknown or expired), with the queue position while queued."""
@@ -299,6 +324,11 @@ class Ledger:
                                      jobs.dumps({"event": "progress", "data": progress}),
                                      png, jobs.dumps(preview_event), self.result_ttl], client=pipe)
             return [bool(v) for v in pipe.execute()]
+
+    def webhook_delivered(self, job_id: str, state: dict) -> bool:
+        """The last webhook delivery's state (`webhook` on the job), written by the worker's sender.
+        Not a status transition: it may arrive after the job is final, and it never changes one."""
+        return bool(self._webhook_state(keys=[jobs.job_key(job_id)], args=[jobs.dumps(state)]))
 
     def set_plan(self, lease: Lease, plan: dict) -> bool:
         return self._owned_write(lease, lambda pipe: pipe.hset(jobs.job_key(lease.job_id), "plan", jobs.dumps(plan)))

@@ -29,6 +29,8 @@ from .ledger import Ledger, Outcome
 from .liveness import DEFUNCT_EXIT_CODE, Heartbeats, register_model
 from .runtime import Runtime
 from .settings import WorkerSettings
+from .webhooks import RetryPolicy, WebhookSender
+from .webhooks_policy import WebhookPolicy
 
 log = logging.getLogger("repaint.worker")
 
@@ -62,14 +64,24 @@ class BatchWorker(SimpleWorker):
             super().handle_job_failure(job, queue, started_job_registry, exc_string, execution)
 
 
-def build_worker(settings: WorkerSettings, redis: Redis, runtime: Runtime) -> BatchWorker:
+def build_webhooks(settings: WorkerSettings, ledger: Ledger) -> WebhookSender:
+    """One sender for the process's life (the RQ worker may be rebuilt after a Redis outage)."""
+    policy = WebhookPolicy.from_settings(settings.webhook_allowed_hosts, settings.webhook_secret)
+    if policy.entries and not policy.enabled:
+        log.error("webhooks are OFF: %s; jobs' webhooks will not be called", policy.disabled_reason)
+    retry = RetryPolicy(max_attempts=settings.webhook_max_attempts, window=settings.webhook_retry_window)
+    return WebhookSender(policy, ledger.webhook_delivered, retry=retry, timeout=settings.webhook_timeout)
+
+
+def build_worker(settings: WorkerSettings, redis: Redis, runtime: Runtime, webhooks: WebhookSender) -> BatchWorker:
     name = settings.worker_name or f"{socket.gethostname()}.{os.getpid()}.{uuid.uuid4().hex[:6]}"
     queue = rqside.queue_for(redis, jobs.queue_name(settings.model))
     worker = BatchWorker([queue], connection=redis, serializer=rqside.SERIALIZER, name=name,
                          worker_ttl=settings.heartbeat_ttl)
     worker.heartbeat_ttl = settings.heartbeat_ttl
     worker.ledger = Ledger(redis, result_ttl=settings.result_ttl)
-    worker.engine = BatchEngine(worker, runtime, worker.ledger, settings, max_batch=runtime.max_batch)
+    worker.engine = BatchEngine(worker, runtime, worker.ledger, settings, max_batch=runtime.max_batch,
+                                webhooks=webhooks)
     return worker
 
 
@@ -85,10 +97,11 @@ def main(settings: WorkerSettings | None = None) -> None:
         log.exception("the model's self-test forward pass failed: this worker takes no job")
         sys.exit(DEFUNCT_EXIT_CODE)
     describe = runtime.describe()
+    webhooks = build_webhooks(settings, Ledger(redis, result_ttl=settings.result_ttl))
     delay = 1.0
     while True:
         try:
-            worker = build_worker(settings, redis, runtime)
+            worker = build_worker(settings, redis, runtime, webhooks)
             register_model(redis, describe)
             redis.delete(jobs.defunct_key(worker.name))
         except (RedisConnectionError, RedisTimeoutError) as exc:
@@ -107,8 +120,11 @@ def main(settings: WorkerSettings | None = None) -> None:
             heartbeats.stop()
         if worker.engine.defunct:
             log.error("worker %s exits defunct: %s", worker.name, worker.engine.defunct)
+            webhooks.close(timeout=5)
             sys.exit(DEFUNCT_EXIT_CODE)
         if worker._shutdown_requested_date is not None:
+            if not webhooks.close(timeout=5):  # the final events of the jobs it just finished
+                log.warning("worker stopping with webhook deliveries still pending")
             break  # SIGTERM/SIGINT: a requested stop
         # RQ's loop gave up (typically Redis went away outside a dequeue): start a fresh worker.
         log.warning("worker loop ended without a stop request; restarting it")

@@ -20,6 +20,15 @@ QUALITY_PRESETS: dict[str, dict[str, int]] = {
 }
 
 
+# Fewer than 2 steps cannot be sampled: the fixed-variance schedules (faces32, tiny) take their
+# first variance from the second step, and one step of a diffusion model is noise anyway.
+MIN_STEPS = 2
+
+# The largest side each output encoder can write (WebP: 14-bit sizes; JPEG: 16-bit sizes).
+# Results have the upload's size, so an upload past these is refused at submit, not after sampling.
+MAX_OUTPUT_SIDE = {"png": 2**31 - 1, "jpeg": 65535, "webp": 16383}
+
+
 class ParamError(ValueError):
     """Parameters that no worker can run for this model: a 422 at the API, `invalid_input` on a worker."""
 
@@ -110,8 +119,7 @@ def resolve_sampling(info: dict, *, preset: str | None, steps: int | None, jump_
         defaults.update(QUALITY_PRESETS[preset])
     out = {"steps": steps or defaults["steps"], "jump_length": jump_length or defaults["jump_length"],
            "jump_n_sample": jump_n_sample or defaults["jump_n_sample"]}
-    if out["steps"] > info["diffusion_steps"]:
-        raise ParamError(f"steps must be at most {info['diffusion_steps']} for model {info['name']}")
+    check_steps(out["steps"], info)
     evaluations = count_evaluations(**out)
     if evaluations > max_evaluations:
         raise ParamError(f"these settings need {evaluations} network evaluations per sample; "
@@ -122,5 +130,19 @@ def resolve_sampling(info: dict, *, preset: str | None, steps: int | None, jump_
 def check_for_model(params: JobParams, info: dict) -> None:
     """What a worker re-checks before running a job (the model it serves may differ from the API's view)."""
     check_class_label(info, params.class_label, params.classifier_scale)
-    if params.steps > info["diffusion_steps"]:
+    check_steps(params.steps, info)
+
+
+def check_steps(steps: int, info: dict) -> None:
+    if steps < MIN_STEPS:
+        raise ParamError(f"steps must be at least {MIN_STEPS}")
+    if steps > info["diffusion_steps"]:
         raise ParamError(f"steps must be at most {info['diffusion_steps']} for model {info['name']}")
+
+
+def check_output_size(output_format: str, width: int, height: int) -> None:
+    """Whether a result of this size can be written in this format (results keep the upload's size)."""
+    limit = MAX_OUTPUT_SIDE[output_format]
+    if max(width, height) > limit:
+        raise ParamError(f"{output_format} results can be at most {limit} pixels wide and high; this image is "
+                         f"{width}x{height}: choose output_format=png")

@@ -17,7 +17,7 @@ import models
 
 from . import geometry
 from .imaging import from_model_range, to_model_range
-from .params import JobParams, ParamError, check_for_model
+from .params import JobParams, ParamError, check_for_model, check_output_size
 from .settings import WorkerSettings
 
 log = logging.getLogger(__name__)
@@ -124,6 +124,7 @@ class Runtime:
             raise JobInputError("mask and image sizes differ")
         try:
             check_for_model(params, self.describe())
+            check_output_size(params.output_format, original.width, original.height)
         except ParamError as exc:
             raise JobInputError(str(exc)) from exc
         fill = geometry.dilate(fill, params.mask_dilate)

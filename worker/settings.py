@@ -42,8 +42,14 @@ class WorkerSettings(BaseSettings):
     test_hang_seconds: float | None = Field(None, gt=0, description="testing aid: every forward pass first "
                                             "hangs this many seconds (a stuck device)")
     preview_interval: float = Field(3.0, gt=0, description="seconds between preview images of a running job")
-    webhook_secret: str = Field("", description="shared secret that signs webhook bodies (HMAC-SHA256)")
-    webhook_allowed_hosts: str = Field("", description="comma-separated hosts webhooks may call; '*' = any")
+    webhook_secret: str = Field("", description="shared secret that signs webhook bodies (HMAC-SHA256); "
+                                "webhooks are off without one")
+    webhook_allowed_hosts: str = Field("", description="comma-separated hosts webhooks may call: 'host' (its "
+                                       "default port), 'host:port', or '*' (any public host)")
+    webhook_max_attempts: int = Field(6, ge=1, description="attempts per webhook event (progress: always one)")
+    webhook_retry_window: float = Field(600.0, gt=0, description="seconds after an event's first attempt "
+                                        "within which retries may start")
+    webhook_timeout: float = Field(10.0, gt=0, description="seconds one delivery attempt may take in all")
     worker_name: str | None = Field(None, description="RQ worker name (default: host and pid)")
     log_level: str = "INFO"
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
 from .. import jobstore
@@ -18,7 +18,7 @@ def healthz() -> dict:
 
 @router.get("/readyz", summary="The API can accept jobs; what serves them",
             responses={503: {"description": "not ready, with the reason"}})
-def readyz(redis: RedisDep, settings: SettingsDep):
+def readyz(redis: RedisDep, settings: SettingsDep, request: Request):
     """200 when Redis answers: jobs are accepted and wait in their queue, even while no worker is
     live (workers starting, a deploy, autoscaling from zero). The body says, per model, how many
     workers are live, which declared themselves defunct and how much work waits, and `warnings`
@@ -36,5 +36,8 @@ def readyz(redis: RedisDep, settings: SettingsDep):
             warnings.append(f"no live worker for model {name}: {queued} job(s) wait until one starts")
         for d in defunct:
             warnings.append(f"worker {d['worker']} declared itself defunct: {d['reason']}")
+    hooks = request.app.state.webhooks
+    if hooks.entries and not hooks.enabled:
+        warnings.append(f"webhooks are off: {hooks.disabled_reason}")
     return {"status": "ready", "model": settings.model, "workers": models[settings.model]["workers"]
             if settings.model in models else 0, "models": models, "warnings": warnings}

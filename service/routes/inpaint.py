@@ -7,16 +7,16 @@ import json
 import secrets
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, File, Form, Header, HTTPException, Response, UploadFile, status
+from fastapi import APIRouter, File, Form, Header, HTTPException, Request, Response, UploadFile, status
 
 from worker.jobs import JobStatus
 from worker.ledger import IdempotencyConflict, new_job_id
-from worker.params import JobParams, ParamError, check_class_label, resolve_sampling
+from worker.params import JobParams, ParamError, check_class_label, check_output_size, resolve_sampling
 from worker.webhooks_policy import EVENTS as WEBHOOK_EVENTS
-from worker.webhooks_policy import host_allowed, parse_allowed_hosts
+from worker.webhooks_policy import WebhookPolicy, WebhookRefused
 
 from .. import jobstore, uploads
-from ..deps import ApiKey, LedgerDep, RedisDep, SettingsDep
+from ..deps import ApiKey, LedgerDep, PrincipalDep, RedisDep, SettingsDep
 from ..schemas import ErrorBody, JobCreated, Links
 
 router = APIRouter(tags=["jobs"], dependencies=[ApiKey])
@@ -40,6 +40,8 @@ def create_inpaint_job(
     redis: RedisDep,
     ledger: LedgerDep,
     settings: SettingsDep,
+    principal: PrincipalDep,
+    request: Request,
     response: Response,
     image: Annotated[UploadFile, File(description="PNG, JPEG or WebP image")],
     mask: Annotated[UploadFile | None, File(description="same size as the image; white (>50%) = region to "
@@ -50,7 +52,7 @@ def create_inpaint_job(
     num_samples: Annotated[int, Form(ge=1, description="independent results, seeds seed..seed+n-1")] = 1,
     preset: Annotated[str | None, Form(description="quality preset: fast, balanced or paper (GET /models "
                                                     "lists them); explicit steps/jump fields override it")] = None,
-    steps: Annotated[int | None, Form(ge=1, description="sampling steps t_T (default: the model's)")] = None,
+    steps: Annotated[int | None, Form(ge=2, description="sampling steps t_T (default: the model's)")] = None,
     jump_length: Annotated[int | None, Form(ge=1, description="resampling stretch length")] = None,
     jump_n_sample: Annotated[int | None, Form(ge=1, description="times each stretch is sampled")] = None,
     class_label: Annotated[int | None, Form(ge=0, description="class for class-conditional models")] = None,
@@ -71,6 +73,32 @@ def create_inpaint_job(
         "client retries with the same key and upload get the same job instead of a new one"))] = None,
 ) -> JobCreated:
     model = model or settings.model
+    # The files first: their size limits hold for every request, and a replay needs their bytes.
+    image_bytes = uploads.read_limited(image.file, settings.max_upload_bytes, "image")
+    mask_bytes = b"" if mask is None else uploads.read_limited(mask.file, settings.max_upload_bytes, "mask")
+    events = sorted({e.strip() for e in webhook_events.split(",") if e.strip()})
+    idempotency = None
+    if idempotency_key is not None:
+        # Every field that changes the job, as the client sent it, and the files' bytes.
+        request_fields = {"model": model, "seed": seed, "num_samples": num_samples, "preset": preset,
+                          "steps": steps, "jump_length": jump_length, "jump_n_sample": jump_n_sample,
+                          "class_label": class_label, "classifier_scale": classifier_scale, "strategy": strategy,
+                          "blend": blend, "mask_dilate": mask_dilate, "output_format": output_format,
+                          "webhook": webhook, "webhook_events": events if webhook is not None else None}
+        digest = hashlib.sha256(image_bytes)
+        digest.update(hashlib.sha256(mask_bytes).digest())
+        digest.update(json.dumps(request_fields, sort_keys=True).encode())
+        # Keys are scoped to the caller's API key: one client cannot collide with another's.
+        idempotency = (f"{principal}:{idempotency_key}", digest.hexdigest(), settings.idempotency_ttl)
+        # A retry of a request that was accepted gets its job back before any admission check:
+        # a full queue or a changed setting must not turn a client's retry into an error.
+        try:
+            replayed_id = ledger.replay(idempotency[0], idempotency[1])
+        except IdempotencyConflict:
+            raise HTTPException(409, "this Idempotency-Key was used for a different upload or parameters") from None
+        if replayed_id is not None:
+            return _created(response, replayed_id, replayed=True)
+
     served = jobstore.served_models(redis, settings)
     info = served.get(model)
     if info is None:
@@ -83,40 +111,21 @@ def create_inpaint_job(
         classifier_scale = check_class_label(info, class_label, classifier_scale)
     except ParamError as exc:
         raise HTTPException(422, str(exc)) from None
-
-    hook = None
-    if webhook is not None:
-        allowed = parse_allowed_hosts(settings.webhook_allowed_hosts)
-        if not allowed:
-            raise HTTPException(422, "webhooks are not enabled on this service (REPAINT_WEBHOOK_ALLOWED_HOSTS)")
-        if not host_allowed(webhook, allowed):
-            raise HTTPException(422, f"webhook host is not allowed; allowed hosts: {allowed}")
-        events = [e.strip() for e in webhook_events.split(",") if e.strip()]
-        unknown = set(events) - set(WEBHOOK_EVENTS)
-        if unknown or not events:
-            raise HTTPException(422, f"webhook_events must be among {list(WEBHOOK_EVENTS)}")
-        hook = {"url": webhook, "events": events}
+    hook = None if webhook is None else {"url": _checked_webhook(webhook, events, request.app.state.webhooks),
+                                         "events": events}
 
     queue = jobstore.queue_for(redis, model)
     if queue.count >= settings.max_queue_length:
         raise HTTPException(429, f"the queue of model {model} is full ({settings.max_queue_length} jobs); retry later",
                             headers={"Retry-After": "30"})
 
-    image_bytes = uploads.read_limited(image.file, settings.max_upload_bytes, "image")
-    mask_bytes = b"" if mask is None else uploads.read_limited(mask.file, settings.max_upload_bytes, "mask")
-    idempotency = None
-    if idempotency_key is not None:
-        request_fields = {"model": model, "seed": seed, "num_samples": num_samples, "preset": preset,
-                          **sampling, "class_label": class_label, "classifier_scale": classifier_scale,
-                          "strategy": strategy, "blend": blend, "mask_dilate": mask_dilate,
-                          "output_format": output_format, "webhook": hook}
-        digest = hashlib.sha256(image_bytes)
-        digest.update(hashlib.sha256(mask_bytes).digest())
-        digest.update(json.dumps(request_fields, sort_keys=True).encode())
-        idempotency = (idempotency_key, digest.hexdigest(), settings.idempotency_ttl)
     img = uploads.open_image(image_bytes, "image", settings.max_image_pixels)
     msk = None if mask is None else uploads.open_image(mask_bytes, "mask", settings.max_image_pixels)
     prepared = uploads.prepare(img, msk)
+    try:
+        check_output_size(output_format, prepared.width, prepared.height)
+    except ParamError as exc:
+        raise HTTPException(422, str(exc)) from None
 
     params = JobParams(seed=secrets.randbits(52) if seed is None else seed, num_samples=num_samples, **sampling,
                        class_label=class_label if info["class_cond"] else None,
@@ -131,6 +140,20 @@ def create_inpaint_job(
     except IdempotencyConflict:
         raise HTTPException(409, "this Idempotency-Key was used for a different upload or parameters") from None
     return _created(response, job_id, replayed=replayed)
+
+
+def _checked_webhook(url: str, events: list[str], policy: WebhookPolicy) -> str:
+    """The webhook URL if this service may call it (see worker.webhooks_policy), else a 422."""
+    if not policy.enabled:
+        raise HTTPException(422, f"webhooks are not enabled on this service: {policy.disabled_reason}")
+    unknown = set(events) - set(WEBHOOK_EVENTS)
+    if unknown or not events:
+        raise HTTPException(422, f"webhook_events must be among {list(WEBHOOK_EVENTS)}")
+    try:
+        policy.check(url)
+    except WebhookRefused as exc:
+        raise HTTPException(422, f"webhook refused: {exc}") from None
+    return url
 
 
 def _created(response: Response, job_id: str, replayed: bool = False) -> JobCreated:

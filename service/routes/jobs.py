@@ -53,7 +53,7 @@ def _public(job_id: str, r: dict) -> JobPublic:
         started_at=jobstore.iso(r.get("started_at")), finished_at=jobstore.iso(r.get("finished_at")),
         attempts=r.get("attempts", 0), failures=r.get("failures", 0),
         cancel_requested=bool(r.get("cancel_requested", 0)), params=r["params"], error=r.get("error"),
-        last_error=r.get("last_error"), plan=r.get("plan"), links=_links(job_id, r))
+        last_error=r.get("last_error"), plan=r.get("plan"), webhook=r.get("webhook"), links=_links(job_id, r))
 
 
 @router.get("/{job_id}/result", response_class=Response, summary="A finished job's image",

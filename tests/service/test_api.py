@@ -88,7 +88,8 @@ def _image(size=(32, 32), fmt="PNG", mode="RGB") -> bytes:
 
 
 @pytest.mark.parametrize("kwargs, code, fragment", [
-    ({"image": b"definitely not an image"}, 422, "not a readable image"),
+    ({"image": b"definitely not an image"}, 415, "PNG, JPEG or WebP"),
+    ({"steps": 1}, 422, None),
     ({"image": _image()[:60]}, 422, "not a readable image"),
     ({"image": _image(fmt="GIF", mode="P")}, 415, "PNG, JPEG or WebP"),
     ({"mask": _image((16, 16), mode="L")}, 422, "must match"),

@@ -27,10 +27,10 @@ def make_client(redis_server, redis_db, tiny_description, **overrides):
     return TestClient(create_app(ApiSettings(redis_url=redis_server.url, model="tiny", **overrides)))
 
 
-def post(client, seed=1, headers=None, image_seed=0):
+def post(client, seed=1, headers=None, image_seed=0, **fields):
     img, msk = face_and_mask(seed=image_seed)
     return client.post("/inpaint", files={"image": ("i.png", png_bytes(img)), "mask": ("m.png", png_bytes(msk))},
-                       data={"seed": str(seed)}, headers=headers or {})
+                       data={"seed": str(seed), **fields}, headers=headers or {})
 
 
 def test_full_queue_answers_429_with_retry_after(redis_server, redis_db, tiny_description):
@@ -67,6 +67,35 @@ def test_idempotency_key_returns_the_same_job(redis_server, redis_db, tiny_descr
         other = post(client, seed=2, headers={"Idempotency-Key": "abc"})
         assert other.status_code == 409 and "different" in other.json()["detail"]
         assert post(client, headers={"Idempotency-Key": "xyz"}).json()["id"] != first.json()["id"]
+
+
+def test_an_idempotent_retry_is_answered_before_admission_checks(redis_server, redis_db, tiny_description):
+    with make_client(redis_server, redis_db, tiny_description, max_queue_length=1) as client:
+        first = post(client, headers={"Idempotency-Key": "retry-me"})
+        assert first.status_code == 202 and post(client).status_code == 429  # the queue is now full
+        again = post(client, headers={"Idempotency-Key": "retry-me"})
+        assert again.status_code == 202 and again.json()["id"] == first.json()["id"]
+        assert again.headers["idempotent-replayed"] == "true"
+
+
+def test_the_idempotency_fingerprint_covers_the_webhook(redis_server, redis_db, tiny_description):
+    settings = {"webhook_allowed_hosts": "*", "webhook_secret": "a-shared-webhook-secret"}
+    with make_client(redis_server, redis_db, tiny_description, **settings) as client:
+        key = {"Idempotency-Key": "hooked"}
+        first = post(client, headers=key, webhook="http://93.184.216.34/a")
+        assert first.status_code == 202
+        assert post(client, headers=key, webhook="http://93.184.216.34/a").json()["id"] == first.json()["id"]
+        for changed in ({"webhook": "http://93.184.216.34/b"}, {"webhook": "http://93.184.216.34/a",
+                                                                 "webhook_events": "completed"}, {}):
+            r = post(client, headers=key, **changed)
+            assert r.status_code == 409, (changed, r.text)
+
+
+def test_idempotency_keys_are_scoped_to_the_api_key(redis_server, redis_db, tiny_description):
+    with make_client(redis_server, redis_db, tiny_description, api_keys="k1,k2") as client:
+        one = post(client, headers={"Idempotency-Key": "same", "Authorization": "Bearer k1"})
+        two = post(client, headers={"Idempotency-Key": "same", "Authorization": "Bearer k2"}, seed=7)
+        assert one.status_code == two.status_code == 202 and one.json()["id"] != two.json()["id"]
 
 
 def test_deleting_a_queued_job_cancels_it_for_good(redis_server, redis_db, tiny_description):

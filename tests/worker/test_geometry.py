@@ -10,7 +10,7 @@ from PIL import Image
 
 from worker import geometry
 from worker.params import JobParams
-from worker.runtime import Runtime
+from worker.runtime import JobInputError, Runtime
 from worker.settings import WorkerSettings
 
 
@@ -123,3 +123,29 @@ def test_jpeg_and_webp_outputs(runtime):
         params = JobParams(seed=0, steps=5, jump_length=5, jump_n_sample=1, output_format=fmt)
         (data,) = runtime.inpaint(buf.getvalue(), mbuf.getvalue(), params)
         assert data.startswith(magic) and Image.open(io.BytesIO(data)).size == (120, 90)
+
+
+@pytest.mark.parametrize("fmt", ["jpeg", "webp"])
+@pytest.mark.parametrize("mode", ["I;16", "I"])
+def test_sixteen_bit_images_are_scaled_not_clipped_in_8_bit_formats(fmt, mode):
+    grey = np.asarray(photo(64, 48).convert("L"))
+    wide = Image.fromarray(grey.astype(np.uint16) * 257)  # the same picture on 16-bit levels
+    if mode == "I":
+        wide = wide.convert("I")
+    decoded = np.asarray(Image.open(io.BytesIO(geometry.encode(wide, fmt))).convert("L")).astype(int)
+    # Clipping at 255 would turn almost every pixel white; scaling keeps the picture (lossy codecs
+    # move levels a little).
+    assert np.abs(decoded - grey).mean() < 3 and (decoded < 250).mean() > 0.9
+
+
+def test_the_worker_refuses_outputs_its_encoder_cannot_write(runtime):
+    wide = Image.new("RGB", (16384, 2), (10, 20, 30))
+    mask = Image.new("L", (16384, 2), 0)
+    mask.paste(255, (0, 0, 10, 2))
+    image_png, mask_png = io.BytesIO(), io.BytesIO()
+    wide.save(image_png, format="PNG")
+    mask.save(mask_png, format="PNG")
+    params = JobParams(seed=0, steps=5, jump_length=5, jump_n_sample=1, output_format="webp")
+    # Before sampling, not after (the API refuses it at submit; a worker checks again).
+    with pytest.raises(JobInputError, match="webp results can be at most 16383"):
+        runtime.prepare(image_png.getvalue(), mask_png.getvalue(), params)
