@@ -145,6 +145,8 @@ def test_webhooks_are_signed_throttled_retried_and_recorded_on_the_job(service):
     "http://localhost:{receiver}/",             # listed as 127.0.0.1:port, not by this name
     "http://127.0.0.1:{other}/",                # listed host, another port
     "gopher://127.0.0.1:6379/",
+    "http://[::1",                              # not a URL at all
+    "http://\uff4c\uff4f\uff43\uff41\uff4c\uff48\uff4f\uff53\uff54:6379/",  # full-width "localhost"
 ])
 def test_webhooks_into_the_operators_network_are_refused_at_submit(service, redis_server, url):
     url = url.format(redis=redis_server.port, receiver=RECEIVER_PORT, other=free_port())

@@ -24,9 +24,9 @@ QUALITY_PRESETS: dict[str, dict[str, int]] = {
 # first variance from the second step, and one step of a diffusion model is noise anyway.
 MIN_STEPS = 2
 
-# The largest side each output encoder can write (WebP: 14-bit sizes; JPEG: 16-bit sizes).
+# The largest side each output encoder can write (WebP: 14-bit sizes; libjpeg: 65500 pixels).
 # Results have the upload's size, so an upload past these is refused at submit, not after sampling.
-MAX_OUTPUT_SIDE = {"png": 2**31 - 1, "jpeg": 65535, "webp": 16383}
+MAX_OUTPUT_SIDE = {"png": 2**31 - 1, "jpeg": 65500, "webp": 16383}
 
 
 class ParamError(ValueError):

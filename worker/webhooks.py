@@ -24,6 +24,8 @@ import collections
 import json
 import logging
 import random
+import re
+import ssl
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -33,7 +35,7 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from .webhooks_policy import DEFAULT_PORTS, EVENTS, Target, WebhookPolicy, WebhookRefused, sign
+from .webhooks_policy import DEFAULT_PORTS, EVENTS, Target, WebhookPolicy, WebhookRefused, WebhookUnresolvable, sign
 
 log = logging.getLogger(__name__)
 
@@ -108,6 +110,20 @@ def queue_key(url: str) -> str:
     return f"{parts.scheme}://{(parts.hostname or '').rstrip('.')}:{port}"
 
 
+def parse_retry_after(value: str) -> float | None:
+    """Retry-After in seconds (the HTTP-date form is ignored: backoff applies)."""
+    return float(value) if re.fullmatch(r"[0-9]{1,6}", value.strip()) else None
+
+
+def certificate_rejected(exc: BaseException) -> bool:
+    """Whether a connection failed on the receiver's TLS certificate (anywhere in the chain)."""
+    while exc is not None:
+        if isinstance(exc, ssl.SSLCertVerificationError) or "CERTIFICATE_VERIFY_FAILED" in str(exc):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
 class _HostQueue:
     def __init__(self) -> None:
         self.pending: collections.deque[Delivery] = collections.deque()
@@ -128,6 +144,7 @@ class WebhookSender:
         self._hosts: dict[str, _HostQueue] = {}  # touched only on the loop's thread
         # State writes and DNS lookups block: they run beside the loop, not on it.
         self._state_pool = ThreadPoolExecutor(1, thread_name_prefix="webhook-state")
+        self._check_pool = ThreadPoolExecutor(8, thread_name_prefix="webhook-check")
         self._loop = asyncio.new_event_loop()
         self._client: httpx.AsyncClient | None = None
         self._thread = threading.Thread(target=self._loop.run_forever, name="webhooks", daemon=True)
@@ -184,11 +201,17 @@ class WebhookSender:
     async def _drain(self, key: str, queue: _HostQueue) -> None:
         try:
             while queue.pending:
-                await self._deliver(queue.pending.popleft())
+                delivery = queue.pending.popleft()
+                try:
+                    await self._deliver(delivery)
+                except Exception as exc:  # a bug must cost one delivery, never the host's queue
+                    log.exception("webhook %s of job %s could not be delivered", delivery.event, delivery.job_id)
+                    self._report(delivery, "failed", None, 1, f"internal error: {type(exc).__name__}")
         finally:
             queue.task = None
-            if not queue.pending:
-                self._hosts.pop(key, None)
+            if queue.pending:  # cancelled with work left (the loop stopping): nothing to resume
+                log.warning("webhook queue of %s stopped with %d deliveries", key, len(queue.pending))
+            self._hosts.pop(key, None)
 
     async def _drained(self) -> None:
         while self._hosts:
@@ -203,6 +226,8 @@ class WebhookSender:
             try:
                 status, retry_after = await asyncio.wait_for(self._attempt(delivery), self.timeout)
                 error = None if 200 <= status < 300 else f"HTTP {status}"
+            except WebhookUnresolvable as exc:  # DNS may recover: retried like a connection error
+                status, retry_after, error, permanent = None, None, str(exc), False
             except WebhookRefused as exc:
                 log.warning("webhook %s of job %s refused: %s", delivery.event, delivery.job_id, exc)
                 self._report(delivery, "refused", None, attempt, str(exc))
@@ -210,12 +235,14 @@ class WebhookSender:
             except (httpx.HTTPError, OSError, asyncio.TimeoutError) as exc:
                 status, retry_after = None, None
                 error = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+                permanent = certificate_rejected(exc)  # retrying cannot fix a certificate
+            else:
+                permanent = status < 500 and status not in RETRYABLE_STATUSES
             if error is None:
                 self._report(delivery, "delivered", status, attempt, None)
                 return
-            retryable = status is None or status >= 500 or status in RETRYABLE_STATUSES
             wait = self.retry.delay(attempt, retry_after)
-            if not retryable or attempt >= tries or time.monotonic() - first + wait > self.retry.window:
+            if permanent or attempt >= tries or time.monotonic() - first + wait > self.retry.window:
                 log.info("webhook %s of job %s failed after %d attempt(s): %s", delivery.event, delivery.job_id,
                          attempt, error)
                 self._report(delivery, "failed", status, attempt, error)
@@ -225,7 +252,7 @@ class WebhookSender:
 
     async def _attempt(self, delivery: Delivery) -> tuple[int, float | None]:
         """One POST: (status, Retry-After seconds). Raises WebhookRefused, httpx.HTTPError, OSError."""
-        target = await self._loop.run_in_executor(None, self.policy.check, delivery.url)
+        target = await self._loop.run_in_executor(self._check_pool, self.policy.check, delivery.url)
         body = json.dumps({"event": delivery.event, "job_id": delivery.job_id, "data": delivery.data,
                            "sent_at": time.time()}).encode()
         headers = {"Content-Type": "application/json", "X-Repaint-Event": delivery.event,
@@ -253,8 +280,7 @@ class WebhookSender:
                 read += len(chunk)
                 if read >= self.max_response_bytes:
                     break
-            retry_after = response.headers.get("retry-after", "")
-            return response.status_code, float(retry_after) if retry_after.isdigit() else None
+            return response.status_code, parse_retry_after(response.headers.get("retry-after", ""))
 
     def _report(self, delivery: Delivery, state: str, status: int | None, attempts: int, error: str | None) -> None:
         if self.record_state is None:

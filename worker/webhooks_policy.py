@@ -20,10 +20,15 @@ from __future__ import annotations
 import hashlib
 import hmac
 import ipaddress
+import logging
 import socket
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 from typing import Callable
 from urllib.parse import urlsplit
+
+log = logging.getLogger(__name__)
 
 EVENTS = ("started", "progress", "completed")
 DEFAULT_PORTS = {"http": 80, "https": 443}
@@ -41,10 +46,22 @@ _FORBIDDEN_CLASSES = (
     ("is_reserved", "reserved"),
 )
 _UNIQUE_LOCAL = ipaddress.ip_network("fc00::/7")
+# Not global, though this Python's `is_private`/`is_global` may not say so: IETF protocol
+# assignments (192.0.0.8 and friends), deprecated IPv6 site-local.
+_OTHER_NON_PUBLIC = (ipaddress.ip_network("192.0.0.0/24"), ipaddress.ip_network("fec0::/10"))
+# Name lookups: a thread each (getaddrinfo blocks), bounded in number and in time, so that a
+# name server that never answers costs a refusal, not a stuck request or delivery.
+RESOLVE_TIMEOUT = 5.0
+_resolver_pool = ThreadPoolExecutor(16, thread_name_prefix="webhook-dns")
 
 
 class WebhookRefused(ValueError):
-    """A webhook URL this service will not call; the message says why."""
+    """A webhook URL this service will not call; the message says why (in words safe to show the
+    client: never an internal address)."""
+
+
+class WebhookUnresolvable(WebhookRefused):
+    """The host did not resolve (now): refused at submit, retried at delivery (DNS may recover)."""
 
 
 def parse_allowed_hosts(setting: str) -> list[str]:
@@ -57,11 +74,23 @@ def parse_entry(entry: str) -> AllowedEntry:
     entry = entry.strip().lower()
     if entry.startswith("["):
         host, _, rest = entry[1:].partition("]")
-        return host, int(rest[1:]) if rest.startswith(":") else None
-    if entry.count(":") == 1:
-        host, port = entry.split(":")
-        return host.rstrip("."), int(port)
-    return entry.rstrip("."), None
+        host, port = host, int(rest[1:]) if rest.startswith(":") else None
+    elif entry.count(":") == 1:
+        host, port_text = entry.split(":")
+        host, port = host, int(port_text)
+    else:
+        host, port = entry, None
+    if host == "*" and port is not None:
+        raise ValueError("'*' takes no port")
+    if port is not None and not 0 < port < 65536:
+        raise ValueError("port out of range")
+    return (host if host == "*" else ascii_host(host)), port
+
+
+def ascii_host(host: str) -> str:
+    """The host as DNS and HTTP see it: lower case, IDNA-encoded, no trailing dot."""
+    host = host.rstrip(".").lower()
+    return host if host.isascii() else host.encode("idna").decode("ascii")
 
 
 def forbidden_reason(address: str) -> str | None:
@@ -77,6 +106,8 @@ def forbidden_reason(address: str) -> str | None:
     for attribute, name in _FORBIDDEN_CLASSES:
         if getattr(ip, attribute):
             return name
+    if any(ip in network for network in _OTHER_NON_PUBLIC):
+        return "non-public"
     if ip.is_private:
         return "private"
     if not ip.is_global:
@@ -85,8 +116,14 @@ def forbidden_reason(address: str) -> str | None:
 
 
 def system_resolve(host: str, port: int) -> list[str]:
-    """Every address of `host` (one for an IP literal), in the resolver's order."""
-    infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    """Every address of `host` (one for an IP literal), in the resolver's order; OSError when it
+    does not resolve within RESOLVE_TIMEOUT seconds."""
+    future = _resolver_pool.submit(socket.getaddrinfo, host, port, type=socket.SOCK_STREAM)
+    try:
+        infos = future.result(RESOLVE_TIMEOUT)
+    except FutureTimeout:
+        future.cancel()
+        raise OSError(f"no answer within {RESOLVE_TIMEOUT:g} s") from None
     return list(dict.fromkeys(info[4][0] for info in infos))
 
 
@@ -129,8 +166,8 @@ class WebhookPolicy:
             try:
                 self.entries.append(parse_entry(entry))
             except ValueError:
-                raise ValueError(f"REPAINT_WEBHOOK_ALLOWED_HOSTS: {entry!r} is not 'host', 'host:port' "
-                                 "or '*'") from None
+                raise ValueError(f"REPAINT_WEBHOOK_ALLOWED_HOSTS: {entry!r} is not 'host', 'host:port', "
+                                 "'[v6addr]:port' or '*'") from None
 
     @classmethod
     def from_settings(cls, allowed_hosts: str, secret: str, resolve: Resolver = system_resolve) -> "WebhookPolicy":
@@ -157,34 +194,41 @@ class WebhookPolicy:
         return (host, port) in self.entries or (port == DEFAULT_PORTS[scheme] and (host, None) in self.entries)
 
     def check(self, url: str) -> Target:
-        parts = urlsplit(url)
-        if parts.scheme not in DEFAULT_PORTS or not parts.hostname:
+        try:
+            parts = urlsplit(url)
+            hostname, port = parts.hostname, parts.port
+        except ValueError:  # an unclosed IPv6 bracket, a port that is not a number from 0 to 65535
+            raise WebhookRefused("not a valid URL") from None
+        if parts.scheme not in DEFAULT_PORTS or not hostname:
             raise WebhookRefused("the URL must be http:// or https:// with a host")
         if parts.username is not None or parts.password is not None:
             raise WebhookRefused("credentials in the URL are not allowed")
+        port = port or DEFAULT_PORTS[parts.scheme]
         try:
-            port = parts.port or DEFAULT_PORTS[parts.scheme]
-        except ValueError:
-            raise WebhookRefused("the URL's port is not a number from 1 to 65535") from None
-        host = parts.hostname.rstrip(".")
+            host = ascii_host(hostname)
+        except UnicodeError:
+            raise WebhookRefused("the URL's host is not a valid name") from None
         listed = self.listed(host, port, parts.scheme)
         if not listed and not self.any_public_host:
             raise WebhookRefused(f"{host} port {port} is not an allowed host; allowed: {self.allowed_hosts}")
         try:
             addresses = self.resolve(host, port)
         except (OSError, UnicodeError) as exc:
-            raise WebhookRefused(f"{host} does not resolve ({exc})") from None
+            log.info("webhook host %s does not resolve: %s", host, exc)
+            raise WebhookUnresolvable(f"{host} does not resolve") from None
         if not addresses:
-            raise WebhookRefused(f"{host} does not resolve")
+            raise WebhookUnresolvable(f"{host} does not resolve")
         if not listed:
             for address in addresses:
                 reason = forbidden_reason(address)
                 if reason is not None:
-                    what = f"{address} is" if address == host else f"{host} resolves to {address},"
+                    log.info("webhook host %s refused: %s is a %s address", host, address, reason)
                     entry = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-                    raise WebhookRefused(
-                        f"{what} a {reason} address; only public addresses may be called unless the operator "
-                        f"lists '{entry}' in REPAINT_WEBHOOK_ALLOWED_HOSTS")
+                    # A client learns the class of an address it named, never what a name resolved to.
+                    what = f"{host} is a {reason} address" if address == host else (
+                        f"{host} resolves to a non-public address")
+                    raise WebhookRefused(f"{what}; only public addresses may be called unless the operator "
+                                         f"lists '{entry}' in REPAINT_WEBHOOK_ALLOWED_HOSTS")
         path = parts.path or "/"
         if parts.query:
             path += "?" + parts.query

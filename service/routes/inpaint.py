@@ -72,6 +72,7 @@ def create_inpaint_job(
     idempotency_key: Annotated[str | None, Header(max_length=200, description=(
         "client retries with the same key and upload get the same job instead of a new one"))] = None,
 ) -> JobCreated:
+    requested_model = model  # as sent: a retry must not depend on the service's default
     model = model or settings.model
     # The files first: their size limits hold for every request, and a replay needs their bytes.
     image_bytes = uploads.read_limited(image.file, settings.max_upload_bytes, "image")
@@ -80,7 +81,7 @@ def create_inpaint_job(
     idempotency = None
     if idempotency_key is not None:
         # Every field that changes the job, as the client sent it, and the files' bytes.
-        request_fields = {"model": model, "seed": seed, "num_samples": num_samples, "preset": preset,
+        request_fields = {"model": requested_model, "seed": seed, "num_samples": num_samples, "preset": preset,
                           "steps": steps, "jump_length": jump_length, "jump_n_sample": jump_n_sample,
                           "class_label": class_label, "classifier_scale": classifier_scale, "strategy": strategy,
                           "blend": blend, "mask_dilate": mask_dilate, "output_format": output_format,

@@ -462,8 +462,8 @@ HOSTILE = [
     case("png-claims-0x0", form(image=png_claiming(0, 0)), 422, "not a readable image"),
     case("webp-output-16384-wide", form(image=blank_png(WIDE, 1), mask=blank_png(WIDE, 1, "L", 255),
                                         output_format="webp"), 422, "webp results can be at most 16383"),
-    case("jpeg-output-65536-wide", form(image=blank_png(65536, 1), mask=blank_png(65536, 1, "L", 255),
-                                        output_format="jpeg"), 422, "jpeg results can be at most 65535"),
+    case("jpeg-output-65501-wide", form(image=blank_png(65501, 1), mask=blank_png(65501, 1, "L", 255),
+                                        output_format="jpeg"), 422, "jpeg results can be at most 65500"),
 
     # Masks.
     case("mask-other-size", form(mask=blank_png(31, 32, "L", 255)), 422, "they must match"),

@@ -7,14 +7,18 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import ssl
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import urlsplit
 
+import httpx
 import pytest
 
 from tests.procs import wait_until
-from worker.webhooks import PROGRESS_INTERVAL, ProgressThrottle, RetryPolicy, WebhookSender
+from worker.webhooks import (PROGRESS_INTERVAL, ProgressThrottle, RetryPolicy, WebhookSender, certificate_rejected,
+                             parse_retry_after)
 from worker.webhooks_policy import WebhookPolicy, WebhookRefused, forbidden_reason, sign
 
 SECRET = "a-webhook-secret-of-some-length"
@@ -43,8 +47,14 @@ FAST_RETRY = RetryPolicy(max_attempts=3, window=30, base=0.05, cap=0.2)
     ("http://localhost:8080/", "loopback"),
 ])
 def test_any_public_host_refuses_every_non_public_address_class(url, reason):
-    with pytest.raises(WebhookRefused, match=reason):
+    with pytest.raises(WebhookRefused) as refused:
         WebhookPolicy(["*"], SECRET).check(url)
+    host = urlsplit(url).hostname
+    if host[0].isdigit() and "." in host or ":" in host:  # an address the client wrote: its class is named
+        assert f"a {reason} address" in str(refused.value)
+    else:  # a name: what it resolved to stays on the server
+        assert "resolves to a non-public address" in str(refused.value) and "127.0.0.1" not in str(refused.value)
+    assert forbidden_reason(WebhookPolicy(["*"], SECRET).resolve(host, 80)[0]) == reason
 
 
 def test_any_public_host_allows_public_addresses_and_keeps_what_it_checked():
@@ -55,7 +65,7 @@ def test_any_public_host_allows_public_addresses_and_keeps_what_it_checked():
 
 def test_a_name_with_one_private_address_among_public_ones_is_refused():
     policy = WebhookPolicy(["*"], SECRET, resolve=lambda host, port: ["93.184.216.34", "10.1.2.3"])
-    with pytest.raises(WebhookRefused, match="10.1.2.3, a private address"):
+    with pytest.raises(WebhookRefused, match="mixed.example resolves to a non-public address"):
         policy.check("http://mixed.example/")
 
 
@@ -73,10 +83,12 @@ def test_listed_hosts_are_exact_about_ports_and_may_be_internal():
 
 
 @pytest.mark.parametrize("url, fragment", [
+    ("http://[::1", "not a valid URL"),
+    ("http://[::1]:x/", "not a valid URL"),
     ("ftp://example.com/x", "http:// or https://"),
     ("http:///nohost", "http:// or https://"),
     ("http://user:pw@example.com/", "credentials"),
-    ("http://example.com:99999/", "port"),
+    ("http://example.com:99999/", "not a valid URL"),
     ("http://does-not-exist.invalid/", "does not resolve"),
 ])
 def test_malformed_or_unresolvable_urls_are_refused(url, fragment):
@@ -92,8 +104,25 @@ def test_webhooks_are_off_without_a_secret_and_never_sign_with_an_empty_one():
         sign(b"{}", "")
 
 
-def test_public_addresses_are_public():
+def test_public_addresses_are_public_and_odd_ranges_are_not():
     assert forbidden_reason("8.8.8.8") is None and forbidden_reason("2001:4860:4860::8888") is None
+    for address in ("192.0.0.8", "fec0::1", "64:ff9b::a00:1", "2002:7f00:1::"):  # NAT64 / 6to4 of internal ones
+        assert forbidden_reason(address) is not None, address
+
+
+@pytest.mark.parametrize("entry", ["*:8080", "host:0", "host:70000", "host:x"])
+def test_malformed_allow_list_entries_stop_the_service_at_start(entry):
+    with pytest.raises(ValueError, match="REPAINT_WEBHOOK_ALLOWED_HOSTS"):
+        WebhookPolicy([entry], SECRET)
+
+
+def test_international_names_are_matched_and_sent_in_their_ascii_form(receivers):
+    receiver = receivers()
+    seen = []
+    policy = WebhookPolicy([f"b\u00fccher.test:{receiver.port}"], SECRET,
+                           resolve=lambda host, port: seen.append(host) or ["127.0.0.1"])
+    target = policy.check(f"http://B\u00dcCHER.test:{receiver.port}/x")
+    assert target.host == seen[0] == "xn--bcher-kva.test" and target.host_header.startswith("xn--bcher-kva.test")
 
 
 # ---- receivers -----------------------------------------------------------------------------------
@@ -209,7 +238,7 @@ def test_a_name_that_resolves_to_a_forbidden_address_at_delivery_is_refused(rece
     sender.policy.check(receiver.url("rebind.test"))  # the API's check at submit
     sender.notify({"url": receiver.url("rebind.test"), **ALL_EVENTS}, "job-2", "completed", {})
     state = states.final("job-2")
-    assert state["state"] == "refused" and "loopback" in state["error"] and state["last_status"] is None
+    assert state["state"] == "refused" and "non-public" in state["error"] and state["last_status"] is None
     assert receiver.calls == []
 
 
@@ -365,3 +394,53 @@ def test_disabled_webhooks_send_nothing(receivers):
     sender = WebhookSender(WebhookPolicy([listed(receiver)], ""), states)
     sender.notify({"url": receiver.url(), **ALL_EVENTS}, "job-12", "completed", {})
     assert sender.close(5) and receiver.calls == [] and states.by_job == {}
+
+
+def test_a_strange_answer_costs_one_delivery_never_the_host_queue(receivers):
+    answers = iter([("503", "\u00b2"), ("204", None), ("204", None)])  # a Retry-After that is a digit only to Unicode
+
+    def respond(handler, event):
+        status, retry_after = next(answers)
+        handler.send_response(int(status))
+        if retry_after:
+            handler.send_header("Retry-After", retry_after.encode("utf-8").decode("latin-1"))
+        handler.send_header("Content-Length", "0")
+        handler.end_headers()
+
+    receiver = receivers(respond)
+    sender, states = sender_for(listed(receiver))
+    sender.notify({"url": receiver.url(), **ALL_EVENTS}, "job-13", "completed", {})
+    sender.notify({"url": receiver.url(), **ALL_EVENTS}, "job-14", "completed", {})
+    assert sender.close(10)
+    assert states.final("job-13")["state"] == "delivered" and states.final("job-13")["attempts"] == 2, states.by_job
+    assert states.final("job-14")["state"] == "delivered"
+
+
+def test_a_name_that_stops_resolving_is_retried_not_refused(receivers):
+    receiver = receivers()
+    answers = iter([OSError("temporary failure in name resolution"), ["127.0.0.1"]])
+
+    def resolve(host, port):
+        answer = next(answers)
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    sender, states = sender_for(f"hooks.test:{receiver.port}", resolve=resolve)
+    sender.notify({"url": receiver.url("hooks.test"), **ALL_EVENTS}, "job-15", "completed", {})
+    state = states.final("job-15")
+    assert state["state"] == "delivered" and state["attempts"] == 2
+    assert states.by_job["job-15"][0]["error"] == "hooks.test does not resolve"  # the details stay in the log
+
+
+def test_a_rejected_certificate_is_not_retried():
+    cause = ssl.SSLCertVerificationError(1, "[SSL: CERTIFICATE_VERIFY_FAILED] certificate verify failed")
+    try:
+        try:
+            raise cause
+        except ssl.SSLError as exc:
+            raise httpx.ConnectError("TLS handshake failed") from exc
+    except httpx.ConnectError as wrapped:
+        assert certificate_rejected(wrapped)
+    assert not certificate_rejected(httpx.ConnectError("connection refused"))
+    assert parse_retry_after("\u00b2") is None and parse_retry_after(" 7 ") == 7.0
