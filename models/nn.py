@@ -136,7 +136,7 @@ def _attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tenso
 
     The scale 1/sqrt(ch) is the reference's 1/ch**0.25 applied to q and to k. On GPUs the fused
     scaled_dot_product_attention kernels win; on CPUs two batched matmuls and a softmax measured
-    faster (bench/attention numbers in the README), with bit-identical golden outputs.
+    faster (bench/attention numbers in docs/performance.md), with bit-identical golden outputs.
     """
     if q.device.type != "cpu":
         out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))

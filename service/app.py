@@ -17,6 +17,7 @@ from redis import Redis
 from worker.ledger import Ledger
 from worker.webhooks_policy import WebhookPolicy
 
+from .api_docs import install_docs
 from .deps import ApiKey
 from .http_limits import RequestLimits
 from .metrics import HttpMetrics, HttpMetricsMiddleware, RedisJobCollector
@@ -43,7 +44,8 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
         yield
         app.state.redis.close()
 
-    app = FastAPI(title="repaint-server", version="0.1.0", description=DESCRIPTION, lifespan=lifespan)
+    app = FastAPI(title="repaint-server", version="0.1.0", description=DESCRIPTION, lifespan=lifespan,
+                  docs_url=None, redoc_url=None)  # served from packaged assets by install_docs, no CDN
     app.state.settings = settings
     app.state.redis = Redis.from_url(settings.redis_url, socket_timeout=10, socket_connect_timeout=5,
                                      health_check_interval=30)
@@ -61,6 +63,7 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
     for router in (inpaint.router, jobs.router, events.router, models.router, health.router):
         app.include_router(router)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
+    install_docs(app)
 
     @app.get("/", include_in_schema=False)
     def page() -> FileResponse:

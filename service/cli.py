@@ -1,9 +1,10 @@
-"""The `repaint` command: `serve` (everything in one), `api`, `worker`."""
+"""The `repaint` command: `serve` (everything in one), `api`, `worker`, `submit`, `example`."""
 
 from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -39,6 +40,9 @@ def serve(args: argparse.Namespace) -> None:
         env["REPAINT_REDIS_URL"] = os.environ["REPAINT_REDIS_URL"] = url
         print(f"repaint: embedded Redis at {url}", file=sys.stderr)
     worker = subprocess.Popen([sys.executable, "-m", "worker.main"], env=env)
+    # uvicorn handles SIGTERM itself, then sends it again to the process once it has stopped; with
+    # the default action that kills us before the `finally` below could stop the worker and Redis.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(0))
     try:
         run_api(args.host, args.port)
     finally:
@@ -61,7 +65,7 @@ def submit(args: argparse.Namespace) -> int:
     from .client import ApiError, RepaintClient
 
     fields = {k: getattr(args, k) for k in ("model", "preset", "seed", "num_samples", "steps", "jump_length",
-                                            "jump_n_sample", "strategy", "output_format")}
+                                            "jump_n_sample", "strategy", "output_format", "class_label")}
     out = Path(args.output)
     try:
         with RepaintClient(args.url, api_key=args.api_key) as client:
@@ -87,6 +91,93 @@ def submit(args: argparse.Namespace) -> int:
     except (httpx.HTTPError, OSError) as exc:
         print(f"cannot reach {args.url} or read the files: {exc}", file=sys.stderr)
         return EXIT_UNREACHABLE
+
+
+DEFAULT_URL = "http://127.0.0.1:8000"
+FALLBACK_MODEL = "faces32"  # what `repaint serve` serves by default
+
+
+def _service_model(url: str, api_key: str | None) -> tuple[str, int, bool, str, str | None]:
+    """(model, image size, class-conditional, what that is, a note) from a running service, else faces32 and why."""
+    import httpx
+
+    from worker.catalog import MODELS
+
+    from .client import ApiError, RepaintClient
+
+    try:
+        with RepaintClient(url, api_key=api_key, timeout=5.0) as client:
+            listing = client.models()
+        name = listing["default"]
+        entry = next((m for m in listing["models"] if m.get("name") == name), None) or MODELS[name]
+        return (name, int(entry["image_size"]), bool(entry.get("class_cond")),
+                f"the default model of the service at {url}", None)
+    except ApiError as exc:
+        why = f"the service at {url} refused GET /models ({exc}): pass --api-key or set REPAINT_API_KEY"
+    except (httpx.HTTPError, OSError) as exc:
+        why = f"no service answered at {url} ({type(exc).__name__}: {exc})"
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        why = f"the answer of {url}/models was not a model list ({type(exc).__name__}: {exc})"
+    fallback = MODELS[FALLBACK_MODEL]
+    return (FALLBACK_MODEL, fallback["image_size"], False, "the model `repaint serve` serves by default",
+            f"Note: {why}; so this is the example for {FALLBACK_MODEL} (name --model for another model).")
+
+
+def example(args: argparse.Namespace) -> int:
+    """Write an example image.png and mask.png for a model into a folder; print the commands to run next."""
+    from worker.catalog import MODELS
+
+    from .examples import example_for
+
+    if args.model:
+        info = MODELS[args.model]
+        model, size, class_cond, chosen, note = args.model, info["image_size"], info["class_cond"], "as asked", None
+    else:
+        model, size, class_cond, chosen, note = _service_model(args.url, args.api_key)
+    ex = example_for(model, size, class_cond=class_cond)
+    folder = Path(args.output).expanduser().resolve()
+    image, mask, result = folder / "image.png", folder / "mask.png", folder / "result.png"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        ex.image.save(image)
+        ex.mask.save(mask)
+    except OSError as exc:
+        print(f"cannot write into {folder}: {exc}", file=sys.stderr)
+        return EXIT_JOB_FAILED
+
+    q = shlex.quote
+    form = {"model": model, "preset": "balanced", **ex.form}
+    prog = sys.argv[0] if Path(sys.argv[0]).name == "repaint" else "repaint"
+    submit_cmd = [q(prog), "submit", q(str(image)), q(str(mask)), "-o", q(str(result))]
+    submit_cmd += [f"--{k.replace('_', '-')} {q(str(v))}" for k, v in form.items()]
+    curl_auth = ""
+    if args.api_key:
+        curl_auth = '-H "Authorization: Bearer $REPAINT_API_KEY" '
+        if not os.environ.get("REPAINT_API_KEY"):
+            submit_cmd.append('--api-key "$REPAINT_API_KEY"')
+    if args.url != DEFAULT_URL:
+        submit_cmd.append(f"--url {q(args.url)}")
+    base = args.url.rstrip("/")
+    fields = " ".join(f"-F {q(f'{k}={v}')}" for k, v in
+                      [("image", f"@{image}"), ("mask", f"@{mask}"), *form.items()])
+
+    if note:
+        print(note)
+    print(f"Example for {model} ({size} px model inputs), {chosen}:")
+    print(f"  {image}  {ex.image.width}x{ex.image.height}: {ex.shows}")
+    print(f"  {mask}  same size, white = fill: {ex.hides}")
+    for line in ex.notes:
+        print(line)
+    if args.api_key and not os.environ.get("REPAINT_API_KEY"):
+        print("The commands below read your API key from REPAINT_API_KEY: export it first.")
+    print("\nInpaint it with the repaint command (progress on stderr, the result beside the example):")
+    print(f"  {' '.join(submit_cmd)}")
+    print("\nor with curl:")
+    print(f"  id=$(curl -s {curl_auth}{fields} {q(base + '/inpaint')} \\\n"
+          f"       | python3 -c 'import json, sys; print(json.load(sys.stdin)[\"id\"])')")
+    print(f"  curl -s {curl_auth}{q(base)}/jobs/$id        # status, queue position, progress: repeat until \"succeeded\"")
+    print(f"  curl -s {curl_auth}-o {q(str(result))} {q(base)}/jobs/$id/result")
+    return EXIT_OK
 
 
 class ProgressBar:
@@ -115,6 +206,12 @@ class ProgressBar:
             self.stream.write("\n")
 
 
+def _model_names() -> list[str]:
+    from worker.catalog import MODELS
+
+    return sorted(MODELS)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="repaint", description="RePaint inpainting service")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -130,7 +227,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("image")
     p.add_argument("mask", nargs="?", default=None, help="white = fill (optional for images with transparency)")
     p.add_argument("-o", "--output", required=True, help="result path (name-1, name-2, ... for several samples)")
-    p.add_argument("--url", default=os.environ.get("REPAINT_URL", "http://127.0.0.1:8000"))
+    p.add_argument("--url", default=os.environ.get("REPAINT_URL", DEFAULT_URL))
     p.add_argument("--api-key", default=os.environ.get("REPAINT_API_KEY"))
     p.add_argument("--model")
     p.add_argument("--preset", choices=["fast", "balanced", "paper"])
@@ -141,9 +238,20 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--jump-n-sample", type=int)
     p.add_argument("--strategy", choices=["auto", "crop", "resize"])
     p.add_argument("--output-format", choices=["png", "jpeg", "webp"])
+    p.add_argument("--class-label", type=int, help="class for class-conditional models (imagenet256)")
+    p = sub.add_parser("example", help="write an example image.png and mask.png for a model into a folder "
+                                       "and print the commands that inpaint them")
+    p.add_argument("-o", "--output", required=True, metavar="DIR", help="folder to write into (created if missing)")
+    p.add_argument("--model", choices=_model_names(),
+                   help="default: the running service's default model (faces32 when none answers)")
+    p.add_argument("--url", default=os.environ.get("REPAINT_URL", DEFAULT_URL),
+                   help="the service to ask for its model and to put in the printed commands")
+    p.add_argument("--api-key", default=os.environ.get("REPAINT_API_KEY"), help="for GET /models (REPAINT_API_KEY)")
     args = parser.parse_args(argv)
     if args.command == "submit":
         sys.exit(submit(args))
+    if args.command == "example":
+        sys.exit(example(args))
     if args.command == "serve":
         serve(args)
     elif args.command == "api":

@@ -14,6 +14,7 @@ from redis import Redis
 from rq import Worker
 from starlette.middleware.base import BaseHTTPMiddleware
 from starlette.requests import Request
+from starlette.routing import Mount
 
 from worker import jobs
 
@@ -72,6 +73,20 @@ class HttpMetrics:
                                  ["method", "route"], registry=registry)
 
 
+def route_template(request: Request) -> str:
+    """The route's path template (`/jobs/{job_id}`), `/static/{path}` for files under a mount
+    (the page's assets, the docs' assets), else `unmatched`: never the raw path, whose job ids
+    would make a label per request."""
+    route = request.scope.get("route")
+    if route is not None and hasattr(route, "path"):
+        return route.path
+    path = request.url.path
+    for candidate in request.app.routes:
+        if isinstance(candidate, Mount) and (path == candidate.path or path.startswith(candidate.path + "/")):
+            return candidate.path + "/{path}"
+    return "unmatched"
+
+
 class HttpMetricsMiddleware(BaseHTTPMiddleware):
     """Counts requests by route template (not raw path: job ids would explode the labels)."""
 
@@ -87,7 +102,6 @@ class HttpMetricsMiddleware(BaseHTTPMiddleware):
             status = response.status_code
             return response
         finally:
-            route = request.scope.get("route")
-            template = getattr(route, "path", "unmatched")
+            template = route_template(request)
             self.metrics.requests.labels(request.method, template, str(status)).inc()
             self.metrics.latency.labels(request.method, template).observe(time.perf_counter() - start)

@@ -7,6 +7,7 @@ import warnings
 from dataclasses import dataclass
 from typing import BinaryIO
 
+import puremagic
 from fastapi import HTTPException
 from PIL import Image, ImageOps, UnidentifiedImageError
 
@@ -28,6 +29,22 @@ def looks_accepted(data: bytes) -> bool:
     return data.startswith((b"\x89PNG\r\n\x1a\n", b"\xff\xd8")) or (data[:4] == b"RIFF" and data[8:12] == b"WEBP")
 
 
+def detected_type(data: bytes) -> str:
+    """What a refused upload seems to be, for the error message: a MIME type from its
+    signature (puremagic reads bytes, it decodes nothing), or text, or unknown binary data."""
+    try:
+        return puremagic.from_string(data[:4096], mime=True) or puremagic.magic_string(data[:4096])[0].name
+    except (puremagic.PureError, ValueError, IndexError):
+        pass
+    head = data[:4096]
+    try:
+        head.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        if exc.start < len(head) - 3:  # not just a character cut at the end of the sample
+            return "unknown binary data"
+    return "text" if b"\0" not in head else "unknown binary data"
+
+
 def open_image(data: bytes, field: str, max_pixels: int) -> Image.Image:
     """Decode an upload, refusing non-images, other formats, animations, bombs and corrupt files.
 
@@ -42,7 +59,8 @@ def open_image(data: bytes, field: str, max_pixels: int) -> Image.Image:
             except UnidentifiedImageError:
                 if looks_accepted(data):  # the right kind of file, broken inside
                     raise HTTPException(422, f"{field} is not a readable image: its header is corrupt") from None
-                raise HTTPException(415, f"{field} is not a PNG, JPEG or WebP image") from None
+                raise HTTPException(415, f"{field} is not a PNG, JPEG or WebP image: it looks like "
+                                         f"{detected_type(data)}") from None
             width, height = img.size
             # Refuse huge dimensions from the header, before decoding the pixels.
             if width * height > max_pixels:

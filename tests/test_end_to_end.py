@@ -15,6 +15,7 @@ from PIL import Image
 
 from tests.conftest import face_and_mask, png_bytes
 from tests.procs import ROOT, ApiProcess, WorkerProcess, submit, wait_final
+from worker.blending import band_weights
 from worker import jobs
 
 FAST = {"steps": 20, "jump_length": 5, "jump_n_sample": 2}  # 35 evaluations
@@ -53,13 +54,17 @@ def test_upload_runs_on_a_worker_with_progress_and_exact_known_pixels(api, worke
     assert job["progress"] == {**job["progress"], "step": 460, "total": 460, "fraction": 1.0}
     assert job["attempts"] == 1 and job["started_at"] and job["finished_at"]
     assert job["params"]["seed"] == 11
+    # What was used, not what was left to the default: the band width the worker chose, its plan.
+    assert job["params"]["blend"] == 2 and job["plan"]["strategy"] == "crop" and job["params"]["strategy"] == "auto"
 
     result = client.get(job["links"]["results"][0])
     assert result.status_code == 200 and result.headers["content-type"] == "image/png"
     out, original = pixels(result.content), pixels(png_bytes(image))
-    known = torch.from_numpy(np.array(mask)).reshape(-1) < 128
-    assert torch.equal(out[known], original[known])
-    assert not torch.equal(out[~known], original[~known])
+    fill = np.array(mask) >= 128
+    beyond = torch.from_numpy(band_weights(fill, job["params"]["blend"]) == 0).reshape(-1)
+    assert torch.equal(out[beyond], original[beyond])  # every pixel beyond the blend band, bit for bit
+    masked = torch.from_numpy(fill).reshape(-1)
+    assert not torch.equal(out[masked], original[masked])
 
 
 def test_num_samples_gives_several_results_and_seed_reproduces(api, worker):

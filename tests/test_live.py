@@ -18,6 +18,7 @@ import pytest
 from PIL import Image
 
 from service.client import RepaintClient
+from worker.blending import band_weights
 from tests.conftest import face_and_mask, png_bytes
 from tests.procs import ROOT, ApiProcess, WorkerProcess, free_port, submit, wait_final, wait_until
 
@@ -48,6 +49,7 @@ def test_events_stream_in_order_with_previews(service):
     assert statuses.index("running") < statuses.index("succeeded")
     previews = [d for e, d in events if e == "preview"]
     assert previews, kinds
+    assert all(3 * p["step"] >= 460 for p in previews)  # none while the estimate is mostly noise
     preview = client.http.get(previews[-1]["url"])
     assert preview.status_code == 200 and Image.open(io.BytesIO(preview.content)).size == (32, 32)
     # A finished job's stream is its final state at once.
@@ -78,7 +80,7 @@ def test_cli_submits_shows_progress_and_writes_the_result(service, tmp_path):
     assert "/" in done.stderr and "wrote" in done.stderr  # a progress bar and the files
     for name in ("out-1.png", "out-2.png"):
         out = np.asarray(Image.open(tmp_path / name))
-        known = np.asarray(mask) < 128
+        known = band_weights(np.asarray(mask) >= 128, 2) == 0  # beyond the default 2 px band
         assert out.shape == (32, 32, 3) and (out[known] == np.asarray(image)[known]).all()
     refused = run_cli(str(tmp_path / "i.png"), str(tmp_path / "m.png"), "-o", str(tmp_path / "x.png"),
                       "--url", service.url, "--model", "nope")
@@ -167,44 +169,3 @@ def test_webhooks_are_off_without_a_secret(redis_server):
             httpx.get(api.url + "/readyz").json()["warnings"])
     finally:
         api.stop()
-
-
-def test_the_page_paints_submits_and_shows_the_result(service, tmp_path):
-    playwright = pytest.importorskip("playwright.sync_api")
-    image, _ = face_and_mask(seed=9)
-    (tmp_path / "face.png").write_bytes(png_bytes(image.resize((256, 256), Image.Resampling.NEAREST)))
-    with playwright.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=chromium_path(), args=["--no-sandbox", "--disable-gpu"])
-        try:
-            page = browser.new_page()
-            errors = []
-            page.on("pageerror", lambda e: errors.append(str(e)))
-            page.goto(service.url + "/")
-            page.wait_for_function("document.querySelector('#model').options.length > 0")
-            page.set_input_files("#file", str(tmp_path / "face.png"))
-            page.wait_for_selector("#stage:not(.empty)")
-            box = page.locator("#mask-canvas").bounding_box()
-            page.mouse.move(box["x"] + box["width"] * 0.3, box["y"] + box["height"] * 0.4)
-            page.mouse.down()
-            page.mouse.move(box["x"] + box["width"] * 0.7, box["y"] + box["height"] * 0.45, steps=8)
-            page.mouse.up()
-            page.select_option("#preset", "fast")
-            page.click("#submit")
-            page.wait_for_selector("#results img.result", timeout=120_000)
-            src = page.get_attribute("#results img.result", "src")
-            assert src.startswith("/jobs/")
-            page.click("#toggle")
-            assert page.get_attribute("#results img.result", "src").startswith("blob:")
-            page.screenshot(path=str(tmp_path / "page.png"))
-            assert not errors, errors
-        finally:
-            browser.close()
-
-
-def chromium_path() -> str:
-    import shutil
-
-    path = shutil.which("chromium") or shutil.which("chromium-browser")
-    if path is None:
-        pytest.fail("Debian's chromium is needed for the page test (apt-get install chromium)")
-    return path

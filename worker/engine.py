@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING
 import redis.exceptions
 from rq.exceptions import StopRequested
 
-from . import jobs
+from . import geometry, jobs
 from .ledger import Lease, Ledger, Outcome
 from .params import JobParams
 from .runtime import JobInputError, Runtime
@@ -198,7 +198,8 @@ class BatchEngine:
             if image_png is None or mask_png is None:
                 raise JobInputError("the job's upload expired before a worker took it")
             prepared = self.runtime.prepare(image_png, mask_png, params)
-            self._until_redis(lambda: self.ledger.set_plan(lease, prepared.plan.describe()))
+            used = {"blend": geometry.auto_blend(prepared.plan) if params.blend is None else params.blend}
+            self._until_redis(lambda: self.ledger.set_plan(lease, prepared.plan.describe(), used))
             timeout = record.get("timeout") or None
             flight = self.scheduler.admit(lease.job_id, lease.token, params, prepared,
                                           timeout=timeout, webhook=params.webhook)
@@ -450,13 +451,16 @@ class BatchEngine:
         self._flush_stats()
 
     def _previews(self, now_: float, flights: list[Flight]) -> dict[str, tuple[bytes, int]]:
-        """PNGs of the current x0 estimates (sample 0 of each job), every preview_interval."""
+        """Each job's current estimate (sample 0) in its image, every preview_interval, once the
+        job is a third of the way: before that the estimate is mostly noise."""
+        flights = [f for f in flights if 3 * f.step >= f.total]
         if now_ - self._last_preview < self.settings.preview_interval or not flights:
             return {}
         self._last_preview = now_
         try:
             estimates = self.runtime.estimates(self.scheduler.batch, [f.samples[0] for f in flights])
-            return {f.job_id: (self.runtime.preview_png(x), f.step) for f, x in zip(flights, estimates)}
+            return {f.job_id: (self.runtime.preview_png(x, f.prepared, f.params), f.step)
+                    for f, x in zip(flights, estimates)}
         except Exception as exc:  # previews are a nicety: never a reason to stop the batch
             log.warning("previews skipped: %s", exc)
             return {}

@@ -8,14 +8,13 @@ Strategies:
   the aspect ratio is kept), scaled to the model's resolution. For masks that span the image.
 - `auto`: `crop` when a square crop with context fits inside the image, else `resize`.
 
-Whatever the strategy, only pixels inside the (optionally dilated) mask change: every other
-pixel is the uploaded one, bit for bit, in the uploaded mode. A feathered band of `blend`
-pixels along the inside of the mask edge mixes the generated pixels with the original ones.
+The model never sees what is under the mask: masked pixels are replaced by a smooth fill made
+from the known pixels around them before the region is scaled (`model_input`), so no pixel of
+a result depends on the hidden content (worker.blending pastes the fill back the same way).
 """
 
 from __future__ import annotations
 
-import io
 import math
 from dataclasses import asdict, dataclass
 
@@ -107,104 +106,70 @@ def to_rgb8(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
+def neutral_fill(rgb: np.ndarray, known: np.ndarray, work_side: int = 512) -> np.ndarray:
+    """`rgb` [H x W x 3] with every unknown pixel replaced by a local average of the known ones,
+    so that scaling the region mixes nothing hidden into the known pixels at the mask's edge,
+    and no hard edge either. Normalised convolution (blur of known pixels / blur of the known
+    mask) at a coarse and a fine scale, computed at most `work_side` pixels a side: the fill is
+    smooth, so a small version scaled up is as good and large photos stay cheap."""
+    if known.all():
+        return rgb
+    if not known.any():
+        return np.full_like(rgb, 127)
+    h, w = known.shape
+    factor = min(1.0, work_side / max(h, w))
+    size = (max(1, round(w * factor)), max(1, round(h * factor)))
+    weight = known.astype(np.float32)
+    # Only known pixels are averaged down (hidden ones are multiplied by 0 first).
+    num = [_resize_f(rgb[..., c].astype(np.float32) * weight, size) for c in range(3)]
+    den = _resize_f(weight, size)
+    filled = np.stack([n.sum() / max(den.sum(), 1e-6) for n in num])[None, None, :] * np.ones((*den.shape, 1))
+    for radius in (max(size) / 8, max(size) / 32):
+        blurred_den = _blur(den, max(1.0, radius))
+        local = np.stack([_blur(n, max(1.0, radius)) for n in num], -1) / np.maximum(blurred_den, 1e-6)[..., None]
+        filled = np.where(blurred_den[..., None] > 1e-3, local, filled)  # the finer scale refines near known pixels
+    full = np.stack([_resize_f(filled[..., c].astype(np.float32), (w, h)) for c in range(3)], -1)
+    return np.where(known[..., None], rgb, np.clip(full + 0.5, 0, 255).astype(np.uint8))
+
+
+def _resize_f(channel: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Area-average (down) or bilinear (up) resize of a float image."""
+    img = Image.fromarray(channel, mode="F")
+    method = Image.Resampling.BOX if size[0] <= img.width else Image.Resampling.BILINEAR
+    return np.asarray(img.resize(size, method))
+
+
+def _blur(channel: np.ndarray, radius: float) -> np.ndarray:
+    """About a Gaussian of this radius: three box blurs along each axis (zero outside)."""
+    out = channel.astype(np.float64)
+    width = max(1, int(round(radius)))
+    for axis in (0, 1):
+        for _ in range(3):
+            out = _box(out, width, axis)
+    return out
+
+
+def _box(a: np.ndarray, r: int, axis: int) -> np.ndarray:
+    """Sum over a window of 2r+1 along `axis` (cumulative sums: cost independent of r)."""
+    a = np.moveaxis(a, axis, 0)
+    padded = np.concatenate([np.zeros((r + 1, *a.shape[1:])), a, np.zeros((r, *a.shape[1:]))])
+    c = np.cumsum(padded, axis=0)
+    return np.moveaxis(c[2 * r + 1:] - c[:-(2 * r + 1)], 0, axis) / (2 * r + 1)
+
+
 def model_input(image: Image.Image, fill: np.ndarray, p: Plan) -> tuple[np.ndarray, np.ndarray]:
-    """(RGB uint8 [S x S x 3], keep [S x S] bool) for the model; padding counts as unknown."""
-    rgb = to_rgb8(image)
-    region = rgb.crop(p.box).resize((p.model_size, p.model_size), Image.Resampling.LANCZOS
-                                     if p.side > p.model_size else Image.Resampling.BICUBIC)
-    # A model pixel is known only if every image pixel under it is known and inside the image.
+    """(RGB uint8 [S x S x 3], keep [S x S] bool) for the model; padding counts as unknown.
+
+    Masked pixels never reach the model: they are replaced by `neutral_fill` before scaling."""
     x0, y0, x1, y1 = p.box
-    window = np.full((p.side, p.side), 255, dtype=np.uint8)
+    window = np.ones((p.side, p.side), dtype=bool)  # True = to fill (the mask, and padding)
     ix0, iy0, ix1, iy1 = max(x0, 0), max(y0, 0), min(x1, image.width), min(y1, image.height)
-    window[iy0 - y0:iy1 - y0, ix0 - x0:ix1 - x0] = fill[iy0:iy1, ix0:ix1].astype(np.uint8) * 255
-    coverage = np.asarray(Image.fromarray(window).resize((p.model_size, p.model_size), Image.Resampling.BOX))
-    return np.asarray(region), coverage == 0
-
-
-def feather(fill: np.ndarray, blend: int) -> np.ndarray:
-    """Weight of the generated pixels: 0 outside the mask, ramping to 1 over `blend` pixels inside."""
-    weight = fill.astype(np.float32)
-    if blend <= 0:
-        return weight
-    # Distance into the mask, approximated by repeated erosion (cheap, enough for a few pixels).
-    inside = Image.fromarray(fill.astype(np.uint8) * 255)
-    depth = np.zeros(fill.shape, dtype=np.float32)
-    current = inside
-    for step in range(1, blend + 1):
-        current = current.filter(ImageFilter.MinFilter(3))
-        depth += np.asarray(current) > 127
-    return np.where(fill, np.minimum(1.0, (depth + 1) / (blend + 1)), 0.0).astype(np.float32)
-
-
-def compose(original: Image.Image, generated_rgb: np.ndarray, fill: np.ndarray, p: Plan, blend: int) -> Image.Image:
-    """Paste the model's output back at the original size and mode; only masked pixels change."""
-    up = Image.fromarray(generated_rgb).resize((p.side, p.side), Image.Resampling.BICUBIC
-                                                 if p.side > p.model_size else Image.Resampling.LANCZOS)
-    canvas = Image.new("RGB", (original.width, original.height))
-    canvas.paste(up, (p.box[0], p.box[1]))  # the parts of the box outside the image fall away
-    generated = np.asarray(canvas).astype(np.float32)
-    weight = feather(fill, blend)[..., None]
-    rgb_original = np.asarray(to_rgb8(original)).astype(np.float32)
-    mixed = generated * weight + rgb_original * (1 - weight)
-    return _restore_mode(original, mixed, fill)
-
-
-def _restore_mode(original: Image.Image, mixed_rgb: np.ndarray, fill: np.ndarray) -> Image.Image:
-    """The composed RGB in the upload's mode, with every unmasked pixel copied from the upload."""
-    mode = original.mode
-    rgb8 = np.clip(mixed_rgb + 0.5, 0, 255).astype(np.uint8)
-    if mode in ("RGB", "RGBA"):
-        out = np.array(original)
-        out[..., :3][fill] = rgb8[fill]
-        return Image.fromarray(out)
-    if mode in ("L", "LA"):
-        out = np.array(original)
-        grey = np.asarray(Image.fromarray(rgb8).convert("L"))
-        if mode == "L":
-            out[fill] = grey[fill]
-        else:
-            out[..., 0][fill] = grey[fill]
-        return Image.fromarray(out)
-    if mode.startswith("I"):
-        out = np.array(original)
-        grey = np.asarray(Image.fromarray(rgb8).convert("L")).astype(np.float64)
-        peak = 65535 if mode.startswith("I;16") or out.max() > 255 else 255
-        out[fill] = np.round(grey[fill] / 255 * peak).astype(out.dtype)
-        result = Image.fromarray(out)
-        return result if result.mode == mode else result.convert(mode)
-    if mode == "P":
-        # Map the new pixels to the upload's own palette; unmasked indices stay as they were.
-        out = np.array(original)
-        palette_img = Image.new("P", (1, 1))
-        palette_img.putpalette(original.getpalette())
-        mapped = np.asarray(Image.fromarray(rgb8).quantize(palette=palette_img, dither=Image.Dither.NONE))
-        out[fill] = mapped[fill]
-        result = Image.frombytes("P", original.size, out.tobytes())
-        result.putpalette(original.getpalette())
-        if "transparency" in original.info:
-            result.info["transparency"] = original.info["transparency"]
-        return result
-    out = np.array(original.convert("RGB"))
-    out[fill] = rgb8[fill]
-    return Image.fromarray(out)
-
-
-OUTPUT_FORMATS = {"png": ("PNG", "image/png"), "jpeg": ("JPEG", "image/jpeg"), "webp": ("WEBP", "image/webp")}
-
-
-def encode(image: Image.Image, output_format: str) -> bytes:
-    fmt, _ = OUTPUT_FORMATS[output_format]
-    out = io.BytesIO()
-    if fmt != "PNG" and image.mode.startswith("I"):
-        image = to_l8(image)  # JPEG and WebP are 8-bit: scale 16-bit levels down, never clip
-    if fmt == "JPEG" and image.mode not in ("RGB", "L"):
-        image = image.convert("RGB")
-    if fmt == "WEBP" and image.mode not in ("RGB", "RGBA"):
-        image = image.convert("RGBA" if "A" in image.mode or "transparency" in image.info else "RGB")
-    if fmt == "PNG":
-        image.save(out, format="PNG", pnginfo=None)
-    elif fmt == "WEBP":
-        image.save(out, format="WEBP", lossless=False, quality=92)
-    else:
-        image.save(out, format="JPEG", quality=95)
-    return out.getvalue()
+    window[iy0 - y0:iy1 - y0, ix0 - x0:ix1 - x0] = fill[iy0:iy1, ix0:ix1]
+    region = np.asarray(to_rgb8(image).crop(p.box))
+    region = neutral_fill(region, ~window)
+    scaled = Image.fromarray(region).resize((p.model_size, p.model_size), Image.Resampling.LANCZOS
+                                            if p.side > p.model_size else Image.Resampling.BICUBIC)
+    # A model pixel is known only if every image pixel under it is known and inside the image.
+    coverage = np.asarray(Image.fromarray(window.astype(np.uint8) * 255).resize(
+        (p.model_size, p.model_size), Image.Resampling.BOX))
+    return np.asarray(scaled), coverage == 0

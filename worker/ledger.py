@@ -330,8 +330,19 @@ class Ledger:
         Not a status transition: it may arrive after the job is final, and it never changes one."""
         return bool(self._webhook_state(keys=[jobs.job_key(job_id)], args=[jobs.dumps(state)]))
 
-    def set_plan(self, lease: Lease, plan: dict) -> bool:
-        return self._owned_write(lease, lambda pipe: pipe.hset(jobs.job_key(lease.job_id), "plan", jobs.dumps(plan)))
+    def set_plan(self, lease: Lease, plan: dict, used: dict | None = None) -> bool:
+        """The worker's plan for the job, and the parameters it resolved (the `blend` a job left
+        to the default): the record's `params` then say what was actually used."""
+        def body(pipe):
+            record, refusal = self._owned(pipe, lease)
+            if refusal:
+                return False
+            pipe.multi()
+            pipe.hset(jobs.job_key(lease.job_id), mapping={
+                "plan": jobs.dumps(plan), "params": jobs.dumps({**record["params"], **(used or {})})})
+            return True
+
+        return self._transact([jobs.job_key(lease.job_id)], body)
 
     def succeed(self, lease: Lease, results: list[bytes], *, evaluations: int,
                 seconds_per_pass: float | None = None) -> Outcome:
@@ -441,17 +452,6 @@ class Ledger:
         if record["status"] != JobStatus.RUNNING.value or record.get("owner") != lease.token:
             return record, Outcome.NOT_OWNER
         return record, None
-
-    def _owned_write(self, lease: Lease, write) -> bool:
-        def body(pipe):
-            _, refusal = self._owned(pipe, lease)
-            if refusal:
-                return False
-            pipe.multi()
-            write(pipe)
-            return True
-
-        return self._transact([jobs.job_key(lease.job_id)], body)
 
     def _end_execution(self, lease: Lease, error: dict, *, charge: bool, final_unless_retryable: bool,
                        require_lapsed: bool = False, op: str | None = None) -> Outcome:

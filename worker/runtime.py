@@ -15,12 +15,15 @@ from PIL import Image
 
 import models
 
-from . import geometry
+from . import blending, encoding, geometry
 from .imaging import from_model_range, to_model_range
 from .params import JobParams, ParamError, check_for_model, check_output_size
 from .settings import WorkerSettings
 
 log = logging.getLogger(__name__)
+
+# The longer side of preview images (results keep the upload's size; previews need not).
+PREVIEW_SIDE = 1024
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
@@ -171,21 +174,38 @@ class Runtime:
             raise JobInputError(f"the result cannot be encoded as {params.output_format}: {exc}") from exc
 
     def _encode(self, out: torch.Tensor, prepared: PreparedJob, params: JobParams) -> list[bytes]:
-        pixels = from_model_range(out.float()).cpu()
-        # Known model pixels are the model input's, exactly, before scaling back.
-        pixels = torch.where(prepared.keep.expand_as(prepared.image), prepared.image, pixels)
         results = []
-        for p in pixels:
+        for p in self._model_pixels(out, prepared):
             blend = geometry.auto_blend(prepared.plan) if params.blend is None else params.blend
-            composed = geometry.compose(prepared.original, p.permute(1, 2, 0).numpy(), prepared.fill,
-                                        prepared.plan, blend)
-            results.append(geometry.encode(composed, params.output_format))
+            composed = blending.compose(prepared.original, p, prepared.fill, prepared.plan, blend)
+            results.append(encoding.encode(composed, params.output_format))
         return results
 
-    def preview_png(self, x0: torch.Tensor) -> bytes:
-        """A [3 x S x S] estimate in [-1, 1] as a PNG (the model's view of the job)."""
+    @staticmethod
+    def _model_pixels(out: torch.Tensor, prepared: PreparedJob) -> list[np.ndarray]:
+        """[N x 3 x S x S] in [-1, 1] as N RGB uint8 arrays; known model pixels are the model
+        input's, exactly, before scaling back."""
+        pixels = from_model_range(out.float()).cpu()
+        pixels = torch.where(prepared.keep.expand_as(prepared.image), prepared.image, pixels)
+        return [p.permute(1, 2, 0).numpy() for p in pixels]
+
+    def preview_png(self, x0: torch.Tensor, prepared: PreparedJob, params: JobParams) -> bytes:
+        """A running job's current estimate (one sample, [3 x S x S]) pasted into its image as the
+        result will be, at most PREVIEW_SIDE pixels a side: what the user will get, not the
+        model's crop."""
+        original, fill, plan = prepared.original, prepared.fill, prepared.plan
+        factor = min(1.0, PREVIEW_SIDE / max(original.size))
+        if factor < 1:
+            size = (max(1, round(original.width * factor)), max(1, round(original.height * factor)))
+            original = geometry.to_rgb8(original).resize(size, Image.Resampling.BILINEAR)
+            fill = np.asarray(Image.fromarray(fill.astype(np.uint8) * 255).resize(size, Image.Resampling.BILINEAR)) > 0
+            side = max(1, round(plan.side * factor))
+            left, top = round(plan.box[0] * factor), round(plan.box[1] * factor)
+            plan = geometry.Plan(plan.strategy, (left, top, left + side, top + side), plan.model_size)
+        blend = geometry.auto_blend(plan) if params.blend is None else round(params.blend * factor)
+        composed = blending.compose(original, self._model_pixels(x0[None], prepared)[0], fill, plan, blend)
         out = io.BytesIO()
-        Image.fromarray(from_model_range(x0.float()).cpu().permute(1, 2, 0).numpy()).save(out, format="PNG")
+        geometry.to_rgb8(composed).save(out, format="PNG")
         return out.getvalue()
 
     # ---- the network ---------------------------------------------------------------------------

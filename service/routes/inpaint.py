@@ -7,7 +7,7 @@ import json
 import secrets
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, File, Form, Header, HTTPException, Request, Response, UploadFile, status
+from fastapi import APIRouter, Depends, File, Form, Header, HTTPException, Request, Response, UploadFile, status
 
 from worker.jobs import JobStatus
 from worker.ledger import IdempotencyConflict, new_job_id
@@ -24,6 +24,21 @@ router = APIRouter(tags=["jobs"], dependencies=[ApiKey])
 # Seeds stay below 2^53 so that JavaScript clients (the page) read them back exactly.
 MAX_SEED = 2**53
 
+# The form fields of POST /inpaint (a test checks them against the endpoint's schema).
+FORM_FIELDS = frozenset({
+    "image", "mask", "model", "seed", "num_samples", "preset", "steps", "jump_length", "jump_n_sample",
+    "class_label", "classifier_scale", "strategy", "blend", "mask_dilate", "output_format", "webhook",
+    "webhook_events"})
+
+
+async def refuse_unknown_fields(request: Request) -> None:
+    """A misspelt field (`stpes`) would otherwise be ignored and the default used silently.
+    The form is already parsed (and cached on the request) by the time this runs."""
+    form = await request.form()
+    unknown = sorted(set(form.keys()) - FORM_FIELDS)
+    if unknown:
+        raise HTTPException(422, f"unknown form field(s) {unknown}; the fields are {sorted(FORM_FIELDS)}")
+
 
 @router.post(
     "/inpaint", status_code=status.HTTP_202_ACCEPTED, response_model=JobCreated,
@@ -35,6 +50,7 @@ MAX_SEED = 2**53
                415: {"model": ErrorBody, "description": "not a PNG, JPEG or WebP"},
                422: {"model": ErrorBody, "description": "invalid image, mask or parameter"}},
     summary="Queue an inpainting job",
+    dependencies=[Depends(refuse_unknown_fields)],
 )
 def create_inpaint_job(
     redis: RedisDep,

@@ -1,12 +1,37 @@
-// The repaint page: paint a mask over an image, submit it, follow the job live, show results.
+// The repaint page: paint a mask over an image, submit it, follow the job live, compare the result.
+//
+// One box shows everything, at the image's aspect ratio: the image with its mask while painting, the
+// live estimate while a job runs, and the result (with a before/after split) when it is done, so all
+// three are the same size on screen. The mask canvas has the image's own size: the brush is in image
+// pixels, and strokes are kept as a list (undo/redo replays them).
 "use strict";
 
 const $ = (id) => document.getElementById(id);
+const stage = $("stage");
+const viewport = $("viewport");
+const content = $("content");
 const imageCanvas = $("image-canvas");
 const maskCanvas = $("mask-canvas");
 const maskCtx = maskCanvas.getContext("2d");
-const state = { file: null, imageUrl: null, drawing: false, erasing: false, undo: [], last: null,
-                painted: false, events: null, results: [], showBefore: false };
+const previewImage = $("preview-image");
+const resultImage = $("result-image");
+const cursor = $("brush-cursor");
+const MASK_COLOR = "rgb(255, 0, 200)";
+const MAX_ZOOM_PIXELS = 16;  // zoom in until one image pixel is this many screen pixels
+
+const state = {
+  file: null, width: 0, height: 0,        // the image being painted on
+  ops: [], redone: [], stroke: null,      // mask strokes ({erase, width, points}) and clears ({clear})
+  painted: false, erasing: false,
+  view: "edit",                           // "edit": image + mask; "result": live estimate or result
+  zoom: 1,                                // 1 = the image fits the box
+  pointer: null, overStage: false, spaceDown: false, pan: null, splitDrag: false,
+  models: [], presets: {}, modelsLoaded: false, signature: null,
+  job: null,                              // {id, total, fraction, previewStep, results, final}
+  events: null, sample: 0, split: 0, splitBeforeToggle: null,
+};
+
+// ---------------------------------------------------------------- errors
 
 function showError(message) {
   const el = $("error");
@@ -28,124 +53,552 @@ async function errorText(response) {
   }
 }
 
+// ---------------------------------------------------------------- models and quality
+
+const fmt = (n) => Number(n).toLocaleString("en");
+
+function countEvaluations(steps, jumpLength, jumpNSample) {
+  // As the API counts them (worker.params.count_evaluations): every step once, and each stretch
+  // that starts below steps - jump_length redone jump_n_sample - 1 more times.
+  if (!(steps >= 1 && jumpLength >= 1 && jumpNSample >= 1)) return null;
+  const stretches = Math.max(0, Math.ceil((steps - jumpLength) / jumpLength));
+  return steps + (jumpNSample - 1) * jumpLength * stretches;
+}
+
+function selectedModel() {
+  return state.models.find((m) => m.name === $("model").value) || null;
+}
+
 async function loadModels() {
   try {
-    const response = await fetch("/models");
+    const response = await fetch("/models", { cache: "no-store" });
     if (!response.ok) throw new Error(await errorText(response));
     const data = await response.json();
-    const model = $("model");
-    model.innerHTML = "";
-    for (const m of data.models) {
-      const option = new Option(`${m.name} (${m.image_size}px, ${m.workers} worker${m.workers === 1 ? "" : "s"})`, m.name);
-      option.selected = m.name === data.default;
-      model.add(option);
+    state.models = data.models;
+    state.presets = data.presets || {};
+    // Rebuilt only when they change (the list refreshes in the background; an open menu stays open).
+    const signature = JSON.stringify([data.models.map((m) => [m.name, m.defaults]), state.presets]);
+    if (signature !== state.signature) {
+      state.signature = signature;
+      const model = $("model");
+      const keep = state.modelsLoaded ? model.value : data.default;
+      model.innerHTML = "";
+      for (const m of data.models) {
+        const option = new Option(m.name, m.name);
+        option.selected = m.name === keep;
+        model.add(option);
+      }
+      if (!data.models.length) model.add(new Option("no model is being served yet", ""));
+      fillPresets(state.modelsLoaded ? $("preset").value : "balanced");
+      state.modelsLoaded = true;
     }
-    if (!data.models.length) model.add(new Option("no model is being served yet", ""));
-    const preset = $("preset");
-    preset.innerHTML = "";
-    preset.add(new Option("model default", ""));
-    for (const [name, p] of Object.entries(data.presets)) {
-      const option = new Option(`${name} (${p.evaluations} steps)`, name);
-      option.selected = name === "balanced";
-      preset.add(option);
-    }
+    describeModel();
   } catch (e) {
     showError(`Could not load the models: ${e.message}`);
   }
 }
+
+function fillPresets(keep) {
+  const preset = $("preset");
+  const m = selectedModel();
+  preset.innerHTML = "";
+  if (m && m.defaults) {
+    const d = m.defaults;
+    preset.add(new Option(`model default — ${fmt(d.steps)} steps, `
+      + `${fmt(countEvaluations(d.steps, d.jump_length, d.jump_n_sample))} evaluations`, ""));
+  } else {
+    preset.add(new Option("model default", ""));
+  }
+  for (const [name, p] of Object.entries(state.presets)) {
+    preset.add(new Option(`${name} — ${fmt(p.steps)} steps, ${fmt(p.evaluations)} evaluations`, name));
+  }
+  preset.add(new Option("custom…", "custom"));
+  preset.value = [...preset.options].some((o) => o.value === keep) ? keep : "";
+  describeCost();
+}
+
+function describeModel() {
+  const m = selectedModel();
+  const notes = $("model-notes");
+  notes.classList.remove("warn");
+  if (!m) { notes.textContent = ""; return; }
+  const workers = `${m.workers} worker${m.workers === 1 ? "" : "s"}`;
+  const parts = [m.description, `works on ${m.image_size}×${m.image_size} px`, `${workers}, ${m.queued} queued`];
+  notes.textContent = parts.filter(Boolean).join(" · ");
+  if (m.workers === 0) {
+    notes.append(document.createElement("br"), "No worker runs this model now: jobs wait in the queue until one starts.");
+    notes.classList.add("warn");
+  }
+}
+
+function schedule() {
+  // The steps, jump length and jump samples the job will use, as far as the page knows.
+  const value = $("preset").value;
+  if (value === "custom") {
+    return { steps: Number($("steps").value), jump_length: Number($("jump-length").value),
+             jump_n_sample: Number($("jump-n-sample").value) };
+  }
+  if (value) return state.presets[value] || null;
+  const m = selectedModel();
+  return m && m.defaults ? m.defaults : null;
+}
+
+function describeCost() {
+  $("custom").hidden = $("preset").value !== "custom";
+  const s = schedule();
+  const samples = Math.max(1, Number($("num-samples").value) || 1);
+  const cost = $("cost");
+  if (!s) { cost.textContent = ""; return; }
+  const evaluations = countEvaluations(s.steps, s.jump_length, s.jump_n_sample);
+  if (evaluations == null) { cost.textContent = "Steps, jump length and jump samples must be at least 1."; return; }
+  cost.textContent = `${fmt(s.steps)} steps; each stretch of ${fmt(s.jump_length)} is sampled `
+    + `${fmt(s.jump_n_sample)}×: ${fmt(evaluations)} network evaluations per sample`
+    + (samples > 1 ? `, ${fmt(evaluations * samples)} for ${samples} samples.` : ".");
+}
+
+$("model").addEventListener("change", () => { fillPresets($("preset").value); describeModel(); });
+for (const id of ["preset", "steps", "jump-length", "jump-n-sample", "num-samples"]) {
+  $(id).addEventListener("input", describeCost);
+}
+
+// ---------------------------------------------------------------- the image and the box
 
 function openImage(file) {
   const url = URL.createObjectURL(file);
   const img = new Image();
   img.onload = () => {
     state.file = file;
-    state.imageUrl = url;
-    for (const c of [imageCanvas, maskCanvas]) { c.width = img.naturalWidth; c.height = img.naturalHeight; }
-    imageCanvas.getContext("2d").drawImage(img, 0, 0);
-    maskCtx.clearRect(0, 0, maskCanvas.width, maskCanvas.height);
-    state.undo = [];
+    state.width = img.naturalWidth;
+    state.height = img.naturalHeight;
+    for (const c of [imageCanvas, maskCanvas]) { c.width = state.width; c.height = state.height; }
+    const ctx = imageCanvas.getContext("2d");
+    ctx.clearRect(0, 0, state.width, state.height);
+    ctx.drawImage(img, 0, 0);
+    URL.revokeObjectURL(url);
+    state.ops = [];
+    state.redone = [];
     state.painted = false;
-    $("stage").classList.remove("empty");
+    replayMask();
+    // A brush about a twentieth of the image, at most a third of it.
+    const longest = Math.max(state.width, state.height);
+    const brush = $("brush");
+    brush.max = String(Math.max(8, Math.round(longest / 3)));
+    setBrush(Math.round(longest / 24));
+    stage.style.setProperty("--ar", String(state.width / state.height));
+    stage.style.aspectRatio = `${state.width} / ${state.height}`;
+    stage.classList.remove("empty");
+    forgetJob();
+    state.zoom = 1;
+    setView("edit");
+    layout();
     updateButtons();
     showError("");
   };
-  img.onerror = () => showError("This file could not be opened as an image.");
+  img.onerror = () => { URL.revokeObjectURL(url); showError("This file could not be opened as an image."); };
   img.src = url;
 }
 
-function updateButtons() {
-  $("undo").disabled = state.undo.length === 0;
-  $("clear").disabled = !state.painted;
-  $("submit").disabled = !state.file || !state.painted;
+function fitSize() {
+  // The box's size on screen, which is the image's size at zoom 1 (the box has its aspect ratio).
+  const rect = stage.getBoundingClientRect();
+  return { width: rect.width, height: rect.width * state.height / state.width };
 }
 
-function canvasPoint(event) {
-  const rect = maskCanvas.getBoundingClientRect();
-  return { x: (event.clientX - rect.left) * (maskCanvas.width / rect.width),
-           y: (event.clientY - rect.top) * (maskCanvas.height / rect.height) };
+function oneToOne() {
+  return state.width / Math.max(fitSize().width, 1);
+}
+
+function zoomLimits() {
+  const one = oneToOne();
+  return { min: Math.min(1, one), max: Math.max(4, one * MAX_ZOOM_PIXELS) };
+}
+
+function scale() {
+  // Screen pixels per image pixel.
+  return content.getBoundingClientRect().width / Math.max(state.width, 1);
+}
+
+function layout() {
+  if (!state.width) return;
+  const fit = fitSize();
+  content.style.width = `${fit.width * state.zoom}px`;
+  content.style.height = `${fit.height * state.zoom}px`;
+  viewport.classList.toggle("zoomed", state.zoom > 1.0001);
+  const s = scale();
+  content.classList.toggle("pixelated", s >= 2);
+  $("zoom-level").textContent = `${Math.round(s * 100)}%`;
+  $("image-info").textContent = `${state.width} × ${state.height} px`;
+  const limits = zoomLimits();
+  $("zoom-in").disabled = state.zoom >= limits.max - 1e-6;
+  $("zoom-out").disabled = state.zoom <= limits.min + 1e-6;
+  $("zoom-fit").disabled = Math.abs(state.zoom - 1) < 1e-6;
+  $("zoom-1").disabled = Math.abs(state.zoom - oneToOne()) < 1e-6;
+  drawCursor();
+}
+
+function setZoom(zoom, anchor) {
+  // anchor: a point in the viewport (client coordinates) that stays over the same image pixel.
+  if (!state.width) return;
+  const limits = zoomLimits();
+  zoom = Math.min(limits.max, Math.max(limits.min, zoom));
+  const vr = viewport.getBoundingClientRect();
+  const cr = content.getBoundingClientRect();
+  const ax = anchor ? anchor.x - vr.left : vr.width / 2;
+  const ay = anchor ? anchor.y - vr.top : vr.height / 2;
+  // The anchor as a fraction of the content.
+  const fx = (vr.left + ax - cr.left) / cr.width;
+  const fy = (vr.top + ay - cr.top) / cr.height;
+  state.zoom = zoom;
+  layout();
+  const nr = content.getBoundingClientRect();
+  viewport.scrollLeft += (nr.left + fx * nr.width) - (vr.left + ax);
+  viewport.scrollTop += (nr.top + fy * nr.height) - (vr.top + ay);
+}
+
+new ResizeObserver(() => layout()).observe(stage);
+
+$("zoom-in").addEventListener("click", () => setZoom(state.zoom * 1.5));
+$("zoom-out").addEventListener("click", () => setZoom(state.zoom / 1.5));
+$("zoom-fit").addEventListener("click", () => setZoom(1));
+$("zoom-1").addEventListener("click", () => setZoom(oneToOne()));
+viewport.addEventListener("wheel", (event) => {
+  if (!state.width || !(event.ctrlKey || event.metaKey)) return;  // plain wheel scrolls
+  event.preventDefault();
+  setZoom(state.zoom * Math.exp(-event.deltaY * 0.002), { x: event.clientX, y: event.clientY });
+}, { passive: false });
+
+// ---------------------------------------------------------------- views
+
+function setView(view) {
+  state.view = view;
+  render();
+}
+
+function render() {
+  const job = state.job;
+  const results = job && job.results && job.results.length ? job.results : null;
+  const showingResult = state.view === "result" && results;
+  const showingPreview = state.view === "result" && !results && job && job.previewStep != null;
+  stage.dataset.view = state.view;
+  stage.classList.toggle("comparing", Boolean(showingResult));
+  previewImage.hidden = !showingPreview;
+  resultImage.hidden = !showingResult;
+  $("compare-line").hidden = !showingResult;
+  maskCanvas.hidden = Boolean(showingResult || showingPreview);
+  for (const el of stage.querySelectorAll(".corner")) el.hidden = !showingResult;
+  $("result-tools").hidden = !showingResult;
+  $("view-tools").hidden = !state.width;
+  $("preview-note").hidden = !job || job.final || job.previewStep != null;
+  $("view-edit").setAttribute("aria-selected", String(state.view === "edit"));
+  $("view-result").setAttribute("aria-selected", String(state.view === "result"));
+  $("view-result").disabled = !job;
+  $("view-result").textContent = results ? "Result" : "Live estimate";
+  const badge = $("badge");
+  badge.hidden = state.view !== "result" || !job || (showingResult && results.length === 1);
+  if (showingResult) {
+    badge.textContent = `Sample ${state.sample + 1} of ${results.length} (seed ${job.seed + state.sample})`;
+  } else if (showingPreview) {
+    badge.textContent = `Live estimate at ${Math.round(100 * (job.fraction || 0))}%`;
+  } else if (job && !job.final) {
+    badge.textContent = "Waiting for the live estimate (it appears after a third of the work)";
+  } else if (job) {
+    badge.textContent = "No result";
+  }
+  applySplit();
+  drawCursor();
+}
+
+$("view-edit").addEventListener("click", () => setView("edit"));
+$("view-result").addEventListener("click", () => setView("result"));
+
+// ---------------------------------------------------------------- the brush and the mask
+
+function setBrush(value) {
+  const brush = $("brush");
+  const v = Math.min(Number(brush.max), Math.max(Number(brush.min), Math.round(value)));
+  brush.value = String(v);
+  $("brush-size").textContent = String(v);
+  drawCursor();
 }
 
 function brushWidth() {
-  // The slider is in screen pixels; convert to image pixels so the brush looks the same at any zoom.
-  const rect = maskCanvas.getBoundingClientRect();
-  return Number($("brush").value) * (maskCanvas.width / Math.max(rect.width, 1));
+  return Number($("brush").value);  // image pixels
 }
 
-function strokeTo(point) {
-  maskCtx.globalCompositeOperation = state.erasing ? "destination-out" : "source-over";
-  maskCtx.strokeStyle = "rgba(255, 40, 80, 1)";
-  maskCtx.fillStyle = "rgba(255, 40, 80, 1)";
-  maskCtx.lineCap = "round";
-  maskCtx.lineJoin = "round";
-  maskCtx.lineWidth = brushWidth();
-  maskCtx.beginPath();
-  const from = state.last || point;
-  maskCtx.moveTo(from.x, from.y);
-  maskCtx.lineTo(point.x, point.y);
-  maskCtx.stroke();
-  state.last = point;
+function imagePoint(event) {
+  const rect = content.getBoundingClientRect();
+  return { x: (event.clientX - rect.left) * (state.width / rect.width),
+           y: (event.clientY - rect.top) * (state.height / rect.height) };
 }
 
-maskCanvas.addEventListener("pointerdown", (event) => {
-  if (!state.file) return;
-  state.undo.push(maskCtx.getImageData(0, 0, maskCanvas.width, maskCanvas.height));
-  if (state.undo.length > 30) state.undo.shift();
-  state.drawing = true;
-  state.last = null;
-  maskCanvas.setPointerCapture(event.pointerId);
-  strokeTo(canvasPoint(event));
-  state.painted = true;
-  updateButtons();
-});
-maskCanvas.addEventListener("pointermove", (event) => { if (state.drawing) strokeTo(canvasPoint(event)); });
-for (const type of ["pointerup", "pointercancel"]) {
-  maskCanvas.addEventListener(type, () => { state.drawing = false; state.last = null; });
+function drawCursor() {
+  const p = state.pointer;
+  const visible = p && state.width && state.view === "edit" && !state.pan && !state.spaceDown;
+  cursor.hidden = !visible;
+  if (!visible) return;
+  const s = scale();
+  const d = Math.max(brushWidth() * s, 3);
+  cursor.style.width = cursor.style.height = `${d}px`;
+  cursor.style.left = `${p.x * s}px`;
+  cursor.style.top = `${p.y * s}px`;
+  cursor.classList.toggle("erasing", state.erasing);
 }
 
-$("file").addEventListener("change", (event) => { if (event.target.files[0]) openImage(event.target.files[0]); });
-$("brush").addEventListener("input", () => { $("brush-size").textContent = $("brush").value; });
-$("eraser").addEventListener("click", () => {
-  state.erasing = !state.erasing;
-  $("eraser").setAttribute("aria-pressed", String(state.erasing));
-});
-$("undo").addEventListener("click", () => {
-  const previous = state.undo.pop();
-  if (previous) maskCtx.putImageData(previous, 0, 0);
-  state.painted = hasPaint();
-  updateButtons();
-});
-$("clear").addEventListener("click", () => {
-  state.undo.push(maskCtx.getImageData(0, 0, maskCanvas.width, maskCanvas.height));
+let cursorTimer = null;
+function flashCursor() {
+  // Show the brush's size in the middle of the image while it changes with the pointer elsewhere.
+  if (state.overStage || !state.width) { drawCursor(); return; }
+  state.pointer = { x: state.width / 2, y: state.height / 2 };
+  drawCursor();
+  clearTimeout(cursorTimer);
+  cursorTimer = setTimeout(() => { if (!state.overStage) { state.pointer = null; drawCursor(); } }, 900);
+}
+
+function strokePath(ctx, stroke, from) {
+  ctx.globalCompositeOperation = stroke.erase ? "destination-out" : "source-over";
+  ctx.strokeStyle = ctx.fillStyle = MASK_COLOR;
+  ctx.lineCap = "round";
+  ctx.lineJoin = "round";
+  ctx.lineWidth = stroke.width;
+  const pts = stroke.points;
+  if (from === 0) {
+    ctx.beginPath();
+    ctx.arc(pts[0].x, pts[0].y, stroke.width / 2, 0, 2 * Math.PI);
+    ctx.fill();
+  }
+  if (pts.length > 1 && from < pts.length) {
+    ctx.beginPath();
+    const start = pts[Math.max(from - 1, 0)];
+    ctx.moveTo(start.x, start.y);
+    for (let i = Math.max(from, 1); i < pts.length; i++) ctx.lineTo(pts[i].x, pts[i].y);
+    ctx.stroke();
+  }
+  ctx.globalCompositeOperation = "source-over";
+}
+
+function replayMask() {
   maskCtx.clearRect(0, 0, maskCanvas.width, maskCanvas.height);
-  state.painted = false;
-  updateButtons();
-});
+  for (const op of state.ops) {
+    if (op.clear) maskCtx.clearRect(0, 0, maskCanvas.width, maskCanvas.height);
+    else strokePath(maskCtx, op, 0);
+  }
+}
 
 function hasPaint() {
+  if (!state.width) return false;
   const data = maskCtx.getImageData(0, 0, maskCanvas.width, maskCanvas.height).data;
   for (let i = 3; i < data.length; i += 4) if (data[i] > 127) return true;
   return false;
 }
+
+function updateButtons() {
+  $("undo").disabled = state.ops.length === 0;
+  $("redo").disabled = state.redone.length === 0;
+  $("clear").disabled = !state.painted;
+  $("submit").disabled = !state.file || !state.painted;
+  for (const id of ["zoom-in", "zoom-out", "zoom-fit", "zoom-1"]) if (!state.width) $(id).disabled = true;
+}
+
+function editing() {
+  // Brush controls used while the result is shown: go back to the mask, where they act.
+  if (state.view !== "edit" && state.width) setView("edit");
+}
+
+function undo() {
+  editing();
+  const op = state.ops.pop();
+  if (!op) return;
+  state.redone.push(op);
+  replayMask();
+  state.painted = hasPaint();
+  updateButtons();
+}
+
+function redo() {
+  editing();
+  const op = state.redone.pop();
+  if (!op) return;
+  state.ops.push(op);
+  replayMask();
+  state.painted = hasPaint();
+  updateButtons();
+}
+
+function clearMask() {
+  editing();
+  if (!state.painted) return;
+  state.ops.push({ clear: true });
+  state.redone = [];
+  replayMask();
+  state.painted = false;
+  updateButtons();
+}
+
+function toggleEraser() {
+  editing();
+  state.erasing = !state.erasing;
+  $("eraser").setAttribute("aria-pressed", String(state.erasing));
+  drawCursor();
+}
+
+maskCanvas.addEventListener("pointerdown", (event) => {
+  if (!state.file || state.view !== "edit" || event.button !== 0 || state.spaceDown) return;
+  event.preventDefault();
+  const point = imagePoint(event);
+  state.stroke = { erase: state.erasing, width: brushWidth(), points: [point] };
+  state.ops.push(state.stroke);
+  state.redone = [];
+  maskCanvas.setPointerCapture(event.pointerId);
+  strokePath(maskCtx, state.stroke, 0);
+});
+maskCanvas.addEventListener("pointermove", (event) => {
+  if (!state.stroke) return;
+  const events = event.getCoalescedEvents ? event.getCoalescedEvents() : [event];
+  const from = state.stroke.points.length;
+  for (const e of (events.length ? events : [event])) state.stroke.points.push(imagePoint(e));
+  strokePath(maskCtx, state.stroke, from);
+});
+for (const type of ["pointerup", "pointercancel"]) {
+  maskCanvas.addEventListener(type, () => {
+    if (!state.stroke) return;
+    const erased = state.stroke.erase;
+    state.stroke = null;
+    state.painted = erased ? hasPaint() : true;
+    updateButtons();
+  });
+}
+
+// The pointer over the box: the brush outline, and panning (space or middle button; plain drag
+// when there is nothing to paint).
+viewport.addEventListener("pointermove", (event) => {
+  state.overStage = true;
+  if (state.width) state.pointer = imagePoint(event);
+  if (state.pan) {
+    viewport.scrollLeft = state.pan.left - (event.clientX - state.pan.x);
+    viewport.scrollTop = state.pan.top - (event.clientY - state.pan.y);
+  }
+  drawCursor();
+});
+viewport.addEventListener("pointerleave", () => {
+  state.overStage = false;
+  state.pointer = null;
+  drawCursor();
+});
+viewport.addEventListener("pointerdown", (event) => {
+  if (!state.width || event.target.closest("#compare-line")) return;
+  const panning = event.button === 1 || (event.button === 0 && (state.spaceDown || state.view !== "edit"));
+  if (!panning) return;
+  event.preventDefault();
+  state.pan = { x: event.clientX, y: event.clientY, left: viewport.scrollLeft, top: viewport.scrollTop };
+  viewport.setPointerCapture(event.pointerId);
+  viewport.classList.add("panning");
+  drawCursor();
+});
+for (const type of ["pointerup", "pointercancel"]) {
+  viewport.addEventListener(type, () => {
+    if (!state.pan) return;
+    state.pan = null;
+    viewport.classList.remove("panning");
+    drawCursor();
+  });
+}
+
+$("file").addEventListener("change", (event) => {
+  if (event.target.files[0]) openImage(event.target.files[0]);
+  event.target.value = "";
+});
+$("brush").addEventListener("input", () => { editing(); setBrush(Number($("brush").value)); flashCursor(); });
+$("eraser").addEventListener("click", toggleEraser);
+$("undo").addEventListener("click", undo);
+$("redo").addEventListener("click", redo);
+$("clear").addEventListener("click", clearMask);
+
+// Drop or paste an image.
+stage.addEventListener("dragover", (event) => { event.preventDefault(); stage.classList.add("dropping"); });
+stage.addEventListener("dragleave", () => stage.classList.remove("dropping"));
+stage.addEventListener("drop", (event) => {
+  event.preventDefault();
+  stage.classList.remove("dropping");
+  const file = [...(event.dataTransfer.files || [])].find((f) => f.type.startsWith("image/"));
+  if (file) openImage(file);
+});
+document.addEventListener("paste", (event) => {
+  const file = [...(event.clipboardData ? event.clipboardData.files : [])].find((f) => f.type.startsWith("image/"));
+  if (file) { event.preventDefault(); openImage(file); }
+});
+
+// ---------------------------------------------------------------- keyboard
+
+document.addEventListener("keydown", (event) => {
+  const t = event.target;
+  const typing = t.matches && t.matches("input:not([type=range]):not([type=file]), select, textarea");
+  if (typing) return;
+  const mod = event.ctrlKey || event.metaKey;
+  const key = event.key.toLowerCase();
+  if (mod && key === "z") { event.preventDefault(); (event.shiftKey ? redo : undo)(); return; }
+  if (mod && key === "y") { event.preventDefault(); redo(); return; }
+  if (mod || event.altKey) return;
+  if (event.key === "[") { editing(); setBrush(Math.min(brushWidth() - 1, Math.round(brushWidth() / 1.15))); flashCursor(); }
+  else if (event.key === "]") { editing(); setBrush(Math.max(brushWidth() + 1, Math.round(brushWidth() * 1.15))); flashCursor(); }
+  else if (key === "e") toggleEraser();
+  else if (event.key === "+" || event.key === "=") setZoom(state.zoom * 1.5, state.overStage ? lastClient : null);
+  else if (event.key === "-" || event.key === "_") setZoom(state.zoom / 1.5, state.overStage ? lastClient : null);
+  else if (event.key === "0") setZoom(1);
+  else if (event.key === "1") setZoom(oneToOne(), state.overStage ? lastClient : null);
+  else if (key === "b") toggleBefore();
+  else if (event.key === " " && state.overStage && state.width) {
+    event.preventDefault();
+    if (!state.spaceDown) { state.spaceDown = true; viewport.classList.add("can-pan"); drawCursor(); }
+  } else return;
+});
+document.addEventListener("keyup", (event) => {
+  if (event.key === " " && state.spaceDown) {
+    state.spaceDown = false;
+    viewport.classList.remove("can-pan");
+    drawCursor();
+  }
+});
+let lastClient = null;
+document.addEventListener("pointermove", (event) => { lastClient = { x: event.clientX, y: event.clientY }; });
+
+// ---------------------------------------------------------------- before/after
+
+function applySplit() {
+  content.style.setProperty("--split", `${state.split}%`);
+  $("compare").value = String(state.split);
+  $("toggle").setAttribute("aria-pressed", String(state.split >= 100));
+  $("toggle").textContent = state.split >= 100 ? "Show after" : "Show before";
+}
+
+function setSplit(value) {
+  state.split = Math.min(100, Math.max(0, value));
+  applySplit();
+}
+
+function toggleBefore() {
+  if (stage.classList.contains("comparing")) {
+    if (state.split >= 100) setSplit(state.splitBeforeToggle ?? 0);
+    else { state.splitBeforeToggle = state.split; setSplit(100); }
+  }
+}
+
+$("compare").addEventListener("input", () => setSplit(Number($("compare").value)));
+$("toggle").addEventListener("click", toggleBefore);
+$("compare-line").addEventListener("pointerdown", (event) => {
+  event.preventDefault();
+  state.splitDrag = true;
+  $("compare-line").setPointerCapture(event.pointerId);
+});
+$("compare-line").addEventListener("pointermove", (event) => {
+  if (!state.splitDrag) return;
+  const rect = content.getBoundingClientRect();
+  setSplit(100 * (event.clientX - rect.left) / rect.width);
+});
+for (const type of ["pointerup", "pointercancel"]) {
+  $("compare-line").addEventListener(type, () => { state.splitDrag = false; });
+}
+
+// ---------------------------------------------------------------- jobs
 
 function maskBlob() {
   // White where painted, black elsewhere, at the image's own size.
@@ -153,12 +606,12 @@ function maskBlob() {
   out.width = maskCanvas.width;
   out.height = maskCanvas.height;
   const ctx = out.getContext("2d");
-  ctx.fillStyle = "#000";
-  ctx.fillRect(0, 0, out.width, out.height);
   const painted = maskCtx.getImageData(0, 0, out.width, out.height);
-  const pixels = ctx.getImageData(0, 0, out.width, out.height);
+  const pixels = ctx.createImageData(out.width, out.height);
   for (let i = 0; i < painted.data.length; i += 4) {
-    if (painted.data[i + 3] > 127) { pixels.data[i] = pixels.data[i + 1] = pixels.data[i + 2] = 255; }
+    const v = painted.data[i + 3] > 127 ? 255 : 0;
+    pixels.data[i] = pixels.data[i + 1] = pixels.data[i + 2] = v;
+    pixels.data[i + 3] = 255;
   }
   ctx.putImageData(pixels, 0, 0);
   return new Promise((resolve) => out.toBlob(resolve, "image/png"));
@@ -166,85 +619,168 @@ function maskBlob() {
 
 function formatEta(seconds) {
   if (seconds == null) return "";
-  if (seconds < 60) return `about ${Math.ceil(seconds)} s left`;
-  return `about ${Math.ceil(seconds / 60)} min left`;
+  if (seconds < 60) return `, about ${Math.ceil(seconds)} s left`;
+  return `, about ${Math.ceil(seconds / 60)} min left`;
 }
 
-function follow(jobId) {
+function forgetJob() {
   if (state.events) state.events.close();
-  const events = new EventSource(`/jobs/${jobId}/events`);
+  state.events = null;
+  state.job = null;
+  if (previewImage.src.startsWith("blob:")) URL.revokeObjectURL(previewImage.src);
+  previewImage.removeAttribute("src");
+  resultImage.removeAttribute("src");
+  $("job-panel").hidden = true;
+  $("samples").innerHTML = "";
+  render();
+}
+
+function finish(job, text) {
+  job.final = true;
+  if (state.events) state.events.close();
+  $("status-line").textContent = text;
+  $("cancel").hidden = true;
+  $("preview-note").hidden = true;
+  render();
+}
+
+function follow(job) {
+  if (state.events) state.events.close();
+  const events = new EventSource(`/jobs/${job.id}/events`);
   state.events = events;
   events.addEventListener("status", (event) => {
+    if (state.job !== job) return;
     const data = JSON.parse(event.data);
     if (data.status === "queued") {
       $("status-line").textContent = data.position != null
         ? `Queued: ${data.position === 0 ? "next in line" : `${data.position} job(s) ahead`}` : "Queued";
     } else if (data.status === "running") {
-      $("status-line").textContent = "Running…";
+      if (!job.total) $("status-line").textContent = "Running…";
     } else if (data.status === "succeeded") {
-      events.close();
-      $("status-line").textContent = "Done.";
       $("progress").value = 1;
-      showResults(jobId);
+      finish(job, "Done.");
+      showResults(job);
     } else if (data.status === "failed") {
-      events.close();
       const message = data.error ? data.error.message : "the job failed";
-      $("status-line").textContent = "Failed.";
+      finish(job, "Failed.");
       showError(`The job failed: ${message}`);
+      setView("edit");
     } else if (data.status === "canceled") {
-      events.close();
-      $("status-line").textContent = "Canceled.";
+      finish(job, "Canceled.");
+      setView("edit");
     }
   });
   events.addEventListener("progress", (event) => {
+    if (state.job !== job || job.final) return;
     const p = JSON.parse(event.data);
+    job.total = p.total;
+    job.fraction = p.fraction;
     $("progress").value = p.fraction;
-    $("status-line").textContent = `Running: step ${p.step} of ${p.total}, ${Math.round(100 * p.fraction)}% ${formatEta(p.eta_seconds)}`;
+    $("status-line").textContent = `Running: ${fmt(p.step)} of ${fmt(p.total)} evaluations, `
+      + `${Math.round(100 * p.fraction)}%${formatEta(p.eta_seconds)}`;
+    if (job.previewStep != null) render();  // the badge's percentage
   });
   events.addEventListener("preview", (event) => {
+    if (state.job !== job) return;
     const p = JSON.parse(event.data);
-    $("preview").src = `${p.url}?step=${p.step}`;
+    loadPreview(job, p.url, p.step);
   });
   events.onerror = () => {
-    if (events.readyState === EventSource.CLOSED) showError("Lost the connection to the service.");
+    if (events.readyState === EventSource.CLOSED && state.job === job && !job.final) {
+      showError("Lost the connection to the service.");
+    }
   };
 }
 
-async function showResults(jobId) {
-  const response = await fetch(`/jobs/${jobId}`);
-  if (!response.ok) { showError(await errorText(response)); return; }
-  const job = await response.json();
-  const container = $("results");
-  container.innerHTML = "";
-  state.results = [];
-  (job.links.results || []).forEach((url, i) => {
-    const figure = document.createElement("figure");
-    const img = document.createElement("img");
-    img.src = url;
-    img.alt = `result ${i + 1}`;
-    img.dataset.result = url;
-    img.className = "result";
-    const caption = document.createElement("figcaption");
-    const link = document.createElement("a");
-    link.href = url;
-    link.download = `repaint-${jobId.slice(0, 8)}-${i + 1}.png`;
-    link.textContent = "Download";
-    caption.append(`Sample ${i + 1} (seed ${job.params.seed + i}) `, link);
-    figure.append(img, caption);
-    container.append(figure);
-    state.results.push(img);
-  });
-  if (state.results.length) $("preview").src = state.results[0].src;  // the final estimate
-  state.showBefore = false;
-  $("toggle").textContent = "Show before";
-  $("result-panel").hidden = false;
+async function loadPreview(job, url, step) {
+  // The server answers 404 until the estimate is worth showing (a third of the work): skip those.
+  if (job.final || job.loadingPreview || (step != null && job.previewStep != null && step <= job.previewStep)) return;
+  if (step != null && job.total && 3 * step < job.total) return;
+  job.loadingPreview = true;
+  try {
+    const response = await fetch(`${url}${url.includes("?") ? "&" : "?"}step=${step ?? Date.now()}`, { cache: "no-store" });
+    if (!response.ok) return;
+    const objectUrl = URL.createObjectURL(await response.blob());
+    const img = new Image();
+    img.src = objectUrl;
+    try { await img.decode(); } catch (_) { URL.revokeObjectURL(objectUrl); return; }
+    if (state.job !== job || job.final) { URL.revokeObjectURL(objectUrl); return; }
+    const old = previewImage.src;
+    previewImage.src = objectUrl;
+    if (old.startsWith("blob:")) URL.revokeObjectURL(old);
+    job.previewStep = step ?? 0;
+    job.previewSize = [img.naturalWidth, img.naturalHeight];
+    render();
+  } catch (_) {
+    // A preview is a nicety: the next one will come.
+  } finally {
+    job.loadingPreview = false;
+  }
 }
 
-$("toggle").addEventListener("click", () => {
-  state.showBefore = !state.showBefore;
-  $("toggle").textContent = state.showBefore ? "Show after" : "Show before";
-  $("toggle").setAttribute("aria-pressed", String(state.showBefore));
-  for (const img of state.results) img.src = state.showBefore ? state.imageUrl : img.dataset.result;
+async function showResults(job) {
+  const response = await fetch(`/jobs/${job.id}`, { cache: "no-store" });
+  if (!response.ok) { showError(await errorText(response)); return; }
+  const data = await response.json();
+  if (state.job !== job) return;
+  job.results = data.links.results || (data.links.result ? [data.links.result] : []);
+  job.seed = data.params.seed;
+  job.format = data.params.output_format;
+  const samples = $("samples");
+  samples.innerHTML = "";
+  if (job.results.length > 1) {
+    job.results.forEach((url, i) => {
+      const button = document.createElement("button");
+      button.type = "button";
+      button.className = "sample";
+      button.title = `Sample ${i + 1} (seed ${job.seed + i})`;
+      const thumb = document.createElement("img");
+      thumb.src = url;
+      thumb.alt = `sample ${i + 1}`;
+      button.append(thumb, String(i + 1));
+      button.addEventListener("click", () => selectSample(i));
+      samples.append(button);
+    });
+  }
+  setSplit(0);
+  state.splitBeforeToggle = null;
+  selectSample(0);
+  setView("result");
+}
+
+function selectSample(i) {
+  const job = state.job;
+  if (!job || !job.results || !job.results[i]) return;
+  state.sample = i;
+  resultImage.src = job.results[i];
+  resultImage.dataset.result = job.results[i];
+  const ext = { jpeg: "jpg", webp: "webp" }[job.format] || "png";
+  $("download").href = job.results[i];
+  $("download").download = `repaint-${job.id.slice(0, 8)}-${i + 1}.${ext}`;
+  $("download").textContent = job.results.length > 1 ? `Download sample ${i + 1}` : "Download";
+  $("samples").querySelectorAll("button").forEach((b, j) => b.setAttribute("aria-pressed", String(i === j)));
+  render();
+}
+
+$("continue").addEventListener("click", async () => {
+  const job = state.job;
+  if (!job || !job.results) return;
+  try {
+    const response = await fetch(job.results[state.sample]);
+    if (!response.ok) { showError(await errorText(response)); return; }
+    const blob = await response.blob();
+    openImage(new File([blob], `repaint-${job.id.slice(0, 8)}-${state.sample + 1}`, { type: blob.type }));
+  } catch (e) {
+    showError(`Could not fetch the result: ${e.message}`);
+  }
+});
+
+$("cancel").addEventListener("click", async () => {
+  const job = state.job;
+  if (!job) return;
+  const response = await fetch(`/jobs/${job.id}`, { method: "DELETE" });
+  if (!response.ok) showError(await errorText(response));
+  else $("status-line").textContent = "Canceling…";
 });
 
 $("options").addEventListener("submit", async (event) => {
@@ -255,21 +791,32 @@ $("options").addEventListener("submit", async (event) => {
   form.append("image", state.file);
   form.append("mask", await maskBlob(), "mask.png");
   if ($("model").value) form.append("model", $("model").value);
-  if ($("preset").value) form.append("preset", $("preset").value);
+  const preset = $("preset").value;
+  if (preset === "custom") {
+    form.append("steps", $("steps").value);
+    form.append("jump_length", $("jump-length").value);
+    form.append("jump_n_sample", $("jump-n-sample").value);
+  } else if (preset) {
+    form.append("preset", preset);
+  }
   form.append("num_samples", $("num-samples").value || "1");
   if ($("seed").value !== "") form.append("seed", $("seed").value);
   $("submit").disabled = true;
   try {
     const response = await fetch("/inpaint", { method: "POST", body: form });
     if (!response.ok) { showError(await errorText(response)); return; }
-    const job = await response.json();
+    const created = await response.json();
+    forgetJob();
+    const job = { id: created.id, total: null, fraction: 0, previewStep: null, results: null, final: false };
+    state.job = job;
     $("job-id").textContent = job.id;
     $("job-panel").hidden = false;
-    $("result-panel").hidden = true;
     $("progress").value = 0;
-    $("preview").removeAttribute("src");
     $("status-line").textContent = "Queued";
-    follow(job.id);
+    $("cancel").hidden = false;
+    $("preview-note").hidden = false;
+    setView("result");
+    follow(job);
   } catch (e) {
     showError(`Could not reach the service: ${e.message}`);
   } finally {
@@ -278,3 +825,6 @@ $("options").addEventListener("submit", async (event) => {
 });
 
 loadModels();
+setInterval(() => { if (!document.hidden) loadModels(); }, 15000);  // workers and queue lengths change
+updateButtons();
+render();

@@ -59,6 +59,15 @@ def test_accepted_job_is_queued_with_location_and_defaults(client, redis_db):
     assert json.loads(raw)[0] == jobs.TASK_PATH  # JSON, not pickle
 
 
+def test_the_known_form_fields_are_the_endpoints_fields(client):
+    from service.routes.inpaint import FORM_FIELDS
+
+    schema = client.get("/openapi.json").json()
+    ref = schema["paths"]["/inpaint"]["post"]["requestBody"]["content"]["multipart/form-data"]["schema"]["$ref"]
+    fields = schema["components"]["schemas"][ref.rsplit("/", 1)[1]]["properties"]
+    assert set(fields) == FORM_FIELDS
+
+
 def test_seed_is_drawn_and_reported_when_omitted(client):
     job_id = post(client).json()["id"]
     assert isinstance(client.get(f"/jobs/{job_id}").json()["params"]["seed"], int)
@@ -88,7 +97,8 @@ def _image(size=(32, 32), fmt="PNG", mode="RGB") -> bytes:
 
 
 @pytest.mark.parametrize("kwargs, code, fragment", [
-    ({"image": b"definitely not an image"}, 415, "PNG, JPEG or WebP"),
+    ({"image": b"definitely not an image"}, 415, "it looks like text"),
+    ({"image": b"%PDF-1.4\n%binary"}, 415, "it looks like application/pdf"),
     ({"steps": 1}, 422, None),
     ({"image": _image()[:60]}, 422, "not a readable image"),
     ({"image": _image(fmt="GIF", mode="P")}, 415, "PNG, JPEG or WebP"),
@@ -104,6 +114,7 @@ def _image(size=(32, 32), fmt="PNG", mode="RGB") -> bytes:
     ({"class_label": 3}, 422, "not class-conditional"),
     ({"steps": 1000, "jump_n_sample": 500}, 422, "network evaluations"),
     ({"preset": "ultra"}, 422, "unknown preset"),
+    ({"stpes": 20}, 422, "unknown form field(s) ['stpes']"),
 ])
 def test_bad_input_is_a_clear_4xx(client, kwargs, code, fragment):
     r = post(client, **kwargs)
@@ -220,3 +231,13 @@ def test_exif_rotation_is_applied(client, redis_db):
     r = post(client, image=out.getvalue(), mask=mask)
     assert r.status_code == 202, r.text
     assert client.get(f"/jobs/{r.json()['id']}").json()["params"]["image"]["width"] == 20
+
+
+def test_http_metrics_label_routes_by_template_never_by_raw_path(client):
+    for path in ("/", "/static/app.js", "/static/style.css", "/jobs/00000000-0000-4000-8000-000000000000", "/nope"):
+        client.get(path)
+    lines = [line for line in client.get("/metrics").text.splitlines() if line.startswith("repaint_http_requests_total")]
+    routes = {line.split('route="')[1].split('"')[0] for line in lines}
+    assert {"/", "/static/{path}", "/jobs/{job_id}", "unmatched"} <= routes
+    assert not any("app.js" in r or "0000" in r for r in routes)
+    assert any('route="/static/{path}",status="200"} 2.0' in line for line in lines)

@@ -5,10 +5,11 @@ from __future__ import annotations
 import io
 
 import numpy as np
+import torch
 import pytest
 from PIL import Image
 
-from worker import geometry
+from worker import blending, encoding, geometry
 from worker.params import JobParams
 from worker.runtime import JobInputError, Runtime
 from worker.settings import WorkerSettings
@@ -68,11 +69,13 @@ def test_padding_is_unknown_for_the_model():
     assert keep[16].sum() > 20
 
 
-def test_feather_is_zero_outside_and_one_deep_inside():
+def test_the_band_is_one_in_the_mask_and_fades_to_zero_outside_it():
     fill = box_mask(50, 50, (10, 10, 40, 40))
-    w = geometry.feather(fill, 4)
-    assert (w[~fill] == 0).all() and (w[20:30, 20:30] == 1).all()
-    assert 0 < w[10, 25] < 1 and w[10, 25] < w[12, 25] < w[14, 25] <= 1
+    w = blending.band_weights(fill, 4)
+    assert (w[fill] == 1).all()
+    assert 1 > w[25, 9] > w[25, 7] > w[25, 6] > 0 and w[25, 5] == 0  # 4 px to the left: 9, 8, 7, 6
+    assert (w[:5] == 0).all() and (w[45:] == 0).all()
+    assert (blending.band_weights(fill, 0) == fill).all()
 
 
 CASES = [  # (size, mode, mask box, strategy)
@@ -82,35 +85,64 @@ CASES = [  # (size, mode, mask box, strategy)
     ((300, 1000), "RGB", (0, 50, 300, 950), "auto"),
     ((256, 256), "P", (50, 50, 200, 200), "resize"),
     ((200, 120), "I;16", (20, 20, 60, 60), "auto"),
+    ((300, 200), "LA", (100, 50, 180, 120), "resize"),
+    ((900, 600), "RGB", (400, 250, 520, 330), "resize"),  # a small mask, the whole photo to 32 px
 ]
+BLEND, DILATE = 3, 2
 
 
-@pytest.mark.parametrize("size, mode, box, strategy", CASES)
-def test_results_keep_size_mode_and_every_unmasked_pixel(runtime, size, mode, box, strategy):
-    img = photo(*size, seed=size[0])
+def in_mode(img: Image.Image, mode: str) -> Image.Image:
+    size = img.size
     if mode == "RGBA":
         img = img.convert("RGBA")
         img.putalpha(Image.fromarray((np.arange(size[0] * size[1]) % 251).reshape(size[1], size[0]).astype(np.uint8)))
-    elif mode == "P":
-        img = img.quantize(64)
-    elif mode == "I;16":
-        img = Image.fromarray(np.asarray(img.convert("L")).astype(np.uint16) * 257)
-    else:
-        img = img.convert(mode)
-    fill = box_mask(*size, box)
+        return img
+    if mode == "P":
+        return img.quantize(64)
+    if mode == "I;16":
+        return Image.fromarray(np.asarray(img.convert("L")).astype(np.uint16) * 257)
+    return img.convert(mode)
+
+
+def inpaint(runtime, img: Image.Image, fill: np.ndarray, strategy: str, **fields) -> bytes:
     image_png, mask_png = io.BytesIO(), io.BytesIO()
     img.save(image_png, format="PNG")
     Image.fromarray(fill.astype(np.uint8) * 255).save(mask_png, format="PNG")
-    params = JobParams(seed=0, steps=5, jump_length=5, jump_n_sample=1, strategy=strategy, blend=3, mask_dilate=2)
+    params = JobParams(seed=0, steps=5, jump_length=5, jump_n_sample=1, strategy=strategy, blend=BLEND,
+                       mask_dilate=DILATE, **fields)
     (out_png,) = runtime.inpaint(image_png.getvalue(), mask_png.getvalue(), params)
-    out = Image.open(io.BytesIO(out_png))
+    return out_png
+
+
+@pytest.mark.parametrize("size, mode, box, strategy", CASES)
+def test_results_keep_size_mode_and_every_pixel_beyond_the_band(runtime, size, mode, box, strategy):
+    img = in_mode(photo(*size, seed=size[0]), mode)
+    fill = box_mask(*size, box)
+    out = Image.open(io.BytesIO(inpaint(runtime, img, fill, strategy)))
     assert out.size == img.size and out.mode == img.mode
-    grown = geometry.dilate(fill, 2)
+    grown = geometry.dilate(fill, DILATE)
+    beyond = blending.band_weights(grown, BLEND) == 0
     before, after = np.asarray(img), np.asarray(out)
-    assert (before[~grown] == after[~grown]).all(), "an unmasked pixel changed"
+    assert (before[beyond] == after[beyond]).all(), "a pixel beyond the band changed"
     assert (before[grown] != after[grown]).any(), "nothing was painted"
-    if mode == "RGBA":
-        assert (before[..., 3] == after[..., 3]).all()  # alpha kept
+    if mode in ("RGBA", "LA"):
+        assert (before[..., -1][~grown] == after[..., -1][~grown]).all() and (after[..., -1][grown] == 255).all()
+
+
+@pytest.mark.parametrize("size, mode, box, strategy", CASES)
+def test_nothing_under_the_mask_shows_in_the_result(runtime, size, mode, box, strategy):
+    """Object removal: what the mask hid (after mask_dilate) must not change a single pixel."""
+    img = in_mode(photo(*size, seed=size[0]), mode)
+    fill = box_mask(*size, box)
+    hidden = geometry.dilate(fill, DILATE)
+    other = np.array(img)
+    rng = np.random.default_rng(1)
+    other[hidden] = rng.integers(0, 256 if other.dtype == np.uint8 else 65536, other[hidden].shape).astype(other.dtype)
+    other_img = Image.fromarray(other) if img.mode != "P" else img.copy()
+    if img.mode == "P":
+        other_img.putdata(list(other.reshape(-1)))
+    assert not np.array_equal(np.asarray(other_img), np.asarray(img))
+    assert inpaint(runtime, img, fill, strategy) == inpaint(runtime, other_img, fill, strategy)
 
 
 def test_jpeg_and_webp_outputs(runtime):
@@ -132,7 +164,7 @@ def test_sixteen_bit_images_are_scaled_not_clipped_in_8_bit_formats(fmt, mode):
     wide = Image.fromarray(grey.astype(np.uint16) * 257)  # the same picture on 16-bit levels
     if mode == "I":
         wide = wide.convert("I")
-    decoded = np.asarray(Image.open(io.BytesIO(geometry.encode(wide, fmt))).convert("L")).astype(int)
+    decoded = np.asarray(Image.open(io.BytesIO(encoding.encode(wide, fmt))).convert("L")).astype(int)
     # Clipping at 255 would turn almost every pixel white; scaling keeps the picture (lossy codecs
     # move levels a little).
     assert np.abs(decoded - grey).mean() < 3 and (decoded < 250).mean() > 0.9
@@ -149,3 +181,21 @@ def test_the_worker_refuses_outputs_its_encoder_cannot_write(runtime):
     # Before sampling, not after (the API refuses it at submit; a worker checks again).
     with pytest.raises(JobInputError, match="webp results can be at most 16383"):
         runtime.prepare(image_png.getvalue(), mask_png.getvalue(), params)
+
+
+def test_previews_show_the_estimate_in_the_image_at_a_bounded_size(runtime):
+    img = photo(2000, 1000)
+    fill = box_mask(2000, 1000, (900, 400, 1100, 600))
+    image_png, mask_png = io.BytesIO(), io.BytesIO()
+    img.save(image_png, format="PNG")
+    Image.fromarray(fill.astype(np.uint8) * 255).save(mask_png, format="PNG")
+    params = JobParams(seed=0, steps=5, jump_length=5, jump_n_sample=1)
+    prepared = runtime.prepare(image_png.getvalue(), mask_png.getvalue(), params)
+    estimate = torch.zeros(3, 32, 32)  # mid-grey everywhere the model fills
+    preview = np.asarray(Image.open(io.BytesIO(runtime.preview_png(estimate, prepared, params))))
+    assert preview.shape == (512, 1024, 3)
+    small = np.asarray(img.resize((1024, 512), Image.Resampling.BILINEAR)).astype(int)
+    far = np.ones((512, 1024), bool)
+    far[150:362, 400:624] = False  # the mask (460..564 x 205..307 here) and its band
+    assert np.abs(preview[far].astype(int) - small[far]).max() <= 1  # the image itself around it
+    assert np.abs(preview[256, 512].astype(int) - 128).max() <= 1     # the estimate in place
