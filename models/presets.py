@@ -79,6 +79,9 @@ class Preset:
     classifier_checkpoint: str | None = None
     random_init_seed: int | None = None
     class_cond: bool = False
+    # "whole": trained on whole, centred subjects (aligned faces), so `strategy=auto` gives the
+    # model the whole image; "region": scenes and objects, where a crop around the mask works.
+    framing: str = "region"
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     @property
@@ -100,7 +103,7 @@ class Preset:
 
 PRESETS: Mapping[str, Preset] = MappingProxyType({p.name: p for p in (
     Preset(name="celeba256", description="CelebA-HQ faces, 256x256 (official RePaint checkpoint)",
-           conf=_ADM_256, checkpoint="celeba256_250000.pt"),
+           conf=_ADM_256, checkpoint="celeba256_250000.pt", framing="whole"),
     Preset(name="places256", description="Places2 scenes, 256x256 (official RePaint checkpoint)",
            conf=_ADM_256, checkpoint="places256_300000.pt"),
     Preset(name="imagenet256",
@@ -111,7 +114,7 @@ PRESETS: Mapping[str, Preset] = MappingProxyType({p.name: p for p in (
     Preset(name="faces32",
            description="Procedural cartoon faces, 32x32, trained here on CPU (python -m training.train); "
                        "the demo model that `repaint serve` uses by default",
-           conf=FACES32_CONF, bundled="faces32.pt", checkpoint_sha256=FACES32_SHA256),
+           conf=FACES32_CONF, bundled="faces32.pt", checkpoint_sha256=FACES32_SHA256, framing="whole"),
     Preset(name="tiny", description="Tiny random-weight 32x32 UNet (reference tiny_unet_A layout); "
                                     "for tests and first runs, it does not produce meaningful images",
            conf=_TINY, random_init_seed=0),

@@ -79,6 +79,8 @@ class ModelPublic(BaseModel):
     num_classes: int | None = None
     classifier: bool = False
     diffusion_steps: int
+    framing: str = Field("region", description="whole: trained on whole subjects (faces), so strategy=auto "
+                         "resizes the whole image; region: strategy=auto crops around the mask when it can")
     defaults: ModelDefaults
     default: bool = Field(description="used when POST /inpaint names no model")
     workers: int = Field(description="live workers serving this model (0: jobs wait until one starts)")

@@ -21,20 +21,20 @@ _PAPER_DEFAULTS = {"steps": 250, "jump_length": 10, "jump_n_sample": 10, "classi
 
 
 def _entry(name: str, description: str, image_size: int, *, class_cond: bool = False,
-           classifier: bool = False, classifier_scale: float = 0.0) -> dict:
+           classifier: bool = False, classifier_scale: float = 0.0, framing: str = "region") -> dict:
     return {"name": name, "description": description, "image_size": image_size, "class_cond": class_cond,
             "num_classes": 1000 if class_cond else None, "classifier": classifier, "diffusion_steps": 1000,
-            "defaults": {**_PAPER_DEFAULTS, "classifier_scale": classifier_scale}}
+            "framing": framing, "defaults": {**_PAPER_DEFAULTS, "classifier_scale": classifier_scale}}
 
 
 MODELS: dict[str, dict] = {e["name"]: e for e in (
-    _entry("celeba256", "CelebA-HQ faces, 256x256 (official RePaint checkpoint)", 256),
+    _entry("celeba256", "CelebA-HQ faces, 256x256 (official RePaint checkpoint)", 256, framing="whole"),
     _entry("places256", "Places2 scenes, 256x256 (official RePaint checkpoint)", 256),
     _entry("imagenet256", "ImageNet, 256x256, class-conditional with a noisy classifier "
                           "(official guided-diffusion checkpoints)", 256,
            class_cond=True, classifier=True, classifier_scale=1.0),
     _entry("faces32", "Procedural cartoon faces, 32x32, trained here on CPU (python -m training.train); "
-                      "the demo model that `repaint serve` uses by default", 32),
+                      "the demo model that `repaint serve` uses by default", 32, framing="whole"),
     _entry("tiny", "Tiny random-weight 32x32 UNet (reference tiny_unet_A layout); "
                    "for tests and first runs, it does not produce meaningful images", 32),
 )}

@@ -6,7 +6,9 @@ Strategies:
   compared with the image: the model sees the damage at the highest resolution.
 - `resize`: the whole image, padded to a square (the padding is generated and thrown away, so
   the aspect ratio is kept), scaled to the model's resolution. For masks that span the image.
-- `auto`: `crop` when a square crop with context fits inside the image, else `resize`.
+- `auto`: for models of whole subjects (`framing="whole"`: the face models, trained on whole
+  aligned faces, which a crop around an eye would show half a face) `resize`; for the others
+  `crop` when a square crop with context fits inside the image, else `resize`.
 
 The model never sees what is under the mask: masked pixels are replaced by a smooth fill made
 from the known pixels around them before the region is scaled (`model_input`), so no pixel of
@@ -52,7 +54,8 @@ def mask_bbox(fill: np.ndarray) -> tuple[int, int, int, int]:
     return int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1
 
 
-def plan(width: int, height: int, fill: np.ndarray, model_size: int, strategy: str = "auto") -> Plan:
+def plan(width: int, height: int, fill: np.ndarray, model_size: int, strategy: str = "auto",
+         framing: str = "region") -> Plan:
     """Choose the square region the model will see. `fill` is [H x W] bool, True = to fill."""
     if strategy not in STRATEGIES:
         raise ValueError(f"strategy must be one of {STRATEGIES}, got {strategy!r}")
@@ -61,7 +64,7 @@ def plan(width: int, height: int, fill: np.ndarray, model_size: int, strategy: s
     # The crop: the box with context, at least the model's size when the image allows it.
     side = max(math.ceil(longer * (1 + 2 * CONTEXT)), min(model_size, width, height))
     fits = side <= min(width, height)
-    if strategy == "crop" or (strategy == "auto" and fits):
+    if strategy == "crop" or (strategy == "auto" and fits and framing != "whole"):
         side = min(side, max(width, height)) if not fits else side
         cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
         left = int(round(cx - side / 2))

@@ -58,6 +58,7 @@ def describe_preset(preset: models.Preset, *, classifier: bool) -> dict:
         "name": preset.name, "description": preset.description, "image_size": preset.image_size,
         "class_cond": preset.class_cond, "num_classes": 1000 if preset.class_cond else None,
         "classifier": classifier, "diffusion_steps": int(preset.conf["diffusion_steps"]),
+        "framing": preset.framing,
         "defaults": {"steps": d.t_T, "jump_length": d.jump_length, "jump_n_sample": d.jump_n_sample,
                      "classifier_scale": float(preset.conf.get("classifier_scale", 0.0)) if preset.class_cond
                      else 0.0},
@@ -134,7 +135,8 @@ class Runtime:
         if not fill.any():
             raise JobInputError("the mask selects no pixel")
         try:
-            plan = geometry.plan(original.width, original.height, fill, self.preset.image_size, params.strategy)
+            plan = geometry.plan(original.width, original.height, fill, self.preset.image_size, params.strategy,
+                                 framing=self.preset.framing)
         except ValueError as exc:
             raise JobInputError(str(exc)) from exc
         rgb, keep = geometry.model_input(original, fill, plan)

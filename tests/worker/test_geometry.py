@@ -199,3 +199,11 @@ def test_previews_show_the_estimate_in_the_image_at_a_bounded_size(runtime):
     far[150:362, 400:624] = False  # the mask (460..564 x 205..307 here) and its band
     assert np.abs(preview[far].astype(int) - small[far]).max() <= 1  # the image itself around it
     assert np.abs(preview[256, 512].astype(int) - 128).max() <= 1     # the estimate in place
+
+
+def test_auto_shows_face_models_the_whole_face():
+    """A crop around an eye would show a model of whole faces half a face, zoomed."""
+    fill = box_mask(128, 128, (30, 30, 60, 60))
+    assert geometry.plan(128, 128, fill, 32, "auto").strategy == "crop"
+    assert geometry.plan(128, 128, fill, 32, "auto", framing="whole").strategy == "resize"
+    assert geometry.plan(128, 128, fill, 32, "crop", framing="whole").strategy == "crop"  # asked for
