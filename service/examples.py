@@ -136,8 +136,8 @@ def example_for(model: str, image_size: int, *, class_cond: bool = False) -> Exa
     if image_size <= 64:
         size = image_size * FACE_UPSCALE
         ex = face_example(size, image_size)
-        # `auto` would crop a square around the eye and zoom it to the model's size: a view of a
-        # face the model never saw. `resize` gives it the whole face at its own 32 px.
+        # The whole face at the model's own 32 px: `auto` does the same for faces32 (framing
+        # "whole"), not for `tiny`, whose `auto` would crop around the eye. Explicit for both.
         ex.form["strategy"] = "resize"
         ex.notes.append(f"The image is {size}x{size}, drawn at {FACE_UPSCALE}x the model's {image_size} px so it can "
                         f"be seen; the service scales it down to {image_size} px (strategy=resize) and the fill back up.")

@@ -74,8 +74,8 @@ class HttpMetrics:
 
 
 def route_template(request: Request) -> str:
-    """The route's path template (`/jobs/{job_id}`), `/static/{path}` for files under a mount
-    (the page's assets, the docs' assets), else `unmatched`: never the raw path, whose job ids
+    """The route's path template (`/jobs/{job_id}`), `<mount>/{path}` for files under a mount
+    (`/static/{path}` for the page's assets, `/docs-assets/{path}` for the docs'), else `unmatched`: never the raw path, whose job ids
     would make a label per request."""
     route = request.scope.get("route")
     if route is not None and hasattr(route, "path"):

@@ -29,12 +29,30 @@ def looks_accepted(data: bytes) -> bool:
     return data.startswith((b"\x89PNG\r\n\x1a\n", b"\xff\xd8")) or (data[:4] == b"RIFF" and data[8:12] == b"WEBP")
 
 
+# Common uploads puremagic names poorly (a ZIP as a Word file, AVIF as MP4), checked first.
+KNOWN_SIGNATURES = (
+    (lambda d: d.startswith(b"PK\x03\x04"), "application/zip"),
+    (lambda d: d[4:12] in (b"ftypavif", b"ftypavis"), "image/avif"),
+    (lambda d: d[4:12] in (b"ftypheic", b"ftypheix", b"ftypmif1", b"ftyphevc"), "image/heic"),
+    (lambda d: d.startswith((b"\xff\x0a", b"\x00\x00\x00\x0cJXL ")), "image/jxl"),
+    (lambda d: d.startswith((b"GIF87a", b"GIF89a")), "image/gif"),
+    (lambda d: d.startswith(b"BM"), "image/bmp"),
+    (lambda d: d.startswith((b"II*\x00", b"MM\x00*")), "image/tiff"),
+    (lambda d: d.startswith(b"%PDF-"), "application/pdf"),
+)
+
+
 def detected_type(data: bytes) -> str:
     """What a refused upload seems to be, for the error message: a MIME type from its
     signature (puremagic reads bytes, it decodes nothing), or text, or unknown binary data."""
+    for matches, mime in KNOWN_SIGNATURES:
+        if matches(data):
+            return mime
     try:
-        return puremagic.from_string(data[:4096], mime=True) or puremagic.magic_string(data[:4096])[0].name
-    except (puremagic.PureError, ValueError, IndexError):
+        mime = puremagic.from_string(data[:4096], mime=True)
+        if mime:
+            return mime
+    except (puremagic.PureError, ValueError):
         pass
     head = data[:4096]
     try:
@@ -102,7 +120,8 @@ def _normalise(image: Image.Image) -> Image.Image:
         return image.convert("L")
     if image.mode in ("I;16B", "I;16L"):
         return image.convert("I;16")
-    if image.mode == "PA":
+    if image.mode == "PA" or (image.mode == "P" and "transparency" in image.info):
+        # A palette's transparent entry could be chosen for a filled pixel: keep alpha apart.
         return image.convert("RGBA")
     return image if image.mode in KEPT_MODES else image.convert("RGB")
 

@@ -34,6 +34,19 @@ def service(redis_server, redis_db):
     api.stop()
 
 
+PAGE_KEY = "page-key"
+
+
+@pytest.fixture()
+def keyed_service(redis_server, redis_db):
+    """The API with an API key required (the worker talks to Redis only and needs none)."""
+    api = ApiProcess(redis_server.url, REPAINT_API_KEYS=PAGE_KEY)
+    worker = WorkerProcess(redis_server.url, "page-keyed", REPAINT_PREVIEW_INTERVAL="0.3").wait_ready(redis_db)
+    yield api
+    worker.stop()
+    api.stop()
+
+
 def landscape(size=WIDE) -> Image.Image:
     """A wide picture with something to paint out: sky, hills, a sun and a house."""
     w, h = size
@@ -194,7 +207,13 @@ def test_the_page_paints_follows_the_job_and_compares_the_result(service, tmp_pa
             assert tuple(natural) == WIDE
             assert_same_box(box(page, "#result-image"), box(page, "#image-canvas"))
             assert_same_box(box(page, "#result-image"), stage)
-            assert page.get_attribute("#download", "href").startswith("/jobs/")
+            # Download: the bytes the API serves, under a readable name.
+            job_id = submitted.value.json()["id"]
+            assert page.get_attribute("#download", "href").startswith("blob:")
+            with page.expect_download() as download:
+                page.click("#download")
+            assert download.value.suggested_filename == f"repaint-{job_id[:8]}-1.png"
+            assert open(download.value.path(), "rb").read() == httpx.get(f"{service.url}/jobs/{job_id}/result").content
             page.evaluate(SET_RANGE, ["compare", 50])
             line = box(page, "#compare-line")
             assert abs(line["x"] - (image["x"] + image["width"] / 2)) <= 3, line
@@ -236,6 +255,120 @@ def test_the_page_paints_follows_the_job_and_compares_the_result(service, tmp_pa
             assert abs(tall["width"] / tall["height"] - 0.5) < 0.01, tall
             assert_same_box(box(page, "#image-canvas"), tall)
             assert page.is_hidden("#result-image") and page.get_attribute("#view-edit", "aria-selected") == "true"
+            # Without API keys on the server, nothing about keys shows.
+            assert page.is_hidden("#key-panel") and page.is_hidden("#key-status")
+            assert not errors, errors
+        finally:
+            browser.close()
+
+
+def test_the_page_asks_for_an_api_key_and_sends_it_everywhere(keyed_service, tmp_path):
+    playwright = pytest.importorskip("playwright.sync_api")
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    landscape().save(tmp_path / "wide.png")
+    api = httpx.Client(base_url=keyed_service.url, headers={"Authorization": f"Bearer {PAGE_KEY}"}, timeout=30)
+    with playwright.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium_path(), args=["--no-sandbox", "--disable-gpu"])
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 820})
+            errors, responses, saved = [], [], [False]
+            page.on("pageerror", lambda e: errors.append(str(e)))
+            page.on("response", lambda r: responses.append(
+                {"path": r.url.removeprefix(keyed_service.url), "status": r.status, "saved": saved[0],
+                 "auth": r.request.headers.get("authorization")}))
+            # The first event stream ends early, as a dropped connection would: the page opens it again.
+            event_streams = []
+
+            def drop_first_stream(route):
+                event_streams.append(route.request.headers.get("authorization"))
+                if len(event_streams) == 1:
+                    route.fulfill(status=200, headers={"Content-Type": "text/event-stream"},
+                                  body='id: 1\nevent: status\ndata: {"status":"queued","position":0}\n\n')
+                else:
+                    route.continue_()
+
+            page.route("**/jobs/*/events", drop_first_stream)
+            page.goto(keyed_service.url + "/")
+
+            # The first 401 (the models) brings up the key field; nothing else about keys shows yet.
+            page.wait_for_selector("#key-panel:not([hidden])")
+            first_401 = next(r for r in responses if r["status"] == 401)
+            assert first_401["path"] == "/models" and first_401["auth"] is None, first_401
+            assert "needs an API key" in page.text_content("#key-why")
+            assert "localStorage" in page.text_content("#key-note")
+            assert page.get_attribute("#api-key", "type") == "password"
+            assert page.is_hidden("#key-status")
+
+            # Paint and submit without a key: refused, and the submission waits for one.
+            page.set_input_files("#file", str(tmp_path / "wide.png"))
+            page.wait_for_selector("#stage:not(.empty)")
+            image = box(page, "#image-canvas")
+            page.evaluate(SET_RANGE, ["brush", 44])
+            page.mouse.move(*to_screen(image, 226, 150))
+            page.mouse.down()
+            page.mouse.move(*to_screen(image, 254, 172), steps=6)
+            page.mouse.up()
+            with page.expect_response("**/inpaint") as refused:
+                page.click("#submit")
+            assert refused.value.status == 401
+            assert page.is_visible("#key-panel") and page.is_disabled("#submit")
+            page.fill("#api-key", "not-the-key")
+            page.mouse.move(*to_screen(image, 330, 120))
+            page.screenshot(path=str(SHOTS / "page-api-key.png"))
+
+            # A wrong key is refused in turn, and the field says so.
+            page.press("#api-key", "Enter")
+            page.wait_for_function("document.querySelector('#key-why').textContent.includes('refused')")
+            assert page.is_visible("#key-panel") and page.is_disabled("#submit")
+            assert any(r["status"] == 401 and r["auth"] == "Bearer not-the-key" for r in responses), responses
+            page.fill("#api-key", PAGE_KEY)
+
+            # Saved: the models load and the job is sent again, with the quality the form then shows.
+            with page.expect_response(lambda r: r.url.endswith("/inpaint") and r.status == 202) as submitted:
+                saved[0] = True
+                page.click("#key-form button[type=submit]")
+            job_id = submitted.value.json()["id"]
+            assert page.is_hidden("#key-panel") and page.is_visible("#key-status")
+            assert page.evaluate("localStorage.getItem('repaint.apiKey')") == PAGE_KEY
+            params = api.get(f"/jobs/{job_id}").json()["params"]
+            assert (params["steps"], params["jump_length"], params["jump_n_sample"]) == (100, 10, 5), params
+
+            # Followed live through the key-carrying stream: progress and the live estimate.
+            page.wait_for_selector("#preview-image:not([hidden])", timeout=60_000)
+            page.wait_for_function("document.querySelector('#status-line').textContent.includes('evaluations')")
+            assert len(event_streams) >= 2 and all(a == f"Bearer {PAGE_KEY}" for a in event_streams), event_streams
+            assert page.evaluate("document.querySelector('#preview-image').src").startswith("blob:")
+
+            # The result at full size, and its download.
+            page.wait_for_selector("#result-image:not([hidden])", timeout=60_000)
+            page.wait_for_function("document.querySelector('#result-image').complete"
+                                   " && document.querySelector('#result-image').naturalWidth > 0")
+            natural = page.evaluate("[document.querySelector('#result-image').naturalWidth,"
+                                    " document.querySelector('#result-image').naturalHeight]")
+            assert tuple(natural) == WIDE
+            assert_same_box(box(page, "#result-image"), box(page, "#image-canvas"))
+            assert page.text_content("#status-line") == "Done."
+            with page.expect_download() as download:
+                page.click("#download")
+            assert download.value.suggested_filename == f"repaint-{job_id[:8]}-1.png"
+            assert open(download.value.path(), "rb").read() == api.get(f"/jobs/{job_id}/result").content
+
+            # Reloaded: the key is remembered, nothing asks for it.
+            page.reload()
+            page.wait_for_function("document.querySelector('#model-notes').textContent.includes('worker')")
+            assert page.is_hidden("#key-panel") and page.is_visible("#key-status")
+
+            after = [r for r in responses if r["saved"]]
+            assert not [r for r in after if r["status"] == 401], after
+            for path in ("/models", "/inpaint", f"/jobs/{job_id}", f"/jobs/{job_id}/preview", f"/jobs/{job_id}/result"):
+                hits = [r for r in after if r["path"].split("?")[0] == path]
+                assert hits and all(r["auth"] == f"Bearer {PAGE_KEY}" for r in hits), (path, hits)
+
+            # Forgotten: the next request is refused and the field comes back.
+            page.click("#forget-key")
+            page.wait_for_selector("#key-panel:not([hidden])")
+            assert page.is_hidden("#key-status")
+            assert page.evaluate("localStorage.getItem('repaint.apiKey')") is None
             assert not errors, errors
         finally:
             browser.close()

@@ -9,7 +9,8 @@ What each pixel of a result is:
 - inside the mask (after `mask_dilate`): the fill only, alpha opaque. Nothing under the mask
   is ever read, so results do not depend on what was hidden;
 - within `blend` pixels outside the mask: a mix of the fill and the known pixel;
-- farther than `blend` pixels from the mask: the uploaded pixel, bit for bit, in its mode.
+- farther than `blend` pixels from the mask horizontally or vertically (max(|dx|, |dy|) > blend):
+  the uploaded pixel, bit for bit, in its mode.
 """
 
 from __future__ import annotations
@@ -56,13 +57,15 @@ def _dilate_cross(mask: np.ndarray) -> np.ndarray:
     return out
 
 
-def compose(original: Image.Image, generated_rgb: np.ndarray, fill: np.ndarray, p: Plan, blend: int) -> Image.Image:
-    """The model's output pasted back at the original size and mode (see the module's doc)."""
+def compose(original: Image.Image, generated_rgb: np.ndarray, fill: np.ndarray, p: Plan, blend: int,
+            weight: np.ndarray | None = None) -> Image.Image:
+    """The model's output pasted back at the original size and mode (see the module's doc).
+    `weight`: `band_weights(fill, blend)` when the caller already has it (one per job)."""
     up = Image.fromarray(generated_rgb).resize((p.side, p.side), Image.Resampling.BICUBIC
                                                  if p.side > p.model_size else Image.Resampling.LANCZOS)
     canvas = Image.new("RGB", (original.width, original.height))
     canvas.paste(up, (p.box[0], p.box[1]))  # the parts of the box outside the image fall away
-    weight = band_weights(fill, blend)
+    weight = band_weights(fill, blend) if weight is None else weight
     return _in_mode(original, np.asarray(canvas).astype(np.float32), weight, fill)
 
 

@@ -122,24 +122,23 @@ def neutral_fill(rgb: np.ndarray, known: np.ndarray, work_side: int = 512) -> np
     h, w = known.shape
     factor = min(1.0, work_side / max(h, w))
     size = (max(1, round(w * factor)), max(1, round(h * factor)))
-    weight = known.astype(np.float32)
-    # Only known pixels are averaged down (hidden ones are multiplied by 0 first).
-    num = [_resize_f(rgb[..., c].astype(np.float32) * weight, size) for c in range(3)]
-    den = _resize_f(weight, size)
-    filled = np.stack([n.sum() / max(den.sum(), 1e-6) for n in num])[None, None, :] * np.ones((*den.shape, 1))
+    # Only known pixels are averaged down: hidden ones are zeroed first, and the known mask is
+    # averaged the same way to normalise (8-bit area averages: a fraction of a level off at most).
+    only_known = np.where(known[..., None], rgb, 0).astype(np.uint8)
+    num = np.asarray(Image.fromarray(only_known).resize(size, Image.Resampling.BOX), dtype=np.float64)
+    den = np.asarray(Image.fromarray(known.astype(np.uint8) * 255).resize(size, Image.Resampling.BOX),
+                     dtype=np.float64) / 255
+    filled = (num.sum((0, 1)) / max(den.sum(), 1e-6))[None, None, :] * np.ones((*den.shape, 1))
     for radius in (max(size) / 8, max(size) / 32):
         blurred_den = _blur(den, max(1.0, radius))
-        local = np.stack([_blur(n, max(1.0, radius)) for n in num], -1) / np.maximum(blurred_den, 1e-6)[..., None]
+        local = np.stack([_blur(num[..., c], max(1.0, radius)) for c in range(3)], -1)
+        local /= np.maximum(blurred_den, 1e-6)[..., None]
         filled = np.where(blurred_den[..., None] > 1e-3, local, filled)  # the finer scale refines near known pixels
-    full = np.stack([_resize_f(filled[..., c].astype(np.float32), (w, h)) for c in range(3)], -1)
-    return np.where(known[..., None], rgb, np.clip(full + 0.5, 0, 255).astype(np.uint8))
-
-
-def _resize_f(channel: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """Area-average (down) or bilinear (up) resize of a float image."""
-    img = Image.fromarray(channel, mode="F")
-    method = Image.Resampling.BOX if size[0] <= img.width else Image.Resampling.BILINEAR
-    return np.asarray(img.resize(size, method))
+    small = Image.fromarray(np.clip(filled + 0.5, 0, 255).astype(np.uint8))
+    full = np.asarray(small.resize((w, h), Image.Resampling.BILINEAR))
+    out = rgb.copy()
+    out[~known] = full[~known]
+    return out
 
 
 def _blur(channel: np.ndarray, radius: float) -> np.ndarray:

@@ -6,7 +6,7 @@ import contextlib
 import io
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 
 import numpy as np
@@ -74,6 +74,10 @@ class PreparedJob:
     plan: geometry.Plan
     image: torch.Tensor    # [3 x S x S] uint8, the model's input
     keep: torch.Tensor     # [S x S] bool, True = known model pixel
+    # Made once per job, on first use: the band's weights, and the preview's small copy of the
+    # image, mask and plan (previews come every few seconds; large photos are costly to shrink).
+    weights: dict = field(default_factory=dict)
+    preview_view: tuple | None = None
 
 
 ProgressFn = Callable[[int, int, torch.Tensor], None]
@@ -177,9 +181,12 @@ class Runtime:
 
     def _encode(self, out: torch.Tensor, prepared: PreparedJob, params: JobParams) -> list[bytes]:
         results = []
+        blend = geometry.auto_blend(prepared.plan) if params.blend is None else params.blend
+        if blend not in prepared.weights:
+            prepared.weights[blend] = blending.band_weights(prepared.fill, blend)
         for p in self._model_pixels(out, prepared):
-            blend = geometry.auto_blend(prepared.plan) if params.blend is None else params.blend
-            composed = blending.compose(prepared.original, p, prepared.fill, prepared.plan, blend)
+            composed = blending.compose(prepared.original, p, prepared.fill, prepared.plan, blend,
+                                        weight=prepared.weights[blend])
             results.append(encoding.encode(composed, params.output_format))
         return results
 
@@ -195,6 +202,21 @@ class Runtime:
         """A running job's current estimate (one sample, [3 x S x S]) pasted into its image as the
         result will be, at most PREVIEW_SIDE pixels a side: what the user will get, not the
         model's crop."""
+        if prepared.preview_view is None:
+            prepared.preview_view = self._preview_view(prepared)
+        original, fill, plan, factor = prepared.preview_view
+        blend = geometry.auto_blend(plan) if params.blend is None else round(params.blend * factor)
+        if ("preview", blend) not in prepared.weights:
+            prepared.weights[("preview", blend)] = blending.band_weights(fill, blend)
+        composed = blending.compose(original, self._model_pixels(x0[None], prepared)[0], fill, plan, blend,
+                                    weight=prepared.weights[("preview", blend)])
+        out = io.BytesIO()
+        geometry.to_rgb8(composed).save(out, format="PNG")
+        return out.getvalue()
+
+    @staticmethod
+    def _preview_view(prepared: PreparedJob) -> tuple:
+        """(image, mask, plan, factor) scaled so that the image is at most PREVIEW_SIDE a side."""
         original, fill, plan = prepared.original, prepared.fill, prepared.plan
         factor = min(1.0, PREVIEW_SIDE / max(original.size))
         if factor < 1:
@@ -204,11 +226,7 @@ class Runtime:
             side = max(1, round(plan.side * factor))
             left, top = round(plan.box[0] * factor), round(plan.box[1] * factor)
             plan = geometry.Plan(plan.strategy, (left, top, left + side, top + side), plan.model_size)
-        blend = geometry.auto_blend(plan) if params.blend is None else round(params.blend * factor)
-        composed = blending.compose(original, self._model_pixels(x0[None], prepared)[0], fill, plan, blend)
-        out = io.BytesIO()
-        geometry.to_rgb8(composed).save(out, format="PNG")
-        return out.getvalue()
+        return original, fill, plan, factor
 
     # ---- the network ---------------------------------------------------------------------------
 

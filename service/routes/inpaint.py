@@ -77,10 +77,11 @@ def create_inpaint_job(
         "how an image of another size reaches the model: crop around the mask, resize the whole "
         "(padded) image, or auto"))] = "auto",
     blend: Annotated[int | None, Form(ge=0, le=64, description=(
-        "feathered band, in pixels, inside the mask edge (default: about one model pixel, at least 2)"))] = None,
+        "soft band, in pixels, outside the mask edge where the fill fades into the image; nothing under the "
+        "mask is ever used (default: about one model pixel, at least 2)"))] = None,
     mask_dilate: Annotated[int, Form(ge=0, le=64, description="grow the mask by this many pixels")] = 0,
     output_format: Annotated[Literal["png", "jpeg", "webp"], Form(description=(
-        "result format; only PNG keeps the unmasked pixels bit for bit"))] = "png",
+        "result format; only PNG keeps the pixels beyond the blend band bit for bit"))] = "png",
     webhook: Annotated[str | None, Form(max_length=2000, description=(
         "URL to POST job events to (hosts the operator allows); signed with HMAC-SHA256"))] = None,
     webhook_events: Annotated[str, Form(description="comma-separated: started, progress, completed")] = (

@@ -26,9 +26,10 @@ const state = {
   view: "edit",                           // "edit": image + mask; "result": live estimate or result
   zoom: 1,                                // 1 = the image fits the box
   pointer: null, overStage: false, spaceDown: false, pan: null, splitDrag: false,
-  models: [], presets: {}, modelsLoaded: false, signature: null,
-  job: null,                              // {id, total, fraction, previewStep, results, final}
-  events: null, sample: 0, split: 0, splitBeforeToggle: null,
+  models: [], presets: {}, modelsLoaded: false, signature: null, loadingModels: null,
+  job: null,                              // {id, total, fraction, previewStep, results, final, images}
+  events: null,                           // the AbortController of the job's event stream
+  submitting: false, sample: 0, split: 0, splitBeforeToggle: null,
 };
 
 // ---------------------------------------------------------------- errors
@@ -53,6 +54,94 @@ async function errorText(response) {
   }
 }
 
+// ---------------------------------------------------------------- the API key
+//
+// A service started with REPAINT_API_KEYS answers 401 without `Authorization: Bearer <key>`. Every
+// request goes through api(), which sends the saved key; on a 401 it shows the key field and waits
+// until a key is saved, then sends the request again. Nothing about keys shows until a 401 does.
+
+const KEY_STORAGE = "repaint.apiKey";
+const auth = { key: readStoredKey(), waiters: [] };
+
+function readStoredKey() {
+  try { return localStorage.getItem(KEY_STORAGE) || ""; } catch (_) { return ""; }
+}
+
+function authHeaders(headers = {}) {
+  return auth.key ? { ...headers, Authorization: `Bearer ${auth.key}` } : { ...headers };
+}
+
+function showKeyStatus() {
+  $("key-status").hidden = !auth.key;
+}
+
+function askForKey(refusedKey, signal) {
+  // Resolves once a key is saved (every request waiting for one goes on then).
+  $("key-why").textContent = refusedKey
+    ? "The service refused the saved API key: enter a valid one. The page carries on once it is saved."
+    : "This service needs an API key. The page carries on once one is saved.";
+  const model = $("model");
+  if (!state.modelsLoaded && !model.options.length) model.add(new Option("(the models load once a key is saved)", ""));
+  const panel = $("key-panel");
+  if (panel.hidden) {
+    panel.hidden = false;
+    $("api-key").value = "";
+    if (!document.activeElement || document.activeElement === document.body) $("api-key").focus();
+  }
+  return new Promise((resolve, reject) => {
+    auth.waiters.push(resolve);
+    if (signal) signal.addEventListener("abort", () => reject(new DOMException("aborted", "AbortError")));
+  });
+}
+
+function saveKey(key) {
+  auth.key = key;
+  try { localStorage.setItem(KEY_STORAGE, key); } catch (_) { /* kept for this page only */ }
+  $("key-panel").hidden = true;
+  $("api-key").value = "";
+  showKeyStatus();
+  const waiters = auth.waiters;
+  auth.waiters = [];
+  for (const resolve of waiters) resolve();
+}
+
+function forgetKey() {
+  auth.key = "";
+  try { localStorage.removeItem(KEY_STORAGE); } catch (_) { /* nothing stored */ }
+  showKeyStatus();
+  loadModels();  // asks for a key again if the service needs one
+}
+
+$("key-form").addEventListener("submit", (event) => {
+  event.preventDefault();
+  const key = $("api-key").value.trim();
+  if (!key) return;
+  try {
+    new Headers({ Authorization: `Bearer ${key}` });  // what fetch() would refuse to send
+  } catch (_) {
+    $("key-why").textContent = "This key has characters an HTTP header cannot carry: check it and try again.";
+    return;
+  }
+  saveKey(key);
+});
+$("forget-key").addEventListener("click", (event) => { event.preventDefault(); forgetKey(); });
+
+async function api(url, options = {}) {
+  // fetch() with the saved key. `body` may be a function (called for each try) so that a request
+  // sent again after a key is saved is built from what the page shows then.
+  for (;;) {
+    const { body, headers, ...init } = options;
+    if (typeof body === "function") init.body = await body();
+    else if (body !== undefined) init.body = body;
+    const key = auth.key;
+    init.headers = authHeaders(headers);
+    const response = await fetch(url, init);
+    if (response.status !== 401) return response;
+    if (auth.key !== key) continue;  // a key was saved while this request was on its way
+    await askForKey(key, init.signal);
+  }
+}
+
 // ---------------------------------------------------------------- models and quality
 
 const fmt = (n) => Number(n).toLocaleString("en");
@@ -69,9 +158,17 @@ function selectedModel() {
   return state.models.find((m) => m.name === $("model").value) || null;
 }
 
-async function loadModels() {
+function loadModels() {
+  // One request at a time: the periodic refresh must not pile up while the key field waits.
+  if (!state.loadingModels) {
+    state.loadingModels = fetchModels().finally(() => { state.loadingModels = null; });
+  }
+  return state.loadingModels;
+}
+
+async function fetchModels() {
   try {
-    const response = await fetch("/models", { cache: "no-store" });
+    const response = await api("/models", { cache: "no-store" });
     if (!response.ok) throw new Error(await errorText(response));
     const data = await response.json();
     state.models = data.models;
@@ -395,7 +492,7 @@ function updateButtons() {
   $("undo").disabled = state.ops.length === 0;
   $("redo").disabled = state.redone.length === 0;
   $("clear").disabled = !state.painted;
-  $("submit").disabled = !state.file || !state.painted;
+  $("submit").disabled = !state.file || !state.painted || state.submitting;
   for (const id of ["zoom-in", "zoom-out", "zoom-fit", "zoom-1"]) if (!state.width) $(id).disabled = true;
 }
 
@@ -624,12 +721,19 @@ function formatEta(seconds) {
 }
 
 function forgetJob() {
-  if (state.events) state.events.close();
-  state.events = null;
+  stopEvents();
+  const job = state.job;
   state.job = null;
+  if (job) {
+    // Revoke every object URL made for its images, including any still loading.
+    for (const loading of job.images.values()) loading.then((image) => URL.revokeObjectURL(image.objectUrl), () => {});
+    job.images.clear();
+  }
   if (previewImage.src.startsWith("blob:")) URL.revokeObjectURL(previewImage.src);
   previewImage.removeAttribute("src");
   resultImage.removeAttribute("src");
+  delete resultImage.dataset.result;
+  $("download").removeAttribute("href");
   $("job-panel").hidden = true;
   $("samples").innerHTML = "";
   render();
@@ -637,20 +741,117 @@ function forgetJob() {
 
 function finish(job, text) {
   job.final = true;
-  if (state.events) state.events.close();
+  stopEvents();
   $("status-line").textContent = text;
   $("cancel").hidden = true;
   $("preview-note").hidden = true;
   render();
 }
 
-function follow(job) {
-  if (state.events) state.events.close();
-  const events = new EventSource(`/jobs/${job.id}/events`);
-  state.events = events;
-  events.addEventListener("status", (event) => {
-    if (state.job !== job) return;
-    const data = JSON.parse(event.data);
+// ---------------------------------------------------------------- live events
+//
+// GET /jobs/<id>/events is read with fetch() rather than EventSource, which cannot send the API
+// key: the text/event-stream format is parsed here, and a stream that ends before a final status
+// is opened again after a short wait, as EventSource would.
+
+const LOST_CONNECTION = "Lost the connection to the service; reconnecting…";
+const RECONNECT_MS = 500;
+const RECONNECT_MAX_MS = 8000;
+
+function sleep(ms, signal) {
+  return new Promise((resolve) => {
+    const timer = setTimeout(resolve, ms);
+    signal.addEventListener("abort", () => { clearTimeout(timer); resolve(); }, { once: true });
+  });
+}
+
+async function readEventStream(body, stream, onEvent) {
+  // The WHATWG format: lines end in CRLF, LF or CR; `field: value` (one leading space dropped);
+  // a line starting with ':' is a comment; a blank line dispatches the event gathered so far
+  // (none if it has no data); an event cut off by the end of the stream is dropped. TextDecoder
+  // drops a leading BOM and replaces invalid UTF-8, as the format asks.
+  const reader = body.getReader();
+  const decoder = new TextDecoder("utf-8");
+  let buffer = "", type = "", data = [];
+  const line = (text) => {
+    if (text === "") {
+      if (data.length) onEvent({ type: type || "message", data: data.join("\n"), id: stream.lastId });
+      type = "";
+      data = [];
+      return;
+    }
+    if (text[0] === ":") return;
+    const colon = text.indexOf(":");
+    const field = colon < 0 ? text : text.slice(0, colon);
+    let value = colon < 0 ? "" : text.slice(colon + 1);
+    if (value[0] === " ") value = value.slice(1);
+    if (field === "event") type = value;
+    else if (field === "data") data.push(value);
+    else if (field === "id" && !value.includes("\0")) stream.lastId = value;
+    else if (field === "retry" && /^\d+$/.test(value)) stream.retry = Number(value);
+  };
+  for (;;) {
+    const { done, value } = await reader.read();
+    buffer += done ? decoder.decode() : decoder.decode(value, { stream: true });
+    const ends = /\r\n|\r|\n/g;
+    let start = 0;
+    for (let m; (m = ends.exec(buffer));) {
+      // A CR last in the buffer may be the first half of a CRLF split across chunks.
+      if (!done && m[0] === "\r" && m.index === buffer.length - 1) break;
+      line(buffer.slice(start, m.index));
+      start = ends.lastIndex;
+    }
+    buffer = buffer.slice(start);
+    if (done) return;
+  }
+}
+
+function stopEvents() {
+  if (state.events) state.events.abort();
+  state.events = null;
+}
+
+async function follow(job) {
+  stopEvents();
+  const controller = new AbortController();
+  state.events = controller;
+  const live = () => state.job === job && !job.final && !controller.signal.aborted;
+  const stream = { lastId: "", retry: RECONNECT_MS };
+  let failures = 0;
+  while (live()) {
+    try {
+      const headers = { Accept: "text/event-stream" };
+      // As EventSource does; the server starts every stream with the job's state anyway.
+      if (stream.lastId) headers["Last-Event-ID"] = stream.lastId;
+      const response = await api(`/jobs/${job.id}/events`, { headers, cache: "no-store", signal: controller.signal });
+      if (!live()) { response.body && response.body.cancel().catch(() => {}); return; }
+      if (!response.ok) {
+        if (response.status >= 500) throw new Error(`${response.status}`);  // the service restarting: retry
+        // Unknown or expired job: EventSource gives up on such an answer too.
+        showError(`Lost the job's updates: ${await errorText(response)}`);
+        return;
+      }
+      failures = 0;
+      if ($("error").textContent === LOST_CONNECTION) showError("");
+      await readEventStream(response.body, stream, (event) => onJobEvent(job, event));
+    } catch (e) {
+      if (e.name === "AbortError" || !live()) return;
+      failures += 1;
+    }
+    if (!live()) return;
+    // The stream ended (or failed) before a final status: connect again, waiting longer each time
+    // it fails in a row.
+    if (failures > 1) showError(LOST_CONNECTION);
+    await sleep(Math.min(stream.retry * 2 ** Math.max(0, failures - 1), RECONNECT_MAX_MS), controller.signal);
+  }
+}
+
+function onJobEvent(job, event) {
+  if (state.job !== job) return;
+  let data;
+  try { data = JSON.parse(event.data); } catch (_) { return; }
+  if (event.type === "status") {
+    if (job.final) return;
     if (data.status === "queued") {
       $("status-line").textContent = data.position != null
         ? `Queued: ${data.position === 0 ? "next in line" : `${data.position} job(s) ahead`}` : "Queued";
@@ -669,28 +870,23 @@ function follow(job) {
       finish(job, "Canceled.");
       setView("edit");
     }
-  });
-  events.addEventListener("progress", (event) => {
-    if (state.job !== job || job.final) return;
-    const p = JSON.parse(event.data);
-    job.total = p.total;
-    job.fraction = p.fraction;
-    $("progress").value = p.fraction;
-    $("status-line").textContent = `Running: ${fmt(p.step)} of ${fmt(p.total)} evaluations, `
-      + `${Math.round(100 * p.fraction)}%${formatEta(p.eta_seconds)}`;
+  } else if (event.type === "progress") {
+    if (job.final) return;
+    job.total = data.total;
+    job.fraction = data.fraction;
+    $("progress").value = data.fraction;
+    $("status-line").textContent = `Running: ${fmt(data.step)} of ${fmt(data.total)} evaluations, `
+      + `${Math.round(100 * data.fraction)}%${formatEta(data.eta_seconds)}`;
     if (job.previewStep != null) render();  // the badge's percentage
-  });
-  events.addEventListener("preview", (event) => {
-    if (state.job !== job) return;
-    const p = JSON.parse(event.data);
-    loadPreview(job, p.url, p.step);
-  });
-  events.onerror = () => {
-    if (events.readyState === EventSource.CLOSED && state.job === job && !job.final) {
-      showError("Lost the connection to the service.");
-    }
-  };
+  } else if (event.type === "preview") {
+    loadPreview(job, data.url, data.step);
+  }
 }
+
+// ---------------------------------------------------------------- previews and results
+//
+// Fetched (with the key) and shown from object URLs, which are revoked when they are replaced or
+// the job is forgotten.
 
 async function loadPreview(job, url, step) {
   // The server answers 404 until the estimate is worth showing (a third of the work): skip those.
@@ -698,7 +894,7 @@ async function loadPreview(job, url, step) {
   if (step != null && job.total && 3 * step < job.total) return;
   job.loadingPreview = true;
   try {
-    const response = await fetch(`${url}${url.includes("?") ? "&" : "?"}step=${step ?? Date.now()}`, { cache: "no-store" });
+    const response = await api(`${url}${url.includes("?") ? "&" : "?"}step=${step ?? Date.now()}`, { cache: "no-store" });
     if (!response.ok) return;
     const objectUrl = URL.createObjectURL(await response.blob());
     const img = new Image();
@@ -718,14 +914,45 @@ async function loadPreview(job, url, step) {
   }
 }
 
+function jobImage(job, url) {
+  // One of the job's results, fetched once: {blob, objectUrl}, decoded and ready to show.
+  if (!job.images.has(url)) {
+    const loading = (async () => {
+      const response = await api(url);
+      if (!response.ok) throw new Error(await errorText(response));
+      const blob = await response.blob();
+      const objectUrl = URL.createObjectURL(blob);
+      const img = new Image();
+      img.src = objectUrl;
+      try { await img.decode(); } catch (_) {
+        URL.revokeObjectURL(objectUrl);
+        throw new Error("the result is not an image this browser can show");
+      }
+      return { blob, objectUrl };
+    })();
+    job.images.set(url, loading);
+    loading.catch(() => { if (job.images.get(url) === loading) job.images.delete(url); });  // a later try may work
+  }
+  return job.images.get(url);
+}
+
 async function showResults(job) {
-  const response = await fetch(`/jobs/${job.id}`, { cache: "no-store" });
-  if (!response.ok) { showError(await errorText(response)); return; }
-  const data = await response.json();
-  if (state.job !== job) return;
-  job.results = data.links.results || (data.links.result ? [data.links.result] : []);
-  job.seed = data.params.seed;
-  job.format = data.params.output_format;
+  try {
+    const response = await api(`/jobs/${job.id}`, { cache: "no-store" });
+    if (!response.ok) { showError(await errorText(response)); return; }
+    const data = await response.json();
+    if (state.job !== job) return;
+    const results = data.links.results || (data.links.result ? [data.links.result] : []);
+    if (!results.length) return;
+    job.seed = data.params.seed;
+    job.format = data.params.output_format;
+    await jobImage(job, results[0]);  // shown in one go, not drawn in as it loads
+    if (state.job !== job) return;
+    job.results = results;
+  } catch (e) {
+    if (state.job === job) showError(`Could not load the result: ${e.message}`);
+    return;
+  }
   const samples = $("samples");
   samples.innerHTML = "";
   if (job.results.length > 1) {
@@ -735,8 +962,8 @@ async function showResults(job) {
       button.className = "sample";
       button.title = `Sample ${i + 1} (seed ${job.seed + i})`;
       const thumb = document.createElement("img");
-      thumb.src = url;
       thumb.alt = `sample ${i + 1}`;
+      jobImage(job, url).then((image) => { if (state.job === job) thumb.src = image.objectUrl; }, () => {});
       button.append(thumb, String(i + 1));
       button.addEventListener("click", () => selectSample(i));
       samples.append(button);
@@ -744,19 +971,34 @@ async function showResults(job) {
   }
   setSplit(0);
   state.splitBeforeToggle = null;
-  selectSample(0);
-  setView("result");
+  await selectSample(0);
+  if (state.job === job) setView("result");
 }
 
-function selectSample(i) {
+function resultName(job, i, blob) {
+  const ext = { "image/jpeg": "jpg", "image/webp": "webp", "image/png": "png" }[blob.type]
+    || { jpeg: "jpg", webp: "webp" }[job.format] || "png";
+  return `repaint-${job.id.slice(0, 8)}-${i + 1}.${ext}`;
+}
+
+async function selectSample(i) {
   const job = state.job;
   if (!job || !job.results || !job.results[i]) return;
+  job.wantedSample = i;
+  let image;
+  try {
+    image = await jobImage(job, job.results[i]);
+  } catch (e) {
+    if (state.job === job) showError(`Could not load sample ${i + 1}: ${e.message}`);
+    return;
+  }
+  if (state.job !== job || job.wantedSample !== i) return;  // another sample was asked for since
   state.sample = i;
-  resultImage.src = job.results[i];
+  resultImage.src = image.objectUrl;
   resultImage.dataset.result = job.results[i];
-  const ext = { jpeg: "jpg", webp: "webp" }[job.format] || "png";
-  $("download").href = job.results[i];
-  $("download").download = `repaint-${job.id.slice(0, 8)}-${i + 1}.${ext}`;
+  // The object URL downloads the bytes already fetched (with the key), under a readable name.
+  $("download").href = image.objectUrl;
+  $("download").download = resultName(job, i, image.blob);
   $("download").textContent = job.results.length > 1 ? `Download sample ${i + 1}` : "Download";
   $("samples").querySelectorAll("button").forEach((b, j) => b.setAttribute("aria-pressed", String(i === j)));
   render();
@@ -765,11 +1007,10 @@ function selectSample(i) {
 $("continue").addEventListener("click", async () => {
   const job = state.job;
   if (!job || !job.results) return;
+  const i = state.sample;
   try {
-    const response = await fetch(job.results[state.sample]);
-    if (!response.ok) { showError(await errorText(response)); return; }
-    const blob = await response.blob();
-    openImage(new File([blob], `repaint-${job.id.slice(0, 8)}-${state.sample + 1}`, { type: blob.type }));
+    const image = await jobImage(job, job.results[i]);
+    openImage(new File([image.blob], resultName(job, i, image.blob), { type: image.blob.type }));
   } catch (e) {
     showError(`Could not fetch the result: ${e.message}`);
   }
@@ -778,15 +1019,16 @@ $("continue").addEventListener("click", async () => {
 $("cancel").addEventListener("click", async () => {
   const job = state.job;
   if (!job) return;
-  const response = await fetch(`/jobs/${job.id}`, { method: "DELETE" });
-  if (!response.ok) showError(await errorText(response));
-  else $("status-line").textContent = "Canceling…";
+  try {
+    const response = await api(`/jobs/${job.id}`, { method: "DELETE" });
+    if (!response.ok) showError(await errorText(response));
+    else if (!job.final) $("status-line").textContent = "Canceling…";
+  } catch (e) {
+    showError(`Could not reach the service: ${e.message}`);
+  }
 });
 
-$("options").addEventListener("submit", async (event) => {
-  event.preventDefault();
-  showError("");
-  if (!state.file || !hasPaint()) { showError("Paint the region to fill first."); return; }
+async function jobForm() {
   const form = new FormData();
   form.append("image", state.file);
   form.append("mask", await maskBlob(), "mask.png");
@@ -801,13 +1043,31 @@ $("options").addEventListener("submit", async (event) => {
   }
   form.append("num_samples", $("num-samples").value || "1");
   if ($("seed").value !== "") form.append("seed", $("seed").value);
-  $("submit").disabled = true;
+  return form;
+}
+
+$("options").addEventListener("submit", async (event) => {
+  event.preventDefault();
+  showError("");
+  if (!state.file || !hasPaint()) { showError("Paint the region to fill first."); return; }
+  state.submitting = true;
+  updateButtons();
+  let tries = 0;
   try {
-    const response = await fetch("/inpaint", { method: "POST", body: form });
+    const response = await api("/inpaint", {
+      method: "POST",
+      body: async () => {
+        // Sent again once a key is saved: with the models (and the quality they default to) loaded
+        // by then, as the form shows them.
+        if (tries++ > 0 && !state.modelsLoaded) await loadModels();
+        return jobForm();
+      },
+    });
     if (!response.ok) { showError(await errorText(response)); return; }
     const created = await response.json();
     forgetJob();
-    const job = { id: created.id, total: null, fraction: 0, previewStep: null, results: null, final: false };
+    const job = { id: created.id, total: null, fraction: 0, previewStep: null, results: null, final: false,
+                  images: new Map() };
     state.job = job;
     $("job-id").textContent = job.id;
     $("job-panel").hidden = false;
@@ -820,9 +1080,12 @@ $("options").addEventListener("submit", async (event) => {
   } catch (e) {
     showError(`Could not reach the service: ${e.message}`);
   } finally {
+    state.submitting = false;
     updateButtons();
   }
 });
+
+showKeyStatus();
 
 loadModels();
 setInterval(() => { if (!document.hidden) loadModels(); }, 15000);  // workers and queue lengths change

@@ -241,3 +241,16 @@ def test_http_metrics_label_routes_by_template_never_by_raw_path(client):
     assert {"/", "/static/{path}", "/jobs/{job_id}", "unmatched"} <= routes
     assert not any("app.js" in r or "0000" in r for r in routes)
     assert any('route="/static/{path}",status="200"} 2.0' in line for line in lines)
+
+
+@pytest.mark.parametrize("data, named", [
+    (b"PK\x03\x04" + b"\0" * 40, "application/zip"),
+    (b"\0\0\0\x1cftypavif" + b"\0" * 40, "image/avif"),
+    (b"GIF89a\x01\x00\x01\x00", "image/gif"),
+    ("Caf\u00e9 au lait, du texte".encode("utf-8") * 300, "text"),
+    (bytes(range(256)) * 4, "unknown binary data"),
+])
+def test_a_refused_file_is_named_by_what_it_looks_like(data, named):
+    from service.uploads import detected_type
+
+    assert detected_type(data) == named

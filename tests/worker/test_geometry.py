@@ -207,3 +207,22 @@ def test_auto_shows_face_models_the_whole_face():
     assert geometry.plan(128, 128, fill, 32, "auto").strategy == "crop"
     assert geometry.plan(128, 128, fill, 32, "auto", framing="whole").strategy == "resize"
     assert geometry.plan(128, 128, fill, 32, "crop", framing="whole").strategy == "crop"  # asked for
+
+
+def test_a_palette_image_with_a_transparent_colour_is_filled_opaque(runtime):
+    """Filled pixels mapped to a palette could land on its transparent entry: such uploads
+    are kept as RGBA, and the fill is opaque."""
+    from service.uploads import prepare
+
+    img = photo(64, 64).quantize(31)
+    indices = np.array(img)
+    indices[16:48, 16:48] = 31  # the hole: a transparent palette entry
+    holed = Image.frombytes("P", img.size, indices.tobytes())
+    holed.putpalette(img.getpalette()[:93] + [0, 0, 0])
+    holed.info["transparency"] = 31
+    prepared = prepare(holed, None)  # no mask: the transparent pixels are the region to fill
+    assert prepared.mode == "RGBA"
+    params = JobParams(seed=0, steps=5, jump_length=5, jump_n_sample=1)
+    for seed in range(3):
+        (out_png,) = runtime.inpaint(prepared.image_png, prepared.mask_png, JobParams(**{**params.__dict__, "seed": seed}))
+        assert (np.asarray(Image.open(io.BytesIO(out_png)))[16:48, 16:48, 3] == 255).all()
