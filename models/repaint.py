@@ -197,6 +197,21 @@ def step(model: DenoiseModel, batch: RePaintBatch, *, classifier: Callable | Non
     if not slots:
         return 0
     states = [batch.states[i] for i in slots]
+    # The noise of this step is drawn before the network runs. If the pass fails (out of memory,
+    # and the worker retries with a smaller batch), the generators go back to where they were, so
+    # the retry draws the same noise: a seeded result never depends on a failed attempt.
+    saved = [s.generator.get_state() for s in states]
+    try:
+        return _reverse_step(model, batch, slots, states, classifier=classifier, clip_denoised=clip_denoised)
+    except BaseException:
+        for s, state in zip(states, saved):
+            s.generator.set_state(state)
+        raise
+
+
+def _reverse_step(model: DenoiseModel, batch: RePaintBatch, slots: list[int], states: list[SampleState], *,
+                  classifier: Callable | None, clip_denoised: bool) -> int:
+    """One network evaluation for `states` (at rows `slots` of the batch); see `step`."""
     everyone = len(slots) == len(batch)
     index = None if everyone else torch.tensor(slots, device=batch.device)
 

@@ -208,3 +208,31 @@ def test_samples_join_and_leave_a_running_batch_without_changing_results():
             batch.remove(finished)
     torch.testing.assert_close(results[id(a)], alone(0, pa), atol=1e-4, rtol=0)
     torch.testing.assert_close(results[id(b)], alone(1, pb), atol=1e-4, rtol=0)
+
+
+def test_a_step_retried_after_out_of_memory_draws_the_same_noise():
+    """A worker that runs out of memory retries the pass (with a smaller batch): the retried step
+    must reuse the noise the failed one drew, or the seeded result would depend on the failure."""
+    image, _, keep = _images(n=2, size=32)
+    m = models.load_preset("tiny")
+    params = [SampleParams(t_T=20, jump_length=3, jump_n_sample=2, seed=s) for s in (42, 43)]
+    failures = iter([False, False, True, False, True, True] + [False] * 1000)
+
+    def flaky(x, t, y=None):
+        if next(failures):
+            raise torch.OutOfMemoryError("simulated: out of memory")
+        return m.unet(x, t, y)
+
+    with torch.inference_mode():
+        clean = RePaintBatch(m.diffusion, image, keep, params)
+        while not clean.done:
+            step(m.unet, clean)
+        retried = RePaintBatch(m.diffusion, image, keep, params)
+        oom = 0
+        while not retried.done:
+            try:
+                step(flaky, retried)
+            except torch.OutOfMemoryError:
+                oom += 1
+    assert oom == 3
+    assert torch.equal(retried.result(), clean.result())
