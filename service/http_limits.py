@@ -35,13 +35,19 @@ class Refused(Exception):
         self.status, self.detail = status, detail
 
 
-def json_error(status: int, detail: str) -> tuple[dict, dict]:
-    """The ASGI start and body messages of a JSON error that closes the connection."""
+def closing_json(detail: str) -> tuple[bytes, list[tuple[bytes, bytes]]]:
+    """The body and headers of a JSON error `{"detail": ...}` that closes the connection (the
+    rest of the request is never read, so the connection cannot carry another one)."""
     body = json.dumps({"detail": detail}).encode()
-    start = {"type": "http.response.start", "status": status,
-             "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-                         (b"connection", b"close")]}
-    return start, {"type": "http.response.body", "body": body}
+    return body, [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+                  (b"connection", b"close")]
+
+
+def json_error(status: int, detail: str) -> tuple[dict, dict]:
+    """The ASGI start and body messages of `closing_json`."""
+    body, headers = closing_json(detail)
+    return {"type": "http.response.start", "status": status, "headers": headers}, \
+        {"type": "http.response.body", "body": body}
 
 
 def head_size(scope: dict) -> int:
@@ -121,10 +127,8 @@ class JsonErrorH11Protocol(H11Protocol):
 
     def send_400_response(self, msg: str) -> None:
         # h11 refuses malformed requests and heads over MAX_HEAD_BYTES; say which it was.
-        detail = (f"malformed HTTP request, or a request line and headers over {MAX_HEAD_BYTES} bytes")
-        body = json.dumps({"detail": detail}).encode()
-        headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-                   (b"connection", b"close")]
+        body, headers = closing_json(
+            f"malformed HTTP request, or a request line and headers over {MAX_HEAD_BYTES} bytes")
         for event in (h11.Response(status_code=400, headers=headers, reason=b"Bad Request"), h11.Data(data=body),
                       h11.EndOfMessage()):
             self.transport.write(self.conn.send(event))

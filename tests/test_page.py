@@ -97,6 +97,15 @@ SET_RANGE = """([id, value]) => {
 }"""
 
 
+
+def shown_result_size(page) -> tuple[int, int]:
+    """Wait until the result image is shown and loaded; its natural (width, height)."""
+    page.wait_for_selector("#result-image:not([hidden])", timeout=60_000)
+    page.wait_for_function("document.querySelector('#result-image').complete"
+                           " && document.querySelector('#result-image').naturalWidth > 0")
+    return tuple(page.evaluate("[document.querySelector('#result-image').naturalWidth,"
+                               " document.querySelector('#result-image').naturalHeight]"))
+
 def test_the_page_paints_follows_the_job_and_compares_the_result(service, tmp_path):
     playwright = pytest.importorskip("playwright.sync_api")
     SHOTS.mkdir(parents=True, exist_ok=True)
@@ -199,11 +208,7 @@ def test_the_page_paints_follows_the_job_and_compares_the_result(service, tmp_pa
             page.screenshot(path=str(SHOTS / "page-running.png"))
 
             # The result at the image's size, in the same box, with the before/after split half-way.
-            page.wait_for_selector("#result-image:not([hidden])", timeout=60_000)
-            page.wait_for_function("document.querySelector('#result-image').complete"
-                                   " && document.querySelector('#result-image').naturalWidth > 0")
-            natural = page.evaluate("[document.querySelector('#result-image').naturalWidth,"
-                                    " document.querySelector('#result-image').naturalHeight]")
+            natural = shown_result_size(page)
             assert tuple(natural) == WIDE
             assert_same_box(box(page, "#result-image"), box(page, "#image-canvas"))
             assert_same_box(box(page, "#result-image"), stage)
@@ -340,11 +345,7 @@ def test_the_page_asks_for_an_api_key_and_sends_it_everywhere(keyed_service, tmp
             assert page.evaluate("document.querySelector('#preview-image').src").startswith("blob:")
 
             # The result at full size, and its download.
-            page.wait_for_selector("#result-image:not([hidden])", timeout=60_000)
-            page.wait_for_function("document.querySelector('#result-image').complete"
-                                   " && document.querySelector('#result-image').naturalWidth > 0")
-            natural = page.evaluate("[document.querySelector('#result-image').naturalWidth,"
-                                    " document.querySelector('#result-image').naturalHeight]")
+            natural = shown_result_size(page)
             assert tuple(natural) == WIDE
             assert_same_box(box(page, "#result-image"), box(page, "#image-canvas"))
             assert page.text_content("#status-line") == "Done."

@@ -18,7 +18,7 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image, ImageFilter
 
-from .geometry import Plan, to_rgb8
+from .geometry import Plan, level_peak, to_rgb8
 
 
 def band_weights(fill: np.ndarray, blend: int) -> np.ndarray:
@@ -100,8 +100,7 @@ def _in_mode(original: Image.Image, generated: np.ndarray, weight: np.ndarray, f
         return Image.fromarray(out)
     if mode.startswith("I"):
         out = np.array(original)
-        peak = 65535 if mode.startswith("I;16") or out.max() > 255 else 255
-        mixed = _mix(grey / 255 * peak, out.astype(np.float32), weight, fill)
+        mixed = _mix(grey / 255 * level_peak(out, mode), out.astype(np.float32), weight, fill)
         out[changed] = np.round(mixed[changed]).astype(out.dtype)
         result = Image.fromarray(out)
         return result if result.mode == mode else result.convert(mode)

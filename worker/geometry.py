@@ -94,12 +94,17 @@ def dilate(fill: np.ndarray, pixels: int) -> np.ndarray:
     return np.asarray(img.filter(ImageFilter.MaxFilter(2 * pixels + 1))) > 127
 
 
+def level_peak(values: np.ndarray, mode: str) -> float:
+    """The white level of an integer greyscale image: 65535 for 16-bit modes (and 32-bit images
+    holding 16-bit values), else 255."""
+    return 65535.0 if mode.startswith("I;16") or values.max() > 255 else 255.0
+
+
 def to_l8(image: Image.Image) -> Image.Image:
     """A 16- or 32-bit greyscale image as 8-bit L, scaled (Pillow's own convert clips at 255,
     which turns a 16-bit photo white)."""
     arr = np.asarray(image, dtype=np.float64)
-    peak = 65535.0 if image.mode.startswith("I;16") or arr.max() > 255 else 255.0
-    return Image.fromarray(np.clip(arr / peak * 255 + 0.5, 0, 255).astype(np.uint8))
+    return Image.fromarray(np.clip(arr / level_peak(arr, image.mode) * 255 + 0.5, 0, 255).astype(np.uint8))
 
 
 def to_rgb8(image: Image.Image) -> Image.Image:

@@ -139,11 +139,6 @@ class Target:
     addresses: tuple[str, ...]
 
     @property
-    def host_key(self) -> str:
-        """Deliveries are queued per `scheme://host:port`."""
-        return f"{self.scheme}://{self.host}:{self.port}"
-
-    @property
     def host_header(self) -> str:
         host = f"[{self.host}]" if ":" in self.host else self.host
         return host if self.port == DEFAULT_PORTS[self.scheme] else f"{host}:{self.port}"

@@ -501,25 +501,19 @@ function editing() {
   if (state.view !== "edit" && state.width) setView("edit");
 }
 
-function undo() {
+// Undo moves the last stroke from the done list to the redone list; redo moves it back.
+function moveOp(from, to) {
   editing();
-  const op = state.ops.pop();
+  const op = from.pop();
   if (!op) return;
-  state.redone.push(op);
+  to.push(op);
   replayMask();
   state.painted = hasPaint();
   updateButtons();
 }
 
-function redo() {
-  editing();
-  const op = state.redone.pop();
-  if (!op) return;
-  state.ops.push(op);
-  replayMask();
-  state.painted = hasPaint();
-  updateButtons();
-}
+function undo() { moveOp(state.ops, state.redone); }
+function redo() { moveOp(state.redone, state.ops); }
 
 function clearMask() {
   editing();
