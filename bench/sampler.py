@@ -51,7 +51,7 @@ def run(preset: str = "tiny", device: str = "cpu", dtype: str = "float32", batch
     t0 = time.perf_counter()
     models.inpaint(net, loaded.diffusion, image, keep, t_T=10, jump_length=10, jump_n_sample=1, seed=0)
     warmup = time.perf_counter() - t0
-    evaluations = models.count_model_evaluations(models.jump_schedule(steps, jump_length, jump_n_sample))
+    evaluations = models.count_model_evaluations(models.jump_schedule(steps, jump_length=jump_length, jump_n_sample=jump_n_sample))
     times = []
     for r in range(repeats):
         if device.startswith("cuda"):

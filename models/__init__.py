@@ -1,20 +1,40 @@
-"""Pure-torch RePaint: the ADM UNet, the noisy classifier, diffusion math and the sampler.
+"""Pure-torch RePaint: the ADM UNet, the noisy classifier, diffusion math and the samplers.
 
-Nothing here imports web, queue or Redis code; the worker builds on these functions.
+Nothing here imports web, queue or Redis code; the worker builds on these functions. The package
+loads its torch modules on first use: the API imports the torch-free `models.schedule` and
+`models.sampler_settings` (to validate requests and count their cost) and must not load torch.
 """
 
-from .checkpoints import CheckpointError, load_weights, read_state_dict, sha256_of
-from .config import ConfigError
-from .diffusion import Diffusion, build_diffusion, space_timesteps
-from .presets import (PRESETS, LoadedModel, Preset, build_classifier, build_unet, get_preset,
-                      load_preset, randomize_weights)
-from .repaint import RePaintBatch, SampleParams, inpaint, random_seed, step
-from .schedule import count_model_evaluations, jump_schedule
+from __future__ import annotations
 
-__all__ = [
-    "CheckpointError", "ConfigError", "Diffusion", "LoadedModel", "PRESETS", "Preset",
-    "RePaintBatch", "SampleParams", "build_classifier", "build_diffusion", "build_unet",
-    "count_model_evaluations", "get_preset", "inpaint", "jump_schedule", "load_preset",
-    "load_weights", "random_seed", "randomize_weights", "read_state_dict", "sha256_of",
-    "space_timesteps", "step",
-]
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "CheckpointError": "checkpoints", "load_weights": "checkpoints", "read_state_dict": "checkpoints",
+    "sha256_of": "checkpoints",
+    "ConfigError": "config",
+    "Diffusion": "diffusion", "build_diffusion": "diffusion", "space_timesteps": "diffusion",
+    "PRESETS": "presets", "LoadedModel": "presets", "Preset": "presets", "build_classifier": "presets",
+    "build_unet": "presets", "get_preset": "presets", "load_preset": "presets", "randomize_weights": "presets",
+    "SampleBatch": "sampling", "SampleParams": "sampling", "inpaint": "sampling", "random_seed": "sampling",
+    "step": "sampling",
+    "DDNMSettings": "sampler_settings", "RePaintSettings": "sampler_settings", "SamplerSettings": "sampler_settings",
+    "SettingsError": "sampler_settings", "settings_from_record": "sampler_settings",
+    "count_model_evaluations": "schedule", "jump_schedule": "schedule",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'models' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))

@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from .config import ClassifierConfig
-from .nn import AttentionPool2d, normalization, timestep_embedding
+from .nn import AttentionPool2d, convert_convs, normalization, timestep_embedding
 from .unet import build_encoder_blocks, time_embedding_mlp
 
 
@@ -28,15 +28,26 @@ class EncoderUNetModel(nn.Module):
             normalization(ch), nn.SiLU(),
             AttentionPool2d(c.image_size // ds, ch, c.num_head_channels, c.out_channels))
 
+    def convert_to_fp16(self) -> "EncoderUNetModel":
+        """The reference's `classifier_use_fp16`: the convolutions of the input and middle blocks
+        in float16; the time embedding, GroupNorms and the attention-pool head stay float32."""
+        return self.convert_torso(torch.float16)
+
+    def convert_torso(self, dtype: torch.dtype) -> "EncoderUNetModel":
+        for blocks in (self.input_blocks, self.middle_block):
+            convert_convs(blocks, dtype)
+        return self
+
     @property
     def dtype(self) -> torch.dtype:
-        return self.time_embed[0].weight.dtype
+        """The torso's dtype (input and middle blocks)."""
+        return self.input_blocks[0][0].weight.dtype
 
     def forward(self, x: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
-        dtype = self.dtype
-        emb = self.time_embed(timestep_embedding(timesteps, self.config.model_channels).to(dtype))
-        h = x.to(dtype)
+        emb = self.time_embed(timestep_embedding(timesteps, self.config.model_channels)
+                              .to(self.time_embed[0].weight.dtype))
+        h = x.to(self.dtype)
         for block in self.input_blocks:
             h = block(h, emb)
         h = self.middle_block(h, emb)
-        return self.out(h).to(x.dtype)
+        return self.out(h.to(self.out[0].weight.dtype)).to(x.dtype)

@@ -128,8 +128,11 @@ class Schedule:
 
 
 # Per-step coefficients the sampler needs, in the order of `Diffusion.coefficient_rows`.
+# `sqrt_ac_prev` and `sqrt_1m_ac_prev` are the levels one index down (1 and 0 below index 0): where
+# a deterministic (DDIM-style) step lands.
 COEFFICIENTS = ("timestep", "sqrt_recip_ac", "sqrt_recipm1_ac", "coef1", "coef2",
-                "min_log", "max_log", "fixed_log_var", "sqrt_ac", "sqrt_1m_ac", "beta")
+                "min_log", "max_log", "fixed_log_var", "sqrt_ac", "sqrt_1m_ac", "beta",
+                "sqrt_ac_prev", "sqrt_1m_ac_prev")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -207,7 +210,8 @@ def _coefficient_rows(diffusion: Diffusion, steps: int | None) -> list[tuple[flo
     columns = [timesteps, s.sqrt_recip_alphas_cumprod,
                s.sqrt_recipm1_alphas_cumprod, s.posterior_mean_coef1, s.posterior_mean_coef2,
                s.posterior_log_variance_clipped, s.log_betas, fixed_log, s.sqrt_alphas_cumprod,
-               s.sqrt_one_minus_alphas_cumprod, s.betas]
+               s.sqrt_one_minus_alphas_cumprod, s.betas, s.alphas_cumprod_prev.sqrt(),
+               (1.0 - s.alphas_cumprod_prev).sqrt()]
     return [tuple(row) for row in torch.stack(columns, 1).tolist()]
 
 
@@ -253,6 +257,17 @@ def predict_eps_from_xstart(x_t: torch.Tensor, x_start: torch.Tensor, c: Mapping
 def q_posterior_mean(x_start: torch.Tensor, x_t: torch.Tensor, c: Mapping[str, torch.Tensor]) -> torch.Tensor:
     """Mean of q(x_{t-1} | x_t, x_0)."""
     return c["coef1"] * x_start + c["coef2"] * x_t
+
+
+def predict_xstart(diffusion: Diffusion, model_output: torch.Tensor, x_t: torch.Tensor,
+                   c: Mapping[str, torch.Tensor], *, clip_denoised: bool = True) -> torch.Tensor:
+    """The network's estimate of x_0 (its variance channels, if any, are ignored)."""
+    model_output = model_output[:, : x_t.shape[1]]
+    if diffusion.mean_type == MeanType.EPSILON:
+        pred_xstart = predict_xstart_from_eps(x_t, model_output, c)
+    else:
+        pred_xstart = model_output
+    return pred_xstart.clamp(-1, 1) if clip_denoised else pred_xstart
 
 
 def p_mean_variance(diffusion: Diffusion, model_output: torch.Tensor, x_t: torch.Tensor,

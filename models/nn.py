@@ -29,6 +29,14 @@ def normalization(channels: int) -> GroupNorm32:
     return GroupNorm32(32, channels)
 
 
+def convert_convs(module: nn.Module, dtype: torch.dtype) -> None:
+    """Cast the weight and bias of every Conv1d/2d/3d inside `module` to `dtype`, nothing else
+    (the reference's `convert_module_to_f16` applied to a subtree)."""
+    for layer in module.modules():
+        if isinstance(layer, (nn.Conv1d, nn.Conv2d, nn.Conv3d)):
+            layer.to(dtype)
+
+
 def timestep_embedding(timesteps: torch.Tensor, dim: int, max_period: int = 10000) -> torch.Tensor:
     """Sinusoidal embedding [N] -> [N x dim]: cosines first, then sines."""
     half = dim // 2

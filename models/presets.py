@@ -60,6 +60,9 @@ FACES32_CONF = {
 
 WEIGHTS_DIR = Path(__file__).parent / "weights"
 
+# Dtypes `load_preset` applies the reference's half-precision layout for (torso convolutions only).
+HALF_DTYPES = (torch.float16, torch.bfloat16)
+
 
 @dataclass(frozen=True, kw_only=True)
 class Preset:
@@ -176,7 +179,13 @@ class LoadedModel:
 def load_preset(preset: Preset | str, *, checkpoint: str | Path | None = None,
                 classifier_checkpoint: str | Path | None = None, device: str | torch.device = "cpu",
                 dtype: torch.dtype = torch.float32) -> LoadedModel:
-    """Build a preset's networks and load their weights strictly (random weights for `tiny`)."""
+    """Build a preset's networks and load their weights strictly (random weights for `tiny`).
+
+    `dtype` float16 or bfloat16 is half precision as the reference runs it: only the convolutions
+    of the UNet's torso in that dtype (`UNetModel.convert_torso`), the embeddings, GroupNorms and
+    output head float32; the classifier likewise when its conf's `classifier_use_fp16` is true,
+    else float32 throughout. Any other dtype casts the whole networks.
+    """
     if isinstance(preset, str):
         preset = get_preset(preset)
     unet = build_unet(preset.conf)
@@ -196,6 +205,15 @@ def load_preset(preset: Preset | str, *, checkpoint: str | Path | None = None,
         classifier = build_classifier(preset.conf)
         load_weights(classifier, read_state_dict(classifier_checkpoint),
                      what=f"classifier checkpoint {classifier_checkpoint}", config=classifier.config)
-        classifier = classifier.to(device=device, dtype=dtype).eval().requires_grad_(False)
-    unet = unet.to(device=device, dtype=dtype).eval().requires_grad_(False)
+        classifier = classifier.to(device=device).eval().requires_grad_(False)
+        if dtype in HALF_DTYPES:
+            if classifier.config.use_fp16:
+                classifier.convert_torso(dtype)
+        else:
+            classifier = classifier.to(dtype=dtype)
+    unet = unet.to(device=device).eval().requires_grad_(False)
+    if dtype in HALF_DTYPES:
+        unet.convert_torso(dtype)  # after loading: the weights arrive in float32
+    else:
+        unet = unet.to(dtype=dtype)
     return LoadedModel(preset=preset, unet=unet, diffusion=build_diffusion(preset.conf), classifier=classifier)

@@ -1,38 +1,78 @@
-"""The RePaint jump schedule: the order in which a sample visits the respaced diffusion indices."""
+"""Time schedules: the order in which a sample visits the respaced diffusion indices.
+
+Torch-free on purpose: the API counts a request's network evaluations with these functions
+before it queues the job, and must not import torch.
+"""
 
 from __future__ import annotations
 
+# The reference's "never" for start_resampling: resampling is allowed at every index.
+RESAMPLE_EVERYWHERE = 100_000_000
 
-def jump_schedule(t_T: int, jump_length: int, jump_n_sample: int, n_sample: int = 1) -> list[int]:
+
+class ScheduleTooLong(ValueError):
+    """The schedule would visit more times than the caller allows (it is not built in full)."""
+
+
+def jump_schedule(t_T: int, *, n_sample: int = 1, jump_length: int = 10, jump_n_sample: int = 10,
+                  jump2_length: int = 1, jump2_n_sample: int = 1, jump3_length: int = 1, jump3_n_sample: int = 1,
+                  start_resampling: int = RESAMPLE_EVERYWHERE, max_length: int | None = None) -> list[int]:
     """Times visited by RePaint sampling (Lugmayr et al. 2022, Algorithm 1 with resampling).
 
-    Starts at t_T - 1 and ends with -1 (the clean image). A step from a to a - 1 is a reverse
-    step that evaluates the network at index a; a step from a to a + 1 re-noises without one.
-    Every `jump_length` steps the sampler goes back up `jump_length` indices and redoes them,
-    `jump_n_sample - 1` times in all per stretch; `n_sample > 1` adds single-step resampling.
+    Takes the reference generator's parameters by their names and returns its exact times.
+    Starts at t_T - 1 and ends with -1 (the clean image). A move from a to a - 1 is a reverse
+    step that evaluates the network at index a; a move from a to a + 1 re-noises without one.
+    - Level 1: every `jump_length` indices, go back up `jump_length` and redo the stretch,
+      `jump_n_sample - 1` more times.
+    - Levels 2 and 3: the same with their own lengths and counts, nested inside level 1; a
+      level-1 jump resets levels 2 and 3, a level-2 jump resets level 3.
+    - `n_sample > 1`: after each reverse step, re-noise one index and redo it `n_sample - 1` times.
+    - Jumps and single-step resampling happen only at or below `start_resampling`.
+    `max_length` bounds the list (ScheduleTooLong past it), so that parameters from a client
+    cannot make the server build a schedule of billions of moves before counting its cost.
     """
-    for name, value, minimum in (("t_T", t_T, 1), ("jump_length", jump_length, 1),
-                                 ("jump_n_sample", jump_n_sample, 1), ("n_sample", n_sample, 1)):
-        if not isinstance(value, int) or value < minimum:
+    for name, value, minimum in (("t_T", t_T, 1), ("n_sample", n_sample, 1), ("jump_length", jump_length, 1),
+                                 ("jump_n_sample", jump_n_sample, 1), ("jump2_length", jump2_length, 1),
+                                 ("jump2_n_sample", jump2_n_sample, 1), ("jump3_length", jump3_length, 1),
+                                 ("jump3_n_sample", jump3_n_sample, 1), ("start_resampling", start_resampling, 0)):
+        if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
             raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
-    # Remaining jumps back per landing index (the stretch boundaries below t_T - jump_length).
-    jumps_left = {j: jump_n_sample - 1 for j in range(0, t_T - jump_length, jump_length)}
-    t = t_T
+
+    def fresh(length: int, n: int) -> dict[int, int]:
+        # Jumps left per landing index: the stretch boundaries below t_T - length.
+        return {j: n - 1 for j in range(0, t_T - length, length)}
+
+    levels = [[jump3_length, jump3_n_sample, fresh(jump3_length, jump3_n_sample)],
+              [jump2_length, jump2_n_sample, fresh(jump2_length, jump2_n_sample)],
+              [jump_length, jump_n_sample, fresh(jump_length, jump_n_sample)]]
     times: list[int] = []
+
+    def visit(t: int) -> None:
+        times.append(t)
+        if max_length is not None and len(times) > max_length:
+            raise ScheduleTooLong(f"the schedule visits more than {max_length} times")
+
+    t = t_T
     while t >= 1:
         t -= 1
-        times.append(t)
-        if t + 1 < t_T - 1:
+        visit(t)
+        if t + 1 < t_T - 1 and t <= start_resampling:
             for _ in range(n_sample - 1):
-                times.extend((t + 1, t))
-        if jumps_left.get(t, 0) > 0:
-            jumps_left[t] -= 1
-            times.extend(range(t + 1, t + jump_length + 1))
-            t += jump_length
-    times.append(-1)
+                visit(t + 1)
+                visit(t)
+        # Innermost level first, then outward; each level sees the index the inner one left.
+        for depth, (length, _, jumps) in enumerate(levels):
+            if jumps.get(t, 0) > 0 and t <= start_resampling - length:
+                jumps[t] -= 1
+                for _ in range(length):
+                    t += 1
+                    visit(t)
+                for inner in levels[:depth]:
+                    inner[2] = fresh(inner[0], inner[1])
+    visit(-1)
     return times
 
 
 def count_model_evaluations(times: list[int]) -> int:
-    """The number of reverse transitions, i.e. network evaluations, in a jump schedule."""
+    """The number of reverse transitions, i.e. network evaluations, in a schedule."""
     return sum(1 for a, b in zip(times, times[1:]) if b < a)

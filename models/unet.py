@@ -7,7 +7,7 @@ from torch import nn
 
 from .config import UNetConfig
 from .nn import (AttentionBlock, Downsample, ResBlock, TimestepEmbedSequential, Upsample,
-                 normalization, timestep_embedding)
+                 convert_convs, normalization, timestep_embedding)
 
 
 def build_encoder_blocks(*, model_channels: int, in_channels: int, channel_mult, num_res_blocks: int,
@@ -59,8 +59,9 @@ class UNetModel(nn.Module):
     """Noise predictor eps(x_t, t[, y]): [N x C x H x W] -> [N x out_channels x H x W].
 
     With learned variance the output has 6 channels: epsilon, then the variance interpolation.
-    Timesteps are on the original (un-respaced) scale; parameters may be fp32, fp16 or bf16 and
-    the output is returned in the input's dtype.
+    Timesteps are on the original (un-respaced) scale; the output is returned in the input's dtype.
+    Parameters are float32; or half precision as the reference runs it (`convert_to_fp16`: the
+    torso's convolutions in float16, the rest float32); or all of one dtype (`.to(torch.bfloat16)`).
     """
 
     def __init__(self, config: UNetConfig):
@@ -96,19 +97,35 @@ class UNetModel(nn.Module):
         self.out = nn.Sequential(normalization(ch), nn.SiLU(),
                                  nn.Conv2d(ch, c.out_channels, 3, padding=1))
 
+    def convert_to_fp16(self) -> "UNetModel":
+        """Half precision as the reference's `use_fp16` does it: the weights and biases of every
+        convolution in the torso (input, middle and output blocks) become float16; the timestep
+        and label embeddings, the ResBlocks' embedding projections, every GroupNorm and the
+        output head stay float32. Call it after loading the weights."""
+        return self.convert_torso(torch.float16)
+
+    def convert_torso(self, dtype: torch.dtype) -> "UNetModel":
+        """The torso's convolutions to `dtype` (float32 undoes `convert_to_fp16`)."""
+        for blocks in (self.input_blocks, self.middle_block, self.output_blocks):
+            convert_convs(blocks, dtype)
+        return self
+
     @property
     def dtype(self) -> torch.dtype:
-        return self.out[-1].weight.dtype
+        """The torso's dtype: what the activations between the blocks are computed in."""
+        return self.input_blocks[0][0].weight.dtype
 
     def forward(self, x: torch.Tensor, timesteps: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         assert x.ndim == 4 and timesteps.shape == (x.shape[0],), (x.shape, timesteps.shape)
         if (y is not None) != (self.config.num_classes is not None):
             raise ValueError("class labels y must be given exactly when the model is class-conditional")
-        dtype = self.dtype
-        emb = self.time_embed(timestep_embedding(timesteps, self.config.model_channels).to(dtype))
+        # The embedding in the MLP's own dtype (float32 unless the whole module was cast); the
+        # ResBlocks cast their projection of it to the torso's dtype.
+        emb = self.time_embed(timestep_embedding(timesteps, self.config.model_channels)
+                              .to(self.time_embed[0].weight.dtype))
         if y is not None:
             emb = emb + self.label_emb(y)
-        h = x.to(dtype)
+        h = x.to(self.dtype)
         skips = []
         for block in self.input_blocks:
             h = block(h, emb)
@@ -116,4 +133,4 @@ class UNetModel(nn.Module):
         h = self.middle_block(h, emb)
         for block in self.output_blocks:
             h = block(torch.cat([h, skips.pop()], dim=1), emb)
-        return self.out(h).to(x.dtype)
+        return self.out(h.to(self.out[-1].weight.dtype)).to(x.dtype)

@@ -64,8 +64,10 @@ def submit(args: argparse.Namespace) -> int:
 
     from .client import ApiError, RepaintClient
 
-    fields = {k: getattr(args, k) for k in ("model", "preset", "seed", "num_samples", "steps", "jump_length",
-                                            "jump_n_sample", "strategy", "output_format", "class_label")}
+    # Only what the user set: the service fills the rest from the preset, the model and the sampler,
+    # and refuses a parameter of another sampler rather than ignoring it.
+    fields = {k: getattr(args, k) for k in ("model", "preset", "sampler", *_sampler_parameters(), "seed",
+                                            "num_samples", "strategy", "output_format", "class_label")}
     out = Path(args.output)
     try:
         with RepaintClient(args.url, api_key=args.api_key) as client:
@@ -212,6 +214,21 @@ def _model_names() -> list[str]:
     return sorted(MODELS)
 
 
+def _sampler_parameters() -> dict[str, tuple[type, str]]:
+    """Every sampler parameter, in the samplers' order: {name: (int or float, help)} (torch-free)."""
+    from models.sampler_settings import SETTINGS, owners_of
+
+    out: dict[str, tuple[type, str]] = {}
+    for cls in SETTINGS.values():
+        for param in cls.describe()["parameters"]:
+            if param["name"] not in out:
+                owners = owners_of(param["name"])
+                kind = float if param["type"] == "number" else int
+                which = f"sampler{'s' if len(owners) > 1 else ''} {', '.join(owners)}"
+                out[param["name"]] = (kind, f"{param['description']}; {which}".replace("%", "%%"))
+    return out
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="repaint", description="RePaint inpainting service")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -230,12 +247,20 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--url", default=os.environ.get("REPAINT_URL", DEFAULT_URL))
     p.add_argument("--api-key", default=os.environ.get("REPAINT_API_KEY"))
     p.add_argument("--model")
-    p.add_argument("--preset", choices=["fast", "balanced", "paper"])
+    from models.sampler_settings import DEFAULT_SAMPLER, SETTINGS
+    from worker.params import QUALITY_PRESETS
+
+    p.add_argument("--preset", choices=list(QUALITY_PRESETS),
+                   help="named sampling settings (GET /models lists each one's sampler and cost); "
+                        "the parameters below override its values")
+    p.add_argument("--sampler", choices=list(SETTINGS),
+                   help=f"default: {DEFAULT_SAMPLER}, or the preset's; only its own parameters may be given")
     p.add_argument("--seed", type=int)
     p.add_argument("--num-samples", type=int)
-    p.add_argument("--steps", type=int)
-    p.add_argument("--jump-length", type=int)
-    p.add_argument("--jump-n-sample", type=int)
+    params = p.add_argument_group("sampler parameters", "sent only when given; the service refuses a "
+                                                        "parameter of another sampler (exit code 2)")
+    for name, (kind, help_text) in _sampler_parameters().items():
+        params.add_argument(f"--{name.replace('_', '-')}", type=kind, help=help_text)
     p.add_argument("--strategy", choices=["auto", "crop", "resize"])
     p.add_argument("--output-format", choices=["png", "jpeg", "webp"])
     p.add_argument("--class-label", type=int, help="class for class-conditional models (imagenet256)")

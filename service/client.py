@@ -24,8 +24,18 @@ class ApiError(RuntimeError):
 
     def __init__(self, status: int, detail):
         self.status, self.detail = status, detail
-        message = detail if isinstance(detail, str) else json.dumps(detail)
-        super().__init__(f"HTTP {status}: {message}")
+        super().__init__(f"HTTP {status}: {_readable(detail)}")
+
+
+def _readable(detail) -> str:
+    """The API's `detail` as a line: a string, an object's message, or validation errors as `field: why`."""
+    if isinstance(detail, str):
+        return detail
+    if isinstance(detail, dict) and isinstance(detail.get("message"), str):
+        return detail["message"]
+    if isinstance(detail, list) and all(isinstance(e, dict) and "msg" in e for e in detail):
+        return "; ".join(f"{'.'.join(str(x) for x in e.get('loc', [])[1:]) or 'request'}: {e['msg']}" for e in detail)
+    return json.dumps(detail)
 
 
 class RepaintClient:

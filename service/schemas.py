@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
@@ -65,9 +65,12 @@ class JobPublic(BaseModel):
 
 
 class ModelDefaults(BaseModel):
+    """The model's own RePaint schedule (its conf's `schedule_jump_params`) and guidance scale."""
+
     steps: int
     jump_length: int
     jump_n_sample: int
+    n_sample: int = 1
     classifier_scale: float = 0.0
 
 
@@ -90,15 +93,34 @@ class ModelPublic(BaseModel):
 
 
 class QualityPreset(BaseModel):
-    steps: int
-    jump_length: int
-    jump_n_sample: int
-    evaluations: int = Field(description="network evaluations per sample")
+    sampler: str = Field(description="the sampler the preset runs")
+    settings: dict[str, int | float] = Field(description="the sampler parameters the preset sets (a model's "
+                                             "defaults fill the rest)")
+    evaluations: int = Field(description="network evaluations per sample (with the default model's defaults)")
+    budget: int | None = Field(description="the most evaluations the preset may cost (null: any)")
+    description: str
+
+
+class SamplerParameter(BaseModel):
+    name: str
+    type: Literal["integer", "number"]
+    default: int | float
+    minimum: int | float | None = None
+    maximum: int | float | None = None
+    description: str
+
+
+class SamplerPublic(BaseModel):
+    name: str = Field(description="the value of POST /inpaint's `sampler` field")
+    description: str
+    parameters: list[SamplerParameter] = Field(description="the form fields this sampler takes; sending a "
+                                               "parameter of another sampler is refused (422)")
 
 
 class ModelList(BaseModel):
     default: str
     models: list[ModelPublic]
+    samplers: list[SamplerPublic] = Field(description="samplers for POST /inpaint sampler= (default: repaint)")
     presets: dict[str, QualityPreset] = Field(description="named sampling settings for POST /inpaint preset=")
 
 

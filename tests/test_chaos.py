@@ -20,6 +20,7 @@ from PIL import Image
 
 from tests.conftest import face_and_mask, png_bytes
 from tests.procs import ApiProcess, RedisServer, WorkerProcess, job_keys_without_ttl, submit, wait_until
+from models.sampler_settings import RePaintSettings
 from worker import jobs
 from worker.ledger import Ledger, new_job_id
 from worker.params import JobParams
@@ -36,7 +37,7 @@ def submit_poison(redis) -> str:
     image = Image.new("RGB", (16500, 64), (90, 120, 150))
     mask = Image.new("L", (16500, 64), 0)
     mask.paste(255, (20, 20, 40, 40))
-    params = JobParams(seed=0, steps=20, jump_length=5, jump_n_sample=1, strategy="crop", output_format="webp",
+    params = JobParams(seed=0, sampler=RePaintSettings(steps=20, jump_length=5, jump_n_sample=1), strategy="crop", output_format="webp",
                        image={"width": 16500, "height": 64, "mode": "RGB"})
     job_id, _ = Ledger(redis).create(job_id=new_job_id(), model="tiny", params=params, image_png=png_bytes(image),
                                      mask_png=png_bytes(mask), timeout=600, input_ttl=3600, max_attempts=3)

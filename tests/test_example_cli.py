@@ -1,4 +1,5 @@
-"""`repaint example`: an image and a mask suited to the model, written where asked, and the commands to run next."""
+"""`repaint example`: an image and a mask suited to the model, written where asked, and the commands to run next;
+`repaint submit` with a sampler and its parameters against a real service."""
 
 from __future__ import annotations
 
@@ -11,11 +12,12 @@ import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+import httpx
 import numpy as np
 import pytest
 from PIL import Image
 
-from tests.procs import ROOT, free_port
+from tests.procs import ROOT, ApiProcess, WorkerProcess, free_port
 
 
 def run_example(cwd: Path, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:
@@ -159,3 +161,60 @@ def test_examples_and_the_example_command_stay_torch_free(tmp_path):
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip().splitlines()[-1] == "False"
+
+
+def run_submit(*args: str) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k not in ("REPAINT_URL", "REPAINT_API_KEY")}
+    return subprocess.run([sys.executable, "-m", "service.cli", "submit", *args], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=300)
+
+
+@pytest.fixture()
+def example_pair(tmp_path) -> list[str]:
+    from service import examples
+
+    ex = examples.example_for("tiny", 32)
+    ex.image.save(tmp_path / "image.png")
+    ex.mask.save(tmp_path / "mask.png")
+    return [str(tmp_path / "image.png"), str(tmp_path / "mask.png"), "-o", str(tmp_path / "result.png")]
+
+
+def test_submit_runs_the_chosen_sampler_with_the_parameters_given(redis_server, redis_db, example_pair, tmp_path):
+    api = ApiProcess(redis_server.url)
+    worker = WorkerProcess(redis_server.url, "cli-sampler").wait_ready(redis_db)
+    try:
+        done = run_submit(*example_pair, "--url", api.url, "--sampler", "ddnm", "--eta", "0.5", "--steps", "10",
+                          "--strategy", "resize", "--seed", "3")
+        assert done.returncode == 0, done.stderr
+        [job_id] = [line.split()[1] for line in done.stderr.splitlines() if line.startswith("job ") and "queued" in line]
+        params = httpx.get(f"{api.url}/jobs/{job_id}").json()["params"]
+    finally:
+        worker.stop()
+        api.stop()
+    # Only what was given was sent: ddnm's other parameters are its defaults, and no RePaint field came along.
+    assert (params["sampler"], params["eta"], params["steps"]) == ("ddnm", 0.5, 10), params
+    assert (params["travel_length"], params["travel_repeat"], params["evaluations_per_sample"]) == (1, 1, 10), params
+    assert "jump_length" not in params and "preset" not in params, params
+    assert Image.open(tmp_path / "result.png").size == (128, 128)
+
+
+def test_submit_prints_the_refusal_of_a_parameter_of_another_sampler(redis_server, redis_db, example_pair):
+    from models.sampler_settings import SETTINGS
+    from worker.params import QUALITY_PRESETS
+
+    # A preset and a sampler it does not use (presets may change sampler as they are measured).
+    preset, own, other = next((name, p["sampler"], s) for name, p in QUALITY_PRESETS.items()
+                              for s in SETTINGS if s != p["sampler"])
+    api = ApiProcess(redis_server.url)  # refused before anything is queued: no worker needed
+    try:
+        misplaced = run_submit(*example_pair, "--url", api.url, "--sampler", "repaint", "--eta", "0.5")
+        mismatch = run_submit(*example_pair, "--url", api.url, "--preset", preset, "--sampler", other)
+        invalid = run_submit(*example_pair, "--url", api.url, "--num-samples", "0")
+    finally:
+        api.stop()
+    assert misplaced.returncode == 2, misplaced.stderr
+    assert misplaced.stderr.strip() == "refused: HTTP 422: eta is a parameter of sampler ddnm, not of repaint"
+    assert mismatch.returncode == 2 and f"preset {preset} uses sampler {own}, not {other}" in mismatch.stderr
+    # A field's validation errors read as `field: why`, not as JSON.
+    assert invalid.returncode == 2 and "refused: HTTP 422: num_samples: " in invalid.stderr, invalid.stderr
+    assert not redis_db.keys("repaint:job:*")

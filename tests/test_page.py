@@ -14,8 +14,8 @@ from tests.procs import ROOT, ApiProcess, WorkerProcess
 SHOTS = ROOT / "docs" / "screenshots"
 WIDE = (480, 240)
 # Long enough (460 evaluations) to see the job running with a live estimate, which the server only
-# serves past a third of the evaluations.
-RUNNING = {"steps": "100", "jump-length": "10", "jump-n-sample": "5"}
+# serves past a third of the evaluations (custom RePaint parameters).
+RUNNING = {"param-steps": "100", "param-jump-length": "10", "param-jump-n-sample": "5"}
 
 
 def chromium_path() -> str:
@@ -119,14 +119,20 @@ def test_the_page_paints_follows_the_job_and_compares_the_result(service, tmp_pa
             page.on("pageerror", lambda e: errors.append(str(e)))
             page.goto(service.url + "/")
 
-            # Empty: the models' notes and the presets in the API's words.
+            # Empty: the models' notes and the presets in the API's words (balanced is chosen first).
             page.wait_for_function("document.querySelector('#model').options.length > 0")
             page.wait_for_function("document.querySelector('#model-notes').textContent.includes('worker')")
             assert "Tiny random-weight" in page.text_content("#model-notes")
             assert "1 worker" in page.text_content("#model-notes")
+            listing = httpx.get(f"{service.url}/models").json()
             presets = page.eval_on_selector_all("#preset option", "os => os.map(o => o.textContent)")
-            assert "balanced — 100 steps, 460 evaluations" in presets, presets
-            assert "460 network evaluations per sample" in page.text_content("#cost")
+            assert presets[0] == "model default — repaint, 2,410 evaluations", presets  # tiny: 250/10/10
+            assert presets[-1] == "custom…"
+            for name, preset in listing["presets"].items():
+                assert f"{name} — {preset['sampler']}, {preset['evaluations']:,} evaluations" in presets, presets
+            balanced = listing["presets"]["balanced"]
+            assert page.input_value("#preset") == "balanced"
+            assert f"{balanced['evaluations']:,} network evaluations per sample" in page.text_content("#cost")
             assert page.is_visible("text=Ctrl") and page.is_visible(".shortcuts")
             page.screenshot(path=str(SHOTS / "page-empty.png"))
 
@@ -181,12 +187,14 @@ def test_the_page_paints_follows_the_job_and_compares_the_result(service, tmp_pa
 
             # The API's refusals are shown from its JSON detail.
             page.select_option("#preset", "custom")
-            for field, value in {"steps": "1000", "jump-length": "1", "jump-n-sample": "100"}.items():
+            assert page.input_value("#sampler") == "repaint"
+            for field, value in {"param-steps": "1000", "param-jump-length": "1", "param-jump-n-sample": "100"}.items():
                 page.fill(f"#{field}", value)
             assert "99,901 network evaluations" in page.text_content("#cost")
             page.click("#submit")
             page.wait_for_selector("#error:not([hidden])")
-            assert "network evaluations per sample; the limit is" in page.text_content("#error")
+            refusal = page.text_content("#error")
+            assert "network evaluations per sample" in refusal and "limit" in refusal, refusal
 
             # Running: progress in evaluations, and the live estimate in the image's box.
             for field, value in RUNNING.items():
@@ -197,7 +205,10 @@ def test_the_page_paints_follows_the_job_and_compares_the_result(service, tmp_pa
                 page.click("#submit")
             assert submitted.value.status == 202
             params = httpx.get(f"{service.url}/jobs/{submitted.value.json()['id']}").json()["params"]
+            assert params["sampler"] == "repaint", params
             assert (params["steps"], params["jump_length"], params["jump_n_sample"]) == (100, 10, 5), params
+            page.wait_for_function("document.querySelector('#job-settings').textContent.includes('460')")
+            assert page.text_content("#job-settings").startswith("repaint · steps 100 · jump length 10 · jump n sample 5 —")
             page.wait_for_selector("#preview-image:not([hidden])", timeout=60_000)
             page.wait_for_function("document.querySelector('#status-line').textContent.includes('evaluations')")
             assert page.evaluate("document.querySelector('#progress').value") >= 1 / 3
@@ -336,7 +347,10 @@ def test_the_page_asks_for_an_api_key_and_sends_it_everywhere(keyed_service, tmp
             assert page.is_hidden("#key-panel") and page.is_visible("#key-status")
             assert page.evaluate("localStorage.getItem('repaint.apiKey')") == PAGE_KEY
             params = api.get(f"/jobs/{job_id}").json()["params"]
-            assert (params["steps"], params["jump_length"], params["jump_n_sample"]) == (100, 10, 5), params
+            balanced = api.get("/models").json()["presets"]["balanced"]
+            assert params["preset"] == "balanced" and params["sampler"] == balanced["sampler"], params
+            assert {k: params[k] for k in balanced["settings"]} == balanced["settings"], params
+            assert params["evaluations_per_sample"] == balanced["evaluations"], params
 
             # Followed live through the key-carrying stream: progress and the live estimate.
             page.wait_for_selector("#preview-image:not([hidden])", timeout=60_000)
@@ -370,6 +384,93 @@ def test_the_page_asks_for_an_api_key_and_sends_it_everywhere(keyed_service, tmp
             page.wait_for_selector("#key-panel:not([hidden])")
             assert page.is_hidden("#key-status")
             assert page.evaluate("localStorage.getItem('repaint.apiKey')") is None
+            assert not errors, errors
+        finally:
+            browser.close()
+
+
+# Settings whose evaluation counts the page computes as models/schedule.py does.
+SCHEDULES = [
+    {"steps": 250, "jump_length": 10, "jump_n_sample": 10},
+    {"steps": 1000, "jump_length": 1, "jump_n_sample": 100},
+    {"steps": 97, "jump_length": 7, "jump_n_sample": 3, "n_sample": 2, "jump2_length": 3, "jump2_n_sample": 2,
+     "jump3_length": 2, "jump3_n_sample": 2, "start_resampling": 60},
+    {"steps": 50, "jump_length": 4, "jump_n_sample": 1, "n_sample": 3, "start_resampling": 20},
+]
+
+
+def test_the_page_runs_a_custom_sampler_and_shows_its_settings(service, tmp_path):
+    from models.schedule import count_model_evaluations, jump_schedule
+
+    playwright = pytest.importorskip("playwright.sync_api")
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    landscape().save(tmp_path / "wide.png")
+    listing = httpx.get(f"{service.url}/models").json()
+    ddnm = next(s for s in listing["samplers"] if s["name"] == "ddnm")
+    with playwright.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium_path(), args=["--no-sandbox", "--disable-gpu"])
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 820})
+            errors = []
+            page.on("pageerror", lambda e: errors.append(str(e)))
+            page.goto(service.url + "/")
+            page.wait_for_function("document.querySelector('#model-notes').textContent.includes('worker')")
+
+            # The page counts evaluations as the service does.
+            for settings in SCHEDULES:
+                steps = settings["steps"]
+                expected = count_model_evaluations(jump_schedule(steps, **{k: v for k, v in settings.items() if k != "steps"}))
+                assert page.evaluate("(s) => scheduleEvaluations(s.steps, s)", settings) == expected, settings
+
+            page.set_input_files("#file", str(tmp_path / "wide.png"))
+            page.wait_for_selector("#stage:not(.empty)")
+            image = box(page, "#image-canvas")
+            page.evaluate(SET_RANGE, ["brush", 44])
+            page.mouse.move(*to_screen(image, 226, 150))
+            page.mouse.down()
+            page.mouse.move(*to_screen(image, 254, 172), steps=6)
+            page.mouse.up()
+
+            # Custom: the RePaint form has the model's defaults, its rare parameters folded under "more".
+            page.select_option("#preset", "custom")
+            assert page.input_value("#param-steps") == "250" and page.input_value("#param-jump-length") == "10"
+            assert page.is_hidden("#param-start-resampling")
+            page.click("#more-params summary")
+            assert page.is_visible("#param-start-resampling")
+            assert "2,410 network evaluations per sample" in page.text_content("#cost")
+
+            # DDNM: its own parameters from GET /models, with their descriptions; an out-of-range value is named.
+            page.select_option("#sampler", "ddnm")
+            names = page.eval_on_selector_all("#custom input", "is => is.map(i => i.name)")
+            assert names == [param["name"] for param in ddnm["parameters"]], names
+            eta = next(param for param in ddnm["parameters"] if param["name"] == "eta")
+            assert page.input_value("#param-eta") == str(eta["default"])
+            assert eta["description"] in page.get_attribute("#param-eta", "data-hint")
+            page.fill("#param-eta", "1.5")
+            assert page.text_content("#cost") == "eta must be at most 1."
+            assert page.get_attribute("#param-eta", "aria-invalid") == "true"
+            page.fill("#param-steps", "10")
+            page.fill("#param-eta", "0.5")
+            assert page.text_content("#cost") == "ddnm: 10 network evaluations per sample."
+            page.focus("#param-eta")
+            assert eta["description"] in page.text_content("#param-hint")
+            page.screenshot(path=str(SHOTS / "page-sampler.png"))
+
+            # Sent: the sampler and its own fields only; the job runs them and the page says so.
+            fields = page.evaluate("async () => [...(await jobForm()).keys()]")
+            assert fields == ["image", "mask", "model", "sampler", "steps", "eta", "travel_length", "travel_repeat",
+                              "num_samples"], fields
+            with page.expect_response("**/inpaint") as submitted:
+                page.click("#submit")
+            assert submitted.value.status == 202, submitted.value.text()
+            params = httpx.get(f"{service.url}/jobs/{submitted.value.json()['id']}").json()["params"]
+            assert (params["sampler"], params["steps"], params["eta"]) == ("ddnm", 10, 0.5), params
+            assert "preset" not in params and "jump_length" not in params, params
+            assert params["evaluations_per_sample"] == 10, params
+            page.wait_for_function("document.querySelector('#job-settings').textContent.includes('ddnm')")
+            assert page.text_content("#job-settings").startswith("ddnm · steps 10 · eta 0.5 · travel length 1 · "
+                                                                 "travel repeat 1 — 10 evaluations per sample")
+            shown_result_size(page)
             assert not errors, errors
         finally:
             browser.close()

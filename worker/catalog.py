@@ -17,7 +17,7 @@ from . import jobs
 # Workers refresh their model's entry every few seconds; an entry older than this is of workers gone.
 MODEL_ENTRY_STALE_SECONDS = 300
 
-_PAPER_DEFAULTS = {"steps": 250, "jump_length": 10, "jump_n_sample": 10, "classifier_scale": 0.0}
+_PAPER_DEFAULTS = {"steps": 250, "jump_length": 10, "jump_n_sample": 10, "n_sample": 1, "classifier_scale": 0.0}
 
 
 def _entry(name: str, description: str, image_size: int, *, class_cond: bool = False,

@@ -107,11 +107,11 @@ class BatchEngine:
         return list(self.scheduler.flights)
 
     def stall_deadline(self) -> float:
-        """Seconds one forward pass may take before the worker stops vouching for its jobs. The
-        first pass may compile (REPAINT_COMPILE) and gets five times as long."""
-        per_pass = self.scheduler.seconds_per_pass
-        if per_pass is None:
-            return 5 * self.settings.stall_timeout
+        """Seconds one forward pass may take before the worker stops vouching for its jobs:
+        REPAINT_STALL_TIMEOUT, or 20 measured passes when that is longer. No served pass
+        compiles (REPAINT_COMPILE compiles and warms up on a thread of its own, and the
+        self-test ran the eager network before the first job), so the first pass gets no more."""
+        per_pass = self.scheduler.seconds_per_pass or 0.0
         return max(self.settings.stall_timeout, 20 * per_pass)
 
     def stalled_for(self) -> float:

@@ -18,13 +18,22 @@ from . import jobs
 from .settings import WorkerSettings
 
 
+def _compile_note(state: bytes | None) -> str:
+    """REPAINT_COMPILE's state, when the worker compiles ("eager" means it does not)."""
+    if state is None or state == b"eager":
+        return ""
+    return f" (compile: {state.decode(errors='replace')})"
+
+
 def main() -> int:
     settings = WorkerSettings()
     prefix = settings.worker_name or socket.gethostname()
     try:
         redis = Redis.from_url(settings.redis_url, socket_timeout=5)
-        alive = [w.name for w in Worker.all(connection=redis) if w.name.startswith(prefix)]
+        workers = [w for w in Worker.all(connection=redis) if w.name.startswith(prefix)]
+        alive = [w.name for w in workers]
         defunct = {name: redis.get(jobs.defunct_key(name)) for name in alive}
+        compile_states = {w.name: redis.hget(w.key, jobs.WORKER_COMPILE_FIELD) for w in workers}
     except Exception as exc:
         print(f"unhealthy: {exc}", file=sys.stderr)
         return 1
@@ -32,7 +41,8 @@ def main() -> int:
     if broken:
         print("unhealthy: defunct: " + "; ".join(f"{n}: {r}" for n, r in broken.items()))
         return 1
-    print("healthy: " + ", ".join(alive) if alive else f"unhealthy: no live worker named {prefix}*")
+    print("healthy: " + ", ".join(name + _compile_note(compile_states[name]) for name in alive)
+          if alive else f"unhealthy: no live worker named {prefix}*")
     return 0 if alive else 1
 
 

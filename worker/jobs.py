@@ -88,6 +88,11 @@ def defunct_key(worker_name: str) -> str:
     return f"{PREFIX}:defunct:{worker_name}"
 
 
+# A field of each worker's RQ hash (`rq:worker:<name>`): the state of its REPAINT_COMPILE
+# ("eager", "compiling", "compiled", "failed: <reason>"), renewed with its heartbeats.
+WORKER_COMPILE_FIELD = "repaint_compile"
+
+
 def speed_key(model: str) -> str:
     """Measured seconds per batched forward pass (one evaluation of every sample in flight).
 

@@ -68,8 +68,12 @@ class Reaper:
 class Heartbeats:
     """The heartbeat and reaper thread of one worker (its engine is `worker.engine`)."""
 
-    def __init__(self, worker, engine, ledger: Ledger, *, ttl: int, describe: dict, interval: float | None = None):
+    def __init__(self, worker, engine, ledger: Ledger, *, ttl: int, describe: dict, interval: float | None = None,
+                 report=None):
         self.worker = worker
+        # () -> {field: str}: what this worker says of itself, kept in its RQ worker hash
+        # (jobs.WORKER_COMPILE_FIELD; worker.health prints it).
+        self.report = report
         self.engine = engine
         self.ledger = ledger
         self.redis = worker.connection
@@ -117,6 +121,8 @@ class Heartbeats:
                                          self.worker.name, self.ttl)
                 pipe.execute()
         self.worker.heartbeat()
+        if self.report is not None and self.redis.exists(self.worker.key):  # never before RQ registered it
+            self.redis.hset(self.worker.key, mapping=self.report())
         register_model(self.redis, self.describe)
         catalog.prune_stale_models(self.redis)
         for queue in self.worker.queues:

@@ -112,7 +112,8 @@ def main(settings: WorkerSettings | None = None) -> None:
         delay = 1.0
         log.info("worker %s serving model %s on queue %s", worker.name, settings.model,
                  jobs.queue_name(settings.model))
-        heartbeats = Heartbeats(worker, worker.engine, worker.ledger, ttl=settings.heartbeat_ttl, describe=describe)
+        heartbeats = Heartbeats(worker, worker.engine, worker.ledger, ttl=settings.heartbeat_ttl, describe=describe,
+                                report=lambda: {jobs.WORKER_COMPILE_FIELD: runtime.compile_state})
         heartbeats.start()
         try:
             worker.work(with_scheduler=False, logging_level=settings.log_level)

@@ -8,15 +8,28 @@ Both sides raise the same `ParamError` with the same words.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
-from typing import Any
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any, Mapping
 
-# Named sampling settings (`preset=` on POST /inpaint), chosen from the quality table in
-# docs/quality.md. Explicit steps/jump_length/jump_n_sample override a preset's values.
-QUALITY_PRESETS: dict[str, dict[str, int]] = {
-    "fast": {"steps": 50, "jump_length": 5, "jump_n_sample": 3},
-    "balanced": {"steps": 100, "jump_length": 10, "jump_n_sample": 5},
-    "paper": {"steps": 250, "jump_length": 10, "jump_n_sample": 10},
+from models.sampler_settings import (DEFAULT_SAMPLER, SETTINGS, SamplerSettings, SettingsError, owners_of,
+                                     settings_class, settings_from_record)
+
+# Named sampling settings (`preset=` on POST /inpaint), each the best measured setting within its
+# budget of network evaluations (docs/quality.md tells how they were chosen and checked). A preset
+# may pick a sampler; explicit parameter fields override a preset's values.
+QUALITY_PRESETS: dict[str, dict[str, Any]] = {
+    "fast": {"sampler": "ddnm", "steps": 50, "travel_length": 10, "travel_repeat": 2},
+    "balanced": {"sampler": "ddnm", "steps": 100, "travel_length": 10, "travel_repeat": 3},
+    # On faces32 the lowest error at any cost is the balanced setting: more evaluations did not help.
+    "best": {"sampler": "ddnm", "steps": 100, "travel_length": 10, "travel_repeat": 3},
+    "paper": {"sampler": "repaint", "steps": 250, "jump_length": 10, "jump_n_sample": 10},
+}
+PRESET_BUDGETS = {"fast": 100, "balanced": 500, "best": None, "paper": None}
+PRESET_DESCRIPTIONS = {
+    "fast": "the best measured setting within 100 network evaluations",
+    "balanced": "the best measured setting within 500 network evaluations",
+    "best": "the best measured setting at any cost",
+    "paper": "the RePaint paper's setting: 250 steps, jumps of 10, 10 times (2,410 evaluations)",
 }
 
 
@@ -34,11 +47,12 @@ class ParamError(ValueError):
 
 
 def count_evaluations(steps: int, jump_length: int, jump_n_sample: int) -> int:
-    """Network evaluations per sample of a RePaint jump schedule, without building it.
+    """Network evaluations per sample of a one-level RePaint jump schedule, without building it.
 
     Every step is evaluated once, and each of the stretches that start below
     `steps - jump_length` is redone `jump_n_sample - 1` more times (equal to counting
-    `models.jump_schedule`; a test checks it).
+    `models.jump_schedule`; a test checks it). Schedules with more levels are counted by
+    `SamplerSettings.evaluations`.
     """
     stretches = len(range(0, steps - jump_length, jump_length))
     return steps + (jump_n_sample - 1) * jump_length * stretches
@@ -49,9 +63,7 @@ class JobParams:
     """What a job asks for, as the API resolved it (seed always set)."""
 
     seed: int
-    steps: int
-    jump_length: int
-    jump_n_sample: int
+    sampler: SamplerSettings
     num_samples: int = 1
     class_label: int | None = None
     classifier_scale: float = 0.0
@@ -64,9 +76,13 @@ class JobParams:
     image: dict = field(default_factory=dict)  # {"width", "height", "mode"} of the upload
 
     @property
+    def steps(self) -> int:
+        return self.sampler.steps
+
+    @property
     def evaluations(self) -> int:
         """Network evaluations per sample."""
-        return count_evaluations(self.steps, self.jump_length, self.jump_n_sample)
+        return self.sampler.evaluations
 
     @property
     def total_evaluations(self) -> int:
@@ -74,12 +90,16 @@ class JobParams:
 
     @classmethod
     def from_record(cls, d: dict) -> "JobParams":
-        return cls(**{k: d[k] for k in cls.__dataclass_fields__ if k in d})
+        """Read back `to_record()` (records without `sampler` are RePaint's: queued before samplers)."""
+        own = {f.name for f in fields(cls)} - {"sampler"}
+        return cls(sampler=settings_from_record(d), **{k: d[k] for k in own if k in d})
 
     def to_record(self) -> dict[str, Any]:
-        """The `params` the job record stores and `GET /jobs/<id>` shows (unset optional fields left out)."""
-        out = {k: v for k, v in asdict(self).items() if k not in ("preset", "webhook", "class_label",
-                                                                   "classifier_scale", "image")}
+        """The `params` the job record stores and `GET /jobs/<id>` shows (unset optional fields left out):
+        the sampler's name and every one of its settings, flat, then the job's other fields."""
+        out = self.sampler.to_record()
+        out.update({k: v for k, v in asdict(self).items() if k not in (
+            "sampler", "preset", "webhook", "class_label", "classifier_scale", "image")})
         out["evaluations_per_sample"] = self.evaluations
         out["image"] = self.image
         if self.preset is not None:
@@ -109,28 +129,59 @@ def check_class_label(info: dict, class_label: int | None, classifier_scale: flo
     return 0.0
 
 
-def resolve_sampling(info: dict, *, preset: str | None, steps: int | None, jump_length: int | None,
-                     jump_n_sample: int | None, max_evaluations: int) -> dict[str, int]:
-    """steps/jump_length/jump_n_sample from explicit fields, else the preset, else the model's defaults."""
-    defaults = dict(info["defaults"])
+def model_defaults(info: dict, sampler: str) -> dict[str, Any]:
+    """A model's default settings for a sampler: RePaint takes the model conf's schedule
+    (`schedule_jump_params`), other samplers their own defaults."""
+    if sampler != "repaint":
+        return {}
+    d = info["defaults"]
+    return {k: d[k] for k in ("steps", "jump_length", "jump_n_sample", "n_sample") if k in d}
+
+
+def resolve_sampling(info: dict, *, preset: str | None, sampler: str | None,
+                     fields: Mapping[str, int | float | None], max_evaluations: int) -> SamplerSettings:
+    """The sampler and its settings: explicit fields, over the preset's, over the model's defaults.
+
+    Fields that belong to another sampler are refused, never ignored: a client who sends
+    `eta` to RePaint would otherwise get a result that silently did not use it.
+    """
+    explicit = {k: v for k, v in fields.items() if v is not None}
+    base: dict[str, Any] = {}
     if preset is not None:
         if preset not in QUALITY_PRESETS:
             raise ParamError(f"unknown preset {preset!r}; known: {sorted(QUALITY_PRESETS)}")
-        defaults.update(QUALITY_PRESETS[preset])
-    out = {"steps": steps or defaults["steps"], "jump_length": jump_length or defaults["jump_length"],
-           "jump_n_sample": jump_n_sample or defaults["jump_n_sample"]}
-    check_steps(out["steps"], info)
-    evaluations = count_evaluations(**out)
-    if evaluations > max_evaluations:
-        raise ParamError(f"these settings need {evaluations} network evaluations per sample; "
-                         f"the limit is {max_evaluations}")
-    return out
+        chosen = QUALITY_PRESETS[preset]
+        if sampler is not None and sampler != chosen["sampler"]:
+            raise ParamError(f"preset {preset} uses sampler {chosen['sampler']}, not {sampler}: "
+                             f"send the preset or the sampler")
+        name = chosen["sampler"]
+        base = {**model_defaults(info, name), **{k: v for k, v in chosen.items() if k != "sampler"}}
+    else:
+        name = sampler or DEFAULT_SAMPLER
+        base = model_defaults(info, name)
+    try:
+        cls = settings_class(name)
+    except SettingsError as exc:
+        raise ParamError(str(exc)) from None
+    misplaced = sorted(k for k in explicit if k not in cls.parameter_names())
+    if misplaced:
+        raise ParamError("; ".join(f"{k} is a parameter of sampler {', '.join(owners_of(k))}, not of {name}"
+                                   for k in misplaced))
+    try:
+        settings = cls(**{**base, **explicit})
+        check_steps(settings.steps, info)
+        settings.evaluations_within(max_evaluations)
+    except SettingsError as exc:
+        raise ParamError(str(exc)) from None
+    return settings
 
 
 def check_for_model(params: JobParams, info: dict) -> None:
     """What a worker re-checks before running a job (the model it serves may differ from the API's view)."""
     check_class_label(info, params.class_label, params.classifier_scale)
     check_steps(params.steps, info)
+    if params.sampler.name not in SETTINGS:
+        raise ParamError(f"unknown sampler {params.sampler.name!r}")
 
 
 def check_steps(steps: int, info: dict) -> None:

@@ -15,7 +15,7 @@ from PIL import Image
 
 import models
 
-from . import blending, encoding, geometry
+from . import blending, compiling, encoding, geometry
 from .imaging import from_model_range, to_model_range
 from .params import JobParams, ParamError, check_for_model, check_output_size
 from .settings import WorkerSettings
@@ -39,6 +39,9 @@ def resolve_device(name: str) -> torch.device:
 
 
 def resolve_dtype(name: str, device: torch.device, preset: models.Preset) -> torch.dtype:
+    """REPAINT_DTYPE as a dtype for `models.load_preset`. float16 (the default on CUDA for confs
+    with `use_fp16`, as the reference samples them) and bfloat16 mean the reference's layout:
+    only the UNet torso's convolutions in half precision, the rest float32."""
     if name == "auto":
         return torch.float16 if device.type == "cuda" and preset.conf.get("use_fp16") else torch.float32
     return DTYPES[name]
@@ -46,8 +49,7 @@ def resolve_dtype(name: str, device: torch.device, preset: models.Preset) -> tor
 
 def sample_params(params: JobParams) -> list[models.SampleParams]:
     """One SampleParams per sample of a job; sample i uses seed + i."""
-    return [models.SampleParams(t_T=params.steps, jump_length=params.jump_length, jump_n_sample=params.jump_n_sample,
-                                seed=params.seed + i, class_label=params.class_label,
+    return [models.SampleParams(sampler=params.sampler, seed=params.seed + i, class_label=params.class_label,
                                 classifier_scale=params.classifier_scale) for i in range(params.num_samples)]
 
 
@@ -60,6 +62,7 @@ def describe_preset(preset: models.Preset, *, classifier: bool) -> dict:
         "classifier": classifier, "diffusion_steps": int(preset.conf["diffusion_steps"]),
         "framing": preset.framing,
         "defaults": {"steps": d.t_T, "jump_length": d.jump_length, "jump_n_sample": d.jump_n_sample,
+                     "n_sample": d.n_sample,
                      "classifier_scale": float(preset.conf.get("classifier_scale", 0.0)) if preset.class_cond
                      else 0.0},
     }
@@ -86,7 +89,7 @@ ProgressFn = Callable[[int, int, torch.Tensor], None]
 class Runtime:
     """A preset's networks on one device, plus the measured speed of one evaluation."""
 
-    def __init__(self, settings: WorkerSettings):
+    def __init__(self, settings: WorkerSettings, *, compile_fn: compiling.CompileFn | None = None):
         self.settings = settings
         preset = models.get_preset(settings.model)
         if settings.torch_threads:
@@ -100,15 +103,18 @@ class Runtime:
         self.net = self.loaded.unet
         if settings.channels_last:
             self.net = self.net.to(memory_format=torch.channels_last)
-        if settings.compile:
-            import torch._inductor.config as inductor_config
-
-            inductor_config.freezing = True
-            self.net = torch.compile(self.net, dynamic=True)
         self.autocast_dtype = None if settings.autocast == "none" else DTYPES[settings.autocast]
         self.max_batch = settings.max_batch or (16 if self.device.type == "cuda" else 8)
         log.info("loaded model %s on %s (%s) in %.1fs; max_batch %d", preset.name, self.device, self.dtype,
                  time.perf_counter() - t0, self.max_batch)
+        # REPAINT_COMPILE: the eager network serves until the compiled one is warm (worker.compiling).
+        self.compiler: compiling.BackgroundCompile | None = None
+        if settings.compile:
+            half = self.dtype != torch.float32 or self.autocast_dtype is not None
+            self.compiler = compiling.BackgroundCompile(
+                self.net, self._example_inputs, batch_sizes=compiling.warm_up_batch_sizes(self.max_batch),
+                compile_fn=compile_fn, context=self._autocast, atol=5e-2 if half else 1e-2)
+            self.compiler.start()
 
     @property
     def preset(self) -> models.Preset:
@@ -147,7 +153,7 @@ class Runtime:
         image = torch.from_numpy(np.array(rgb)).permute(2, 0, 1).contiguous()
         return PreparedJob(original=original, fill=fill, plan=plan, image=image, keep=torch.from_numpy(keep))
 
-    def add_samples(self, batch: models.RePaintBatch, prepared: PreparedJob, params: JobParams) -> list:
+    def add_samples(self, batch: models.SampleBatch, prepared: PreparedJob, params: JobParams) -> list:
         n = params.num_samples
         x = to_model_range(prepared.image).to(self.device)[None].expand(n, -1, -1, -1)
         masks = prepared.keep.to(self.device)[None, None].expand(n, -1, -1, -1).float()
@@ -156,14 +162,14 @@ class Runtime:
         except ValueError as exc:
             raise JobInputError(str(exc)) from exc
 
-    def new_batch(self) -> models.RePaintBatch:
-        return models.RePaintBatch(self.loaded.diffusion, device=self.device)
+    def new_batch(self) -> models.SampleBatch:
+        return models.SampleBatch(self.loaded.diffusion, device=self.device)
 
-    def result(self, batch: models.RePaintBatch, samples: list) -> torch.Tensor:
+    def result(self, batch: models.SampleBatch, samples: list) -> torch.Tensor:
         with torch.inference_mode():
             return batch.result(samples)
 
-    def estimates(self, batch: models.RePaintBatch, samples: list) -> torch.Tensor:
+    def estimates(self, batch: models.SampleBatch, samples: list) -> torch.Tensor:
         with torch.inference_mode():
             return batch.estimate(samples)
 
@@ -230,12 +236,49 @@ class Runtime:
 
     # ---- the network ---------------------------------------------------------------------------
 
+    def network(self) -> Callable:
+        """The UNet the next forward pass uses: the compiled one once its background compilation
+        is warm (REPAINT_COMPILE), else the eager one (guarded while the compiler traces)."""
+        if self.compiler is None:
+            return self.net
+        compiled = self.compiler.ready
+        if compiled is not None:
+            return compiled
+        return self._while_compiling(self.net)
+
+    def classifier(self) -> Callable | None:
+        """The noisy classifier (eager always), guarded while the UNet compiles."""
+        classifier = self.loaded.classifier
+        return classifier if classifier is None else self._while_compiling(classifier)
+
+    def _while_compiling(self, net: torch.nn.Module) -> Callable:
+        if self.compiler is not None and self.compiler.state == compiling.COMPILING:
+            return compiling.EagerWhileCompiling(net)
+        return net
+
+    @property
+    def compile_state(self) -> str:
+        """'eager' (REPAINT_COMPILE off), 'compiling', 'compiled' or 'failed: <reason>'."""
+        return compiling.EAGER if self.compiler is None else self.compiler.state
+
+    def _example_inputs(self, n: int) -> tuple:
+        """Network inputs of batch size n as the sampler passes them: x float32 [N x C x S x S],
+        timesteps int64 [N], class labels int64 [N] for class-conditional models."""
+        config = self.loaded.unet.config
+        size = self.preset.image_size
+        x = torch.randn(n, config.in_channels, size, size, generator=torch.Generator().manual_seed(n))
+        t = torch.arange(n, dtype=torch.int64) * 97 % int(self.preset.conf["diffusion_steps"])
+        inputs = (x.to(self.device), t.to(self.device))
+        if config.num_classes is not None:
+            inputs += (torch.arange(n, dtype=torch.int64).to(self.device),)
+        return inputs
+
     def _autocast(self):
         if self.autocast_dtype is None:
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=self.autocast_dtype)
 
-    def step(self, batch: models.RePaintBatch) -> int:
+    def step(self, batch: models.SampleBatch) -> int:
         """One network evaluation for every unfinished sample; returns how many ran."""
         limit = self.settings.test_oom_above
         if limit is not None and sum(not s.done for s in batch.states) > limit:
@@ -245,7 +288,7 @@ class Runtime:
         if self.settings.test_hang_seconds:
             time.sleep(self.settings.test_hang_seconds)
         with torch.inference_mode(), self._autocast():
-            ran = models.step(self.net, batch, classifier=self.loaded.classifier)
+            ran = models.step(self.network(), batch, classifier=self.classifier())
         if ran and self.device.type == "cuda":
             torch.cuda.synchronize(self.device)  # so that the caller's clock measures the pass
         return ran
@@ -270,15 +313,15 @@ class Runtime:
         """One forward pass on a blank one-sample batch, before the worker takes any job: a
         device that cannot run the model stops the worker here, before it costs a job an
         attempt (a supervisor restarting a worker on a broken GPU would otherwise charge the
-        job at the front of the queue on every restart). It also warms up a compiled model."""
+        job at the front of the queue on every restart)."""
         size = self.preset.image_size
         with torch.inference_mode():
             batch = self.new_batch()
             batch.add(torch.zeros(1, 3, size, size, device=self.device),
                       torch.ones(1, 1, size, size, device=self.device),
                       # The model's own default schedule: every preset is known to sample with it.
-                      [models.SampleParams(t_T=self.preset.defaults.t_T, jump_length=self.preset.defaults.jump_length,
-                                           jump_n_sample=1, seed=0,
+                      [models.SampleParams(sampler=models.RePaintSettings(steps=self.preset.defaults.t_T,
+                                                                          jump_n_sample=1), seed=0,
                                            class_label=0 if self.preset.class_cond else None)])
             with self._autocast():
                 models.step(self.net, batch, classifier=None)

@@ -9,6 +9,7 @@ from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, File, Form, Header, HTTPException, Request, Response, UploadFile, status
 
+from models.sampler_settings import SETTINGS, all_parameter_names
 from worker.jobs import JobStatus
 from worker.ledger import IdempotencyConflict, new_job_id
 from worker.params import JobParams, ParamError, check_class_label, check_output_size, resolve_sampling
@@ -24,11 +25,20 @@ router = APIRouter(tags=["jobs"], dependencies=[ApiKey])
 # Seeds stay below 2^53 so that JavaScript clients (the page) read them back exactly.
 MAX_SEED = 2**53
 
+# The sampler parameters: every parameter of every sampler is a form field (a test checks that
+# the endpoint declares each); which of them a request may send depends on its sampler.
+SAMPLER_FIELDS = all_parameter_names()
+
 # The form fields of POST /inpaint (a test checks them against the endpoint's schema).
 FORM_FIELDS = frozenset({
-    "image", "mask", "model", "seed", "num_samples", "preset", "steps", "jump_length", "jump_n_sample",
-    "class_label", "classifier_scale", "strategy", "blend", "mask_dilate", "output_format", "webhook",
-    "webhook_events"})
+    "image", "mask", "model", "seed", "num_samples", "preset", "sampler", "class_label", "classifier_scale",
+    "strategy", "blend", "mask_dilate", "output_format", "webhook", "webhook_events"}) | SAMPLER_FIELDS
+
+_SAMPLERS_DOC = ", ".join(sorted(SETTINGS))
+
+
+def _sampler_field(sampler: str) -> str:
+    return f"(sampler {sampler}; GET /models lists its range and default)"
 
 
 async def refuse_unknown_fields(request: Request) -> None:
@@ -66,11 +76,28 @@ def create_inpaint_job(
     model: Annotated[str | None, Form(description="model name (GET /models); default: the service's")] = None,
     seed: Annotated[int | None, Form(ge=0, lt=MAX_SEED, description="random seed; drawn if omitted")] = None,
     num_samples: Annotated[int, Form(ge=1, description="independent results, seeds seed..seed+n-1")] = 1,
-    preset: Annotated[str | None, Form(description="quality preset: fast, balanced or paper (GET /models "
-                                                    "lists them); explicit steps/jump fields override it")] = None,
-    steps: Annotated[int | None, Form(ge=2, description="sampling steps t_T (default: the model's)")] = None,
-    jump_length: Annotated[int | None, Form(ge=1, description="resampling stretch length")] = None,
-    jump_n_sample: Annotated[int | None, Form(ge=1, description="times each stretch is sampled")] = None,
+    preset: Annotated[str | None, Form(description="quality preset: fast, balanced, best or paper (GET /models "
+                                                    "lists them, with their sampler and cost); explicit sampler "
+                                                    "parameters override its values")] = None,
+    sampler: Annotated[str | None, Form(description=f"sampler: {_SAMPLERS_DOC} (default: repaint, or the "
+                                                     "preset's); GET /models lists each one's parameters")] = None,
+    steps: Annotated[int | None, Form(description="sampling steps t_T, every sampler (default: the model's "
+                                                   "for repaint, the sampler's otherwise)")] = None,
+    jump_length: Annotated[int | None, Form(description="resampling stretch length " + _sampler_field("repaint"))] = None,
+    jump_n_sample: Annotated[int | None, Form(description="times each stretch is sampled " + _sampler_field("repaint"))] = None,
+    n_sample: Annotated[int | None, Form(description="times each single step is sampled " + _sampler_field("repaint"))] = None,
+    jump2_length: Annotated[int | None, Form(description="second-level stretch length " + _sampler_field("repaint"))] = None,
+    jump2_n_sample: Annotated[int | None, Form(description="times each second-level stretch is sampled "
+                                                           + _sampler_field("repaint"))] = None,
+    jump3_length: Annotated[int | None, Form(description="third-level stretch length " + _sampler_field("repaint"))] = None,
+    jump3_n_sample: Annotated[int | None, Form(description="times each third-level stretch is sampled "
+                                                           + _sampler_field("repaint"))] = None,
+    start_resampling: Annotated[int | None, Form(description="resample only at or below this step index "
+                                                             + _sampler_field("repaint"))] = None,
+    eta: Annotated[float | None, Form(description="share of fresh noise per step, 0..1 " + _sampler_field("ddnm"))] = None,
+    travel_length: Annotated[int | None, Form(description="time-travel stretch length " + _sampler_field("ddnm"))] = None,
+    travel_repeat: Annotated[int | None, Form(description="times each time-travel stretch is sampled "
+                                                          + _sampler_field("ddnm"))] = None,
     class_label: Annotated[int | None, Form(ge=0, description="class for class-conditional models")] = None,
     classifier_scale: Annotated[float | None, Form(ge=0, le=100, description="classifier guidance scale")] = None,
     strategy: Annotated[Literal["auto", "crop", "resize"], Form(description=(
@@ -90,6 +117,10 @@ def create_inpaint_job(
         "client retries with the same key and upload get the same job instead of a new one"))] = None,
 ) -> JobCreated:
     requested_model = model  # as sent: a retry must not depend on the service's default
+    sampler_fields = {"steps": steps, "jump_length": jump_length, "jump_n_sample": jump_n_sample, "n_sample": n_sample,
+                      "jump2_length": jump2_length, "jump2_n_sample": jump2_n_sample, "jump3_length": jump3_length,
+                      "jump3_n_sample": jump3_n_sample, "start_resampling": start_resampling, "eta": eta,
+                      "travel_length": travel_length, "travel_repeat": travel_repeat}
     model = model or settings.model
     # The files first: their size limits hold for every request, and a replay needs their bytes.
     image_bytes = uploads.read_limited(image.file, settings.max_upload_bytes, "image")
@@ -99,8 +130,7 @@ def create_inpaint_job(
     if idempotency_key is not None:
         # Every field that changes the job, as the client sent it, and the files' bytes.
         request_fields = {"model": requested_model, "seed": seed, "num_samples": num_samples, "preset": preset,
-                          "steps": steps, "jump_length": jump_length, "jump_n_sample": jump_n_sample,
-                          "class_label": class_label, "classifier_scale": classifier_scale, "strategy": strategy,
+                          "sampler": sampler, **sampler_fields, "class_label": class_label, "classifier_scale": classifier_scale, "strategy": strategy,
                           "blend": blend, "mask_dilate": mask_dilate, "output_format": output_format,
                           "webhook": webhook, "webhook_events": events if webhook is not None else None}
         digest = hashlib.sha256(image_bytes)
@@ -124,8 +154,8 @@ def create_inpaint_job(
     if num_samples > settings.max_num_samples:
         raise HTTPException(422, f"num_samples must be at most {settings.max_num_samples}")
     try:
-        sampling = resolve_sampling(info, preset=preset, steps=steps, jump_length=jump_length,
-                                    jump_n_sample=jump_n_sample, max_evaluations=settings.max_evaluations)
+        sampling = resolve_sampling(info, preset=preset, sampler=sampler, fields=sampler_fields,
+                                    max_evaluations=settings.max_evaluations)
         classifier_scale = check_class_label(info, class_label, classifier_scale)
     except ParamError as exc:
         raise HTTPException(422, str(exc)) from None
@@ -145,7 +175,7 @@ def create_inpaint_job(
     except ParamError as exc:
         raise HTTPException(422, str(exc)) from None
 
-    params = JobParams(seed=secrets.randbits(52) if seed is None else seed, num_samples=num_samples, **sampling,
+    params = JobParams(seed=secrets.randbits(52) if seed is None else seed, num_samples=num_samples, sampler=sampling,
                        class_label=class_label if info["class_cond"] else None,
                        classifier_scale=classifier_scale, strategy=strategy, blend=blend,
                        mask_dilate=mask_dilate, output_format=output_format, preset=preset, webhook=hook,

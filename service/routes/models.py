@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from worker.params import QUALITY_PRESETS, count_evaluations
+from models.sampler_settings import SETTINGS, settings_class
+from worker.params import PRESET_BUDGETS, PRESET_DESCRIPTIONS, QUALITY_PRESETS, model_defaults
 
 from .. import jobstore
 from ..deps import ApiKey, RedisDep, SettingsDep
-from ..schemas import ModelList, ModelPublic, QualityPreset
+from ..schemas import ModelList, ModelPublic, QualityPreset, SamplerPublic
 
 router = APIRouter(tags=["models"], dependencies=[ApiKey])
 
@@ -23,6 +24,14 @@ def list_models(redis: RedisDep, settings: SettingsDep) -> ModelList:
         fields = {k: v for k, v in info.items() if k in ModelPublic.model_fields}
         out.append(ModelPublic(**fields, default=name == settings.model, workers=workers,
                                defunct_workers=len(defunct), queued=jobstore.queue_for(redis, name).count))
-    presets = {name: QualityPreset(**p, evaluations=count_evaluations(p["steps"], p["jump_length"], p["jump_n_sample"]))
-               for name, p in QUALITY_PRESETS.items()}
-    return ModelList(default=settings.model, models=out, presets=presets)
+    served = {m.name: m for m in out}
+    default_info = served[settings.model].model_dump() if settings.model in served else None
+    presets = {}
+    for name, p in QUALITY_PRESETS.items():
+        cls = settings_class(p["sampler"])
+        values = {k: v for k, v in p.items() if k != "sampler"}
+        base = model_defaults(default_info, cls.name) if default_info else {}
+        presets[name] = QualityPreset(sampler=cls.name, settings=values, evaluations=cls(**{**base, **values}).evaluations,
+                                      budget=PRESET_BUDGETS.get(name), description=PRESET_DESCRIPTIONS.get(name, ""))
+    samplers = [SamplerPublic(**cls.describe()) for cls in SETTINGS.values()]
+    return ModelList(default=settings.model, models=out, samplers=samplers, presets=presets)

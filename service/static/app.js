@@ -26,7 +26,8 @@ const state = {
   view: "edit",                           // "edit": image + mask; "result": live estimate or result
   zoom: 1,                                // 1 = the image fits the box
   pointer: null, overStage: false, spaceDown: false, pan: null, splitDrag: false,
-  models: [], presets: {}, modelsLoaded: false, signature: null, loadingModels: null,
+  models: [], presets: {}, samplers: [], modelsLoaded: false, signature: null, loadingModels: null,
+  typed: {},                              // custom parameter values typed, per sampler: {sampler: {name: text}}
   job: null,                              // {id, total, fraction, previewStep, results, final, images}
   events: null,                           // the AbortController of the job's event stream
   submitting: false, sample: 0, split: 0, splitBeforeToggle: null,
@@ -142,20 +143,97 @@ async function api(url, options = {}) {
   }
 }
 
-// ---------------------------------------------------------------- models and quality
+// ---------------------------------------------------------------- models, samplers and quality
+//
+// GET /models lists the samplers with their parameters (type, range, default, description) and the
+// presets with their sampler, settings and cost. The "custom" form is built from that list, so a
+// parameter the service adds shows up here as it is.
 
 const fmt = (n) => Number(n).toLocaleString("en");
+const label = (name) => name.replaceAll("_", " ");
+// RePaint's rarely changed parameters: under "more" in the custom form.
+const RARE_PARAMETERS = new Set(["n_sample", "jump2_length", "jump2_n_sample", "jump3_length", "jump3_n_sample",
+                                 "start_resampling"]);
+const MAX_COUNTED = 1_000_000;  // evaluations per sample the page counts up to (the service allows far fewer)
 
-function countEvaluations(steps, jumpLength, jumpNSample) {
-  // As the API counts them (worker.params.count_evaluations): every step once, and each stretch
-  // that starts below steps - jump_length redone jump_n_sample - 1 more times.
-  if (!(steps >= 1 && jumpLength >= 1 && jumpNSample >= 1)) return null;
-  const stretches = Math.max(0, Math.ceil((steps - jumpLength) / jumpLength));
-  return steps + (jumpNSample - 1) * jumpLength * stretches;
+function scheduleEvaluations(steps, p = {}) {
+  // Network evaluations per sample of a jump schedule: a port of models/schedule.py (`jump_schedule`,
+  // then `count_model_evaluations`: each move from index a down to a - 1 is one evaluation) that
+  // counts the moves instead of listing them. Infinity past MAX_COUNTED.
+  const o = { n_sample: 1, jump_length: 10, jump_n_sample: 10, jump2_length: 1, jump2_n_sample: 1,
+              jump3_length: 1, jump3_n_sample: 1, start_resampling: 100_000_000, ...p };
+  if (steps > 100_000) return Infinity;
+  // Innermost level first. `left[j]` is the jumps left at boundary j, valid while `seen[j]` is the
+  // level's generation: a reset (an outer jump) starts a new one, where every boundary has n - 1.
+  const levels = [[o.jump3_length, o.jump3_n_sample], [o.jump2_length, o.jump2_n_sample],
+                  [o.jump_length, o.jump_n_sample]].map(([length, n]) => (
+    { length, n, generation: 0, left: new Float64Array(steps), seen: new Int32Array(steps).fill(-1) }));
+  const jumpsLeft = (level, t) => {
+    if (t >= steps - level.length || t % level.length) return 0;
+    return level.seen[t] === level.generation ? level.left[t] : level.n - 1;
+  };
+  let evaluations = 0, last = -Infinity;  // the schedule starts at steps - 1: no move into it
+  const visit = (t) => { if (t < last) evaluations += 1; last = t; };
+  let t = steps;
+  while (t >= 1) {
+    t -= 1;
+    visit(t);
+    if (t + 1 < steps - 1 && t <= o.start_resampling) {
+      for (let i = 1; i < o.n_sample && evaluations <= MAX_COUNTED; i++) { visit(t + 1); visit(t); }
+    }
+    levels.forEach((level, depth) => {
+      const left = jumpsLeft(level, t);
+      if (left > 0 && t <= o.start_resampling - level.length) {
+        level.left[t] = left - 1;
+        level.seen[t] = level.generation;
+        for (let i = 0; i < level.length; i++) visit(++t);
+        for (const inner of levels.slice(0, depth)) inner.generation += 1;
+      }
+    });
+    if (evaluations > MAX_COUNTED) return Infinity;
+  }
+  visit(-1);
+  return evaluations;
 }
+
+// The schedule each sampler walks (models/sampler_settings.py, `times`).
+const SCHEDULES = {
+  repaint: (s) => scheduleEvaluations(s.steps, s),
+  ddnm: (s) => scheduleEvaluations(s.steps, { jump_length: s.travel_length, jump_n_sample: s.travel_repeat }),
+};
 
 function selectedModel() {
   return state.models.find((m) => m.name === $("model").value) || null;
+}
+
+function samplerInfo(name) {
+  return state.samplers.find((s) => s.name === name) || null;
+}
+
+function modelDefaults(m) {
+  // The model's RePaint settings, as GET /models gives them (its guidance scale is not one).
+  if (!m || !m.defaults) return null;
+  const { classifier_scale: _, ...settings } = m.defaults;
+  return settings;
+}
+
+function parameterDefault(sampler, param) {
+  const own = sampler.name === "repaint" ? modelDefaults(selectedModel()) : null;
+  return own && own[param.name] != null ? own[param.name] : param.default;
+}
+
+function parameterBounds(param) {
+  let high = param.maximum;
+  const m = selectedModel();
+  if (param.name === "steps" && m && m.diffusion_steps) high = Math.min(high ?? Infinity, m.diffusion_steps);
+  return [param.minimum, high];
+}
+
+function parameterHint(param) {
+  const [low, high] = parameterBounds(param);
+  const range = low != null && high != null ? `${fmt(low)} to ${fmt(high)}`
+    : low != null ? `at least ${fmt(low)}` : high != null ? `at most ${fmt(high)}` : "";
+  return `${param.name}: ${param.description}${range ? `; ${range}` : ""}.`;
 }
 
 function loadModels() {
@@ -173,8 +251,10 @@ async function fetchModels() {
     const data = await response.json();
     state.models = data.models;
     state.presets = data.presets || {};
+    state.samplers = data.samplers || [];
     // Rebuilt only when they change (the list refreshes in the background; an open menu stays open).
-    const signature = JSON.stringify([data.models.map((m) => [m.name, m.defaults]), state.presets]);
+    const signature = JSON.stringify([data.models.map((m) => [m.name, m.defaults, m.diffusion_steps]),
+                                      state.presets, state.samplers]);
     if (signature !== state.signature) {
       state.signature = signature;
       const model = $("model");
@@ -186,6 +266,11 @@ async function fetchModels() {
         model.add(option);
       }
       if (!data.models.length) model.add(new Option("no model is being served yet", ""));
+      const sampler = $("sampler");
+      const keepSampler = sampler.value || "repaint";
+      sampler.innerHTML = "";
+      for (const s of state.samplers) sampler.add(new Option(s.name, s.name));
+      sampler.value = samplerInfo(keepSampler) ? keepSampler : (state.samplers[0] || {}).name || "";
       fillPresets(state.modelsLoaded ? $("preset").value : "balanced");
       state.modelsLoaded = true;
     }
@@ -197,21 +282,56 @@ async function fetchModels() {
 
 function fillPresets(keep) {
   const preset = $("preset");
-  const m = selectedModel();
+  const defaults = modelDefaults(selectedModel());
   preset.innerHTML = "";
-  if (m && m.defaults) {
-    const d = m.defaults;
-    preset.add(new Option(`model default — ${fmt(d.steps)} steps, `
-      + `${fmt(countEvaluations(d.steps, d.jump_length, d.jump_n_sample))} evaluations`, ""));
-  } else {
-    preset.add(new Option("model default", ""));
-  }
+  const evaluations = defaults && SCHEDULES.repaint(defaults);
+  preset.add(new Option(evaluations ? `model default — repaint, ${fmt(evaluations)} evaluations` : "model default", ""));
   for (const [name, p] of Object.entries(state.presets)) {
-    preset.add(new Option(`${name} — ${fmt(p.steps)} steps, ${fmt(p.evaluations)} evaluations`, name));
+    const option = new Option(`${name} — ${p.sampler}, ${fmt(p.evaluations)} evaluations`, name);
+    option.title = p.description || "";
+    preset.add(option);
   }
   preset.add(new Option("custom…", "custom"));
   preset.value = [...preset.options].some((o) => o.value === keep) ? keep : "";
+  buildCustom();
+}
+
+function buildCustom() {
+  // The chosen sampler's parameters as inputs: what was typed for this sampler, else its default
+  // (for RePaint, the model's own schedule where it has one).
+  const sampler = samplerInfo($("sampler").value);
+  const main = $("params"), more = $("more-params-list");
+  main.innerHTML = "";
+  more.innerHTML = "";
+  $("sampler").title = sampler ? sampler.description : "";
+  for (const param of sampler ? sampler.parameters : []) {
+    const input = document.createElement("input");
+    input.type = "number";
+    input.id = `param-${param.name.replaceAll("_", "-")}`;
+    input.name = param.name;
+    input.required = true;
+    input.step = param.type === "integer" ? "1" : "any";
+    const [low, high] = parameterBounds(param);
+    if (low != null) input.min = String(low);
+    if (high != null) input.max = String(high);
+    const typed = (state.typed[sampler.name] || {})[param.name];
+    input.value = typed ?? String(parameterDefault(sampler, param));
+    input.dataset.hint = parameterHint(param);
+    const field = document.createElement("label");
+    field.title = input.dataset.hint;
+    field.append(label(param.name), input);
+    (sampler.name === "repaint" && RARE_PARAMETERS.has(param.name) ? more : main).append(field);
+  }
+  $("more-params").hidden = !more.children.length;
+  showHint(null);
   describeCost();
+}
+
+function showHint(input) {
+  // The description of the parameter last focused, else the sampler's. It changes only when a
+  // parameter gets focus, never on blur: what is below it must not move under a click.
+  const sampler = samplerInfo($("sampler").value);
+  $("param-hint").textContent = input ? input.dataset.hint : sampler ? sampler.description : "";
 }
 
 function describeModel() {
@@ -228,35 +348,91 @@ function describeModel() {
   }
 }
 
-function schedule() {
-  // The steps, jump length and jump samples the job will use, as far as the page knows.
+function checkParameter(param, input) {
+  // The input's value, or why the service would refuse it.
+  const [low, high] = parameterBounds(param);
+  const value = Number(input.value);
+  const name = label(param.name);
+  if (input.value.trim() === "" || !Number.isFinite(value)) return { error: `${name} needs a number.` };
+  if (param.type === "integer" && !Number.isInteger(value)) return { error: `${name} must be a whole number.` };
+  if (low != null && value < low) return { error: `${name} must be at least ${fmt(low)}.` };
+  if (high != null && value > high) return { error: `${name} must be at most ${fmt(high)}.` };
+  return { value };
+}
+
+function choice() {
+  // What the job will run, as far as the page knows: {sampler, settings, evaluations, note} or {error}.
   const value = $("preset").value;
   if (value === "custom") {
-    return { steps: Number($("steps").value), jump_length: Number($("jump-length").value),
-             jump_n_sample: Number($("jump-n-sample").value) };
+    const sampler = samplerInfo($("sampler").value);
+    if (!sampler) return null;
+    const settings = {};
+    let error = null;
+    for (const param of sampler.parameters) {
+      const input = $(`param-${param.name.replaceAll("_", "-")}`);
+      const checked = checkParameter(param, input);
+      input.setAttribute("aria-invalid", String(Boolean(checked.error)));
+      if (checked.error) error = error || checked.error;
+      else settings[param.name] = checked.value;
+    }
+    if (error) return { error };
+    const count = SCHEDULES[sampler.name];
+    return { sampler: sampler.name, settings, evaluations: count ? count(settings) : null };
   }
-  if (value) return state.presets[value] || null;
-  const m = selectedModel();
-  return m && m.defaults ? m.defaults : null;
+  if (value) {
+    const p = state.presets[value];
+    return p ? { sampler: p.sampler, settings: p.settings, evaluations: p.evaluations, note: p.description } : null;
+  }
+  const settings = modelDefaults(selectedModel());
+  return settings ? { sampler: "repaint", settings, evaluations: SCHEDULES.repaint(settings), note: "the model's own settings" }
+    : null;
 }
 
 function describeCost() {
-  $("custom").hidden = $("preset").value !== "custom";
-  const s = schedule();
+  const custom = $("preset").value === "custom";
+  $("custom").hidden = !custom;
+  $("custom").disabled = !custom;  // its inputs are not checked or sent then
+  const c = choice();
   const samples = Math.max(1, Number($("num-samples").value) || 1);
   const cost = $("cost");
-  if (!s) { cost.textContent = ""; return; }
-  const evaluations = countEvaluations(s.steps, s.jump_length, s.jump_n_sample);
-  if (evaluations == null) { cost.textContent = "Steps, jump length and jump samples must be at least 1."; return; }
-  cost.textContent = `${fmt(s.steps)} steps; each stretch of ${fmt(s.jump_length)} is sampled `
-    + `${fmt(s.jump_n_sample)}×: ${fmt(evaluations)} network evaluations per sample`
-    + (samples > 1 ? `, ${fmt(evaluations * samples)} for ${samples} samples.` : ".");
+  cost.classList.toggle("warn", Boolean(c && (c.error || c.evaluations === Infinity)));
+  if (!c) { cost.textContent = ""; return; }
+  if (c.error) { cost.textContent = c.error; return; }
+  if (c.evaluations === Infinity) {
+    cost.textContent = `More than ${fmt(MAX_COUNTED)} network evaluations per sample: fewer steps or less resampling.`;
+    return;
+  }
+  const what = custom ? c.sampler
+    : `${c.sampler}, ${Object.entries(c.settings).map(([k, v]) => `${label(k)} ${fmt(v)}`).join(", ")}`;
+  const note = c.note ? ` ${c.note[0].toUpperCase()}${c.note.slice(1)}.` : "";
+  if (c.evaluations == null) { cost.textContent = `${what}: the service counts its evaluations.${note}`; return; }
+  cost.textContent = `${what}: ${fmt(c.evaluations)} network evaluations per sample`
+    + (samples > 1 ? `, ${fmt(c.evaluations * samples)} for ${samples} samples.` : ".") + note;
+}
+
+function describeJobSettings(params) {
+  // The sampler and the settings that run, as the job records them; RePaint's rare ones only when set.
+  const sampler = samplerInfo(params.sampler);
+  const shown = (sampler ? sampler.parameters : [])
+    .filter((p) => params[p.name] != null && !(sampler.name === "repaint" && RARE_PARAMETERS.has(p.name)
+                                               && params[p.name] === p.default))
+    .map((p) => `${label(p.name)} ${fmt(params[p.name])}`);
+  $("job-settings").textContent = [params.sampler || "repaint", ...shown].join(" · ")
+    + ` — ${fmt(params.evaluations_per_sample)} evaluations per sample, seed ${params.seed}`;
 }
 
 $("model").addEventListener("change", () => { fillPresets($("preset").value); describeModel(); });
-for (const id of ["preset", "steps", "jump-length", "jump-n-sample", "num-samples"]) {
-  $(id).addEventListener("input", describeCost);
+$("sampler").addEventListener("change", buildCustom);
+$("preset").addEventListener("input", describeCost);
+$("num-samples").addEventListener("input", describeCost);
+for (const grid of ["params", "more-params-list"]) {
+  $(grid).addEventListener("input", (event) => {
+    const sampler = $("sampler").value;
+    state.typed[sampler] = { ...state.typed[sampler], [event.target.name]: event.target.value };
+    describeCost();
+  });
 }
+$("custom").addEventListener("focusin", (event) => { if (event.target.dataset.hint) showHint(event.target); });
 
 // ---------------------------------------------------------------- the image and the box
 
@@ -729,6 +905,7 @@ function forgetJob() {
   delete resultImage.dataset.result;
   $("download").removeAttribute("href");
   $("job-panel").hidden = true;
+  $("job-settings").textContent = "";
   $("samples").innerHTML = "";
   render();
 }
@@ -930,6 +1107,16 @@ function jobImage(job, url) {
   return job.images.get(url);
 }
 
+async function showJobSettings(job) {
+  // What the job runs, as the service resolved it (a preset, the model's defaults).
+  try {
+    const response = await api(`/jobs/${job.id}`, { cache: "no-store" });
+    if (response.ok && state.job === job) describeJobSettings((await response.json()).params);
+  } catch (_) {
+    // Shown with the result.
+  }
+}
+
 async function showResults(job) {
   try {
     const response = await api(`/jobs/${job.id}`, { cache: "no-store" });
@@ -940,6 +1127,7 @@ async function showResults(job) {
     if (!results.length) return;
     job.seed = data.params.seed;
     job.format = data.params.output_format;
+    describeJobSettings(data.params);
     await jobImage(job, results[0]);  // shown in one go, not drawn in as it loads
     if (state.job !== job) return;
     job.results = results;
@@ -1029,9 +1217,9 @@ async function jobForm() {
   if ($("model").value) form.append("model", $("model").value);
   const preset = $("preset").value;
   if (preset === "custom") {
-    form.append("steps", $("steps").value);
-    form.append("jump_length", $("jump-length").value);
-    form.append("jump_n_sample", $("jump-n-sample").value);
+    // The chosen sampler and its parameters only: the service refuses another sampler's.
+    form.append("sampler", $("sampler").value);
+    for (const input of $("custom").querySelectorAll("input[name]")) form.append(input.name, input.value);
   } else if (preset) {
     form.append("preset", preset);
   }
@@ -1071,6 +1259,7 @@ $("options").addEventListener("submit", async (event) => {
     $("preview-note").hidden = false;
     setView("result");
     follow(job);
+    showJobSettings(job);
   } catch (e) {
     showError(`Could not reach the service: ${e.message}`);
   } finally {

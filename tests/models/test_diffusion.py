@@ -86,11 +86,11 @@ def test_forward_noising_statistics():
                          ids=lambda e: ",".join(str(v) for v in e["params"].values()))
 def test_jump_schedule_matches_reference(entry):
     p = entry["params"]
-    times = models.jump_schedule(p["t_T"], p["jump_length"], p["jump_n_sample"], p["n_sample"])
+    times = models.jump_schedule(**p)
     assert times == entry["times"]
     assert models.count_model_evaluations(times) == entry["num_reverse_transitions"]
 
 
 def test_jump_schedule_rejects_nonsense():
     with pytest.raises(ValueError, match="jump_length"):
-        models.jump_schedule(250, 0, 10)
+        models.jump_schedule(250, jump_length=0, jump_n_sample=10)

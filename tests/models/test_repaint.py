@@ -6,7 +6,9 @@ import pytest
 import torch
 
 import models
-from models.repaint import RePaintBatch, SampleParams, classifier_gradient, step
+from models.guidance import classifier_gradient
+from models.sampler_settings import RePaintSettings
+from models.sampling import SampleBatch, SampleParams, step
 
 DIFFUSION = models.build_diffusion({"diffusion_steps": 1000, "noise_schedule": "linear",
                                     "timestep_respacing": "250", "learn_sigma": True})
@@ -105,22 +107,23 @@ def test_known_pixels_are_preserved_bit_for_bit():
 def test_same_seed_same_output_whatever_shares_the_batch():
     image, _, keep = _images(n=3, size=32)
     m = models.load_preset("tiny")
-    mine = SampleParams(t_T=20, jump_length=3, jump_n_sample=2, seed=42)
+    mine = SampleParams(seed=42, sampler=RePaintSettings(steps=20, jump_length=3, jump_n_sample=2))
     with torch.inference_mode():
-        alone = RePaintBatch(m.diffusion, image[:1], keep[:1], [mine])
+        alone = SampleBatch(m.diffusion, image[:1], keep[:1], [mine])
         while not alone.done:
             step(m.unet, alone)
         # Neighbours with other seeds, step counts and jump settings, and different images.
-        shared = RePaintBatch(m.diffusion, image, keep, [
-            mine, SampleParams(t_T=30, jump_length=5, jump_n_sample=3, seed=7),
-            SampleParams(t_T=10, jump_length=10, jump_n_sample=1, seed=9)])
+        shared = SampleBatch(m.diffusion, image, keep, [
+            mine, SampleParams(seed=7, sampler=RePaintSettings(steps=30, jump_length=5, jump_n_sample=3)),
+            SampleParams(seed=9, sampler=RePaintSettings(steps=10, jump_length=10, jump_n_sample=1))])
         evaluations = 0
         while not shared.done:
             evaluations += step(m.unet, shared)
     torch.testing.assert_close(shared.result()[0], alone.result()[0], atol=1e-4, rtol=0)
     assert evaluations == sum(s.total_evaluations for s in shared.states)
     assert [s.evaluations for s in shared.states] == [
-        models.count_model_evaluations(models.jump_schedule(*p)) for p in ((20, 3, 2), (30, 5, 3), (10, 10, 1))]
+        models.count_model_evaluations(models.jump_schedule(t, jump_length=jl, jump_n_sample=jn))
+        for t, jl, jn in ((20, 3, 2), (30, 5, 3), (10, 10, 1))]
 
 
 def test_different_seeds_differ_and_same_seed_repeats():
@@ -143,7 +146,7 @@ def test_class_labels_reach_the_model_and_must_be_all_or_none():
     models.inpaint(model, DIFFUSION, image, keep, t_T=5, jump_length=5, jump_n_sample=1, seed=0, y=[3, 7])
     assert all(torch.equal(y, torch.tensor([3, 7])) for y in seen)
     with pytest.raises(ValueError, match="class label"):
-        RePaintBatch(DIFFUSION, image, keep, [SampleParams(seed=0, class_label=1), SampleParams(seed=1)])
+        SampleBatch(DIFFUSION, image, keep, [SampleParams(seed=0, class_label=1), SampleParams(seed=1)])
 
 
 class LinearClassifier:
@@ -183,18 +186,18 @@ def test_samples_join_and_leave_a_running_batch_without_changing_results():
     """Continuous batching: B joins while A runs, A leaves when done; both match running alone."""
     image, _, keep = _images(n=2, size=32)
     m = models.load_preset("tiny")
-    pa = SampleParams(t_T=12, jump_length=3, jump_n_sample=2, seed=1)
-    pb = SampleParams(t_T=20, jump_length=5, jump_n_sample=2, seed=2)
+    pa = SampleParams(seed=1, sampler=RePaintSettings(steps=12, jump_length=3, jump_n_sample=2))
+    pb = SampleParams(seed=2, sampler=RePaintSettings(steps=20, jump_length=5, jump_n_sample=2))
 
     def alone(i, p):
         with torch.inference_mode():
-            b = RePaintBatch(m.diffusion, image[i:i + 1], keep[i:i + 1], [p])
+            b = SampleBatch(m.diffusion, image[i:i + 1], keep[i:i + 1], [p])
             while not b.done:
                 step(m.unet, b)
             return b.result()[0]
 
     with torch.inference_mode():
-        batch = RePaintBatch(m.diffusion, device="cpu")
+        batch = SampleBatch(m.diffusion, device="cpu")
         (a,) = batch.add(image[:1], keep[:1], [pa])
         for _ in range(5):
             step(m.unet, batch)
@@ -208,31 +211,3 @@ def test_samples_join_and_leave_a_running_batch_without_changing_results():
             batch.remove(finished)
     torch.testing.assert_close(results[id(a)], alone(0, pa), atol=1e-4, rtol=0)
     torch.testing.assert_close(results[id(b)], alone(1, pb), atol=1e-4, rtol=0)
-
-
-def test_a_step_retried_after_out_of_memory_draws_the_same_noise():
-    """A worker that runs out of memory retries the pass (with a smaller batch): the retried step
-    must reuse the noise the failed one drew, or the seeded result would depend on the failure."""
-    image, _, keep = _images(n=2, size=32)
-    m = models.load_preset("tiny")
-    params = [SampleParams(t_T=20, jump_length=3, jump_n_sample=2, seed=s) for s in (42, 43)]
-    failures = iter([False, False, True, False, True, True] + [False] * 1000)
-
-    def flaky(x, t, y=None):
-        if next(failures):
-            raise torch.OutOfMemoryError("simulated: out of memory")
-        return m.unet(x, t, y)
-
-    with torch.inference_mode():
-        clean = RePaintBatch(m.diffusion, image, keep, params)
-        while not clean.done:
-            step(m.unet, clean)
-        retried = RePaintBatch(m.diffusion, image, keep, params)
-        oom = 0
-        while not retried.done:
-            try:
-                step(flaky, retried)
-            except torch.OutOfMemoryError:
-                oom += 1
-    assert oom == 3
-    assert torch.equal(retried.result(), clean.result())

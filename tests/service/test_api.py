@@ -49,8 +49,10 @@ def test_accepted_job_is_queued_with_location_and_defaults(client, redis_db):
     assert r.headers["location"] == f"/jobs/{body['id']}" == body["links"]["self"]
     job = client.get(f"/jobs/{body['id']}").json()
     assert job["status"] == "queued" and job["position"] == 0 and job["model"] == "tiny"
-    assert job["params"] == {"seed": 7, "num_samples": 1, "steps": 250, "jump_length": 10,
-                             "jump_n_sample": 10, "evaluations_per_sample": 2410, "strategy": "auto",
+    assert job["params"] == {"seed": 7, "num_samples": 1, "sampler": "repaint", "steps": 250, "jump_length": 10,
+                             "jump_n_sample": 10, "n_sample": 1, "jump2_length": 1, "jump2_n_sample": 1,
+                             "jump3_length": 1, "jump3_n_sample": 1, "start_resampling": 100_000_000,
+                             "evaluations_per_sample": 2410, "strategy": "auto",
                              "blend": None, "mask_dilate": 0, "output_format": "png",
                              "image": {"width": 32, "height": 32, "mode": "RGB"}}
     # The upload travels in its own keys with a TTL; the RQ payload is JSON.
@@ -153,7 +155,8 @@ def test_models_lists_sizes_defaults_and_the_default(client):
     assert body["default"] == "tiny"
     (tiny,) = body["models"]
     assert tiny["image_size"] == 32 and tiny["default"] is True and tiny["workers"] == 0
-    assert tiny["defaults"] == {"steps": 250, "jump_length": 10, "jump_n_sample": 10, "classifier_scale": 0.0}
+    assert tiny["defaults"] == {"steps": 250, "jump_length": 10, "jump_n_sample": 10, "n_sample": 1,
+                                "classifier_scale": 0.0}
 
 
 def test_health_and_readiness_without_workers(client):
@@ -187,14 +190,54 @@ def test_redis_down_is_503_json(tiny_description):
         assert c.get("/healthz").status_code == 200
 
 
-def test_quality_presets_set_the_schedule_and_fields_override_them(client):
-    job = client.get(f"/jobs/{post(client, preset='fast').json()['id']}").json()
-    chosen = {k: job["params"][k] for k in ("steps", "jump_length", "jump_n_sample", "evaluations_per_sample", "preset")}
-    assert chosen == {"steps": 50, "jump_length": 5, "jump_n_sample": 3, "evaluations_per_sample": 140, "preset": "fast"}
-    job = client.get(f"/jobs/{post(client, preset='fast', steps=60).json()['id']}").json()
-    assert (job["params"]["steps"], job["params"]["jump_length"]) == (60, 5)
+def test_quality_presets_set_the_sampler_and_schedule_and_fields_override_them(client):
     presets = client.get("/models").json()["presets"]
-    assert presets["paper"] == {"steps": 250, "jump_length": 10, "jump_n_sample": 10, "evaluations": 2410}
+    for name, preset in presets.items():
+        job = client.get(f"/jobs/{post(client, preset=name).json()['id']}").json()
+        assert job["params"]["preset"] == name and job["params"]["sampler"] == preset["sampler"]
+        assert {k: job["params"][k] for k in preset["settings"]} == preset["settings"]
+        assert job["params"]["evaluations_per_sample"] == preset["evaluations"]
+        assert preset["budget"] is None or preset["evaluations"] <= preset["budget"]
+    job = client.get(f"/jobs/{post(client, preset='paper', steps=60).json()['id']}").json()
+    assert (job["params"]["steps"], job["params"]["jump_length"]) == (60, 10)
+    assert presets["paper"] == {"sampler": "repaint", "settings": {"steps": 250, "jump_length": 10, "jump_n_sample": 10},
+                                "evaluations": 2410, "budget": None, "description": presets["paper"]["description"]}
+
+
+def test_models_lists_the_samplers_and_their_parameters(client):
+    samplers = {s["name"]: s for s in client.get("/models").json()["samplers"]}
+    assert set(samplers) == {"repaint", "ddnm"}
+    params = {p["name"]: p for p in samplers["ddnm"]["parameters"]}
+    assert params["eta"] == {"name": "eta", "type": "number", "default": 0.85, "minimum": 0.0, "maximum": 1.0,
+                             "description": params["eta"]["description"]}
+    assert {"steps", "jump_length", "jump_n_sample", "n_sample", "jump2_length", "jump2_n_sample", "jump3_length",
+            "jump3_n_sample", "start_resampling"} == {p["name"] for p in samplers["repaint"]["parameters"]}
+
+
+def test_a_sampler_and_its_parameters_reach_the_job(client):
+    job = client.get(f"/jobs/{post(client, sampler='ddnm', steps=40, eta=0.5, travel_length=5, travel_repeat=2).json()['id']}").json()
+    assert {k: job["params"][k] for k in ("sampler", "steps", "eta", "travel_length", "travel_repeat",
+                                          "evaluations_per_sample")} == {
+        "sampler": "ddnm", "steps": 40, "eta": 0.5, "travel_length": 5, "travel_repeat": 2, "evaluations_per_sample": 75}
+    assert "jump_length" not in job["params"]
+    job = client.get(f"/jobs/{post(client, jump2_length=3, jump2_n_sample=2, start_resampling=100).json()['id']}").json()
+    assert (job["params"]["jump2_length"], job["params"]["start_resampling"]) == (3, 100)
+
+
+@pytest.mark.parametrize("fields, message", [
+    ({"eta": 0.5}, "eta is a parameter of sampler ddnm, not of repaint"),
+    ({"sampler": "ddnm", "jump_n_sample": 3}, "jump_n_sample is a parameter of sampler repaint, not of ddnm"),
+    ({"sampler": "ddim"}, "unknown sampler 'ddim'"),
+    ({"sampler": "ddnm", "eta": 2}, "eta must be at most 1.0"),
+    ({"sampler": "ddnm", "eta": "much"}, "eta"),
+    ({"sampler": "ddnm", "travel_repeat": 0}, "travel_repeat must be at least 1"),
+    ({"preset": "paper", "sampler": "ddnm"}, "preset paper uses sampler repaint, not ddnm"),
+    ({"jump_n_sample": 1000, "jump2_length": 5, "jump2_n_sample": 1000}, "network evaluations"),
+    ({"etta": 0.5}, "unknown form field"),
+])
+def test_sampler_parameters_are_checked_against_the_samplers_own_rules(client, fields, message):
+    r = post(client, **fields)
+    assert r.status_code == 422 and message in json.dumps(r.json()["detail"]), r.json()
 
 
 @pytest.mark.parametrize("size, mode", [((640, 480), "RGB"), ((31, 700), "L"), ((300, 200), "RGBA"),

@@ -126,6 +126,6 @@ def test_derived_timeout_scales_with_the_measured_pass_time(redis_server, redis_
     with make_client(redis_server, redis_db, tiny_description) as client:
         timeouts = []
         for n in (1, 4):
-            r = client.post("/inpaint", files=files, data={"preset": "balanced", "num_samples": str(n)})
+            r = client.post("/inpaint", files=files, data={"preset": "paper", "num_samples": str(n)})
             timeouts.append(int(redis_db.hget(jobs.job_key(r.json()["id"]), "timeout")))
-    assert timeouts == [3 * 2 * 460 + 60] * 2  # samples of one job share every pass
+    assert timeouts == [3 * 2 * 2410 + 60] * 2  # samples of one job share every pass

@@ -9,6 +9,7 @@ import torch
 import pytest
 from PIL import Image
 
+from models.sampler_settings import RePaintSettings
 from worker import blending, encoding, geometry
 from worker.params import JobParams
 from worker.runtime import JobInputError, Runtime
@@ -108,7 +109,7 @@ def inpaint(runtime, img: Image.Image, fill: np.ndarray, strategy: str, **fields
     image_png, mask_png = io.BytesIO(), io.BytesIO()
     img.save(image_png, format="PNG")
     Image.fromarray(fill.astype(np.uint8) * 255).save(mask_png, format="PNG")
-    params = JobParams(seed=0, steps=5, jump_length=5, jump_n_sample=1, strategy=strategy, blend=BLEND,
+    params = JobParams(seed=0, sampler=RePaintSettings(steps=5, jump_length=5, jump_n_sample=1), strategy=strategy, blend=BLEND,
                        mask_dilate=DILATE, **fields)
     (out_png,) = runtime.inpaint(image_png.getvalue(), mask_png.getvalue(), params)
     return out_png
@@ -152,7 +153,7 @@ def test_jpeg_and_webp_outputs(runtime):
     img.save(buf, format="PNG")
     mask.save(mbuf, format="PNG")
     for fmt, magic in (("jpeg", b"\xff\xd8"), ("webp", b"RIFF")):
-        params = JobParams(seed=0, steps=5, jump_length=5, jump_n_sample=1, output_format=fmt)
+        params = JobParams(seed=0, sampler=RePaintSettings(steps=5, jump_length=5, jump_n_sample=1), output_format=fmt)
         (data,) = runtime.inpaint(buf.getvalue(), mbuf.getvalue(), params)
         assert data.startswith(magic) and Image.open(io.BytesIO(data)).size == (120, 90)
 
@@ -177,7 +178,7 @@ def test_the_worker_refuses_outputs_its_encoder_cannot_write(runtime):
     image_png, mask_png = io.BytesIO(), io.BytesIO()
     wide.save(image_png, format="PNG")
     mask.save(mask_png, format="PNG")
-    params = JobParams(seed=0, steps=5, jump_length=5, jump_n_sample=1, output_format="webp")
+    params = JobParams(seed=0, sampler=RePaintSettings(steps=5, jump_length=5, jump_n_sample=1), output_format="webp")
     # Before sampling, not after (the API refuses it at submit; a worker checks again).
     with pytest.raises(JobInputError, match="webp results can be at most 16383"):
         runtime.prepare(image_png.getvalue(), mask_png.getvalue(), params)
@@ -189,7 +190,7 @@ def test_previews_show_the_estimate_in_the_image_at_a_bounded_size(runtime):
     image_png, mask_png = io.BytesIO(), io.BytesIO()
     img.save(image_png, format="PNG")
     Image.fromarray(fill.astype(np.uint8) * 255).save(mask_png, format="PNG")
-    params = JobParams(seed=0, steps=5, jump_length=5, jump_n_sample=1)
+    params = JobParams(seed=0, sampler=RePaintSettings(steps=5, jump_length=5, jump_n_sample=1))
     prepared = runtime.prepare(image_png.getvalue(), mask_png.getvalue(), params)
     estimate = torch.zeros(3, 32, 32)  # mid-grey everywhere the model fills
     preview = np.asarray(Image.open(io.BytesIO(runtime.preview_png(estimate, prepared, params))))
@@ -222,7 +223,7 @@ def test_a_palette_image_with_a_transparent_colour_is_filled_opaque(runtime):
     holed.info["transparency"] = 31
     prepared = prepare(holed, None)  # no mask: the transparent pixels are the region to fill
     assert prepared.mode == "RGBA"
-    params = JobParams(seed=0, steps=5, jump_length=5, jump_n_sample=1)
+    params = JobParams(seed=0, sampler=RePaintSettings(steps=5, jump_length=5, jump_n_sample=1))
     for seed in range(3):
         (out_png,) = runtime.inpaint(prepared.image_png, prepared.mask_png, JobParams(**{**params.__dict__, "seed": seed}))
         assert (np.asarray(Image.open(io.BytesIO(out_png)))[16:48, 16:48, 3] == 255).all()

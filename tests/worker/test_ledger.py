@@ -10,12 +10,13 @@ from rq import Queue
 from rq.registry import CanceledJobRegistry, FailedJobRegistry, FinishedJobRegistry, StartedJobRegistry
 
 from tests.procs import job_keys_without_ttl
+from models.sampler_settings import RePaintSettings
 from worker import jobs, rqside
 from worker.ledger import IdempotencyConflict, Lease, Ledger, Outcome, new_job_id
 from worker.params import JobParams
 
 MODEL = "tiny"
-PARAMS = JobParams(seed=1, steps=20, jump_length=5, jump_n_sample=2, image={"width": 2, "height": 2, "mode": "RGB"})
+PARAMS = JobParams(seed=1, sampler=RePaintSettings(steps=20, jump_length=5, jump_n_sample=2), image={"width": 2, "height": 2, "mode": "RGB"})
 
 
 @pytest.fixture()

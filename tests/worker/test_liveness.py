@@ -131,3 +131,37 @@ def test_heartbeats_report_jobs_the_worker_no_longer_owns(ledger, redis_db):
     engine = FakeEngine([FakeFlight(lease.job_id, lease.token)])
     Heartbeats(FakeWorker(redis_db), engine, ledger, ttl=10, describe={"name": MODEL}).beat()
     assert engine.lost == {lease}
+
+
+def test_heartbeats_keep_the_workers_report_in_its_rq_hash(ledger, redis_db):
+    """REPAINT_COMPILE's state rides along with each beat, once RQ has registered the worker."""
+    worker = FakeWorker(redis_db)
+    worker.key = "rq:worker:w1"
+    state = ["compiling"]
+    beats = Heartbeats(worker, FakeEngine([]), ledger, ttl=10, describe={"name": MODEL},
+                       report=lambda: {jobs.WORKER_COMPILE_FIELD: state[0]})
+    beats.beat()
+    assert not redis_db.exists(worker.key)  # never creates RQ's hash before RQ does
+    redis_db.hset(worker.key, "birth", "now")
+    beats.beat()
+    assert redis_db.hget(worker.key, jobs.WORKER_COMPILE_FIELD) == b"compiling"
+    state[0] = "compiled"
+    beats.beat()
+    assert redis_db.hget(worker.key, jobs.WORKER_COMPILE_FIELD) == b"compiled"
+
+
+def test_health_check_prints_the_compile_state(redis_server, redis_db, monkeypatch, capsys):
+    from rq import Worker
+
+    from worker import health
+
+    rq_worker = Worker([queue(redis_db)], connection=redis_db, name="host1.1.abc")
+    rq_worker.register_birth()
+    redis_db.hset(rq_worker.key, jobs.WORKER_COMPILE_FIELD, "failed: RuntimeError: no compiler")
+    monkeypatch.setenv("REPAINT_REDIS_URL", redis_server.url)
+    monkeypatch.setenv("REPAINT_WORKER_NAME", "host1")
+    assert health.main() == 0
+    assert capsys.readouterr().out.strip() == "healthy: host1.1.abc (compile: failed: RuntimeError: no compiler)"
+    redis_db.hset(rq_worker.key, jobs.WORKER_COMPILE_FIELD, "eager")
+    assert health.main() == 0
+    assert capsys.readouterr().out.strip() == "healthy: host1.1.abc"

@@ -10,6 +10,7 @@ import pytest
 from PIL import Image
 
 from tests.conftest import face_and_mask, png_bytes
+from models.sampler_settings import RePaintSettings
 from worker.blending import band_weights
 from worker.params import JobParams
 from worker.runtime import JobInputError, Runtime
@@ -25,7 +26,7 @@ def test_runtime_inpaints_png_and_keeps_known_pixels(runtime):
     image, mask = face_and_mask(seed=4)
     steps = []
     outs = runtime.inpaint(png_bytes(image), png_bytes(mask),
-                           JobParams(seed=1, steps=10, jump_length=5, jump_n_sample=2, num_samples=2),
+                           JobParams(seed=1, sampler=RePaintSettings(steps=10, jump_length=5, jump_n_sample=2), num_samples=2),
                            progress=lambda i, n, x0: steps.append((i, n)))
     assert len(outs) == 2 and outs[0] != outs[1]
     assert steps[-1] == (15, 15)
@@ -40,13 +41,13 @@ def test_runtime_refuses_labels_for_unconditional_models(runtime):
     image, mask = face_and_mask()
     with pytest.raises(JobInputError, match="not class-conditional"):
         runtime.inpaint(png_bytes(image), png_bytes(mask),
-                        JobParams(seed=1, steps=5, jump_length=5, jump_n_sample=1, class_label=3))
+                        JobParams(seed=1, sampler=RePaintSettings(steps=5, jump_length=5, jump_n_sample=1), class_label=3))
 
 
 def test_describe_is_what_the_api_needs(runtime):
     d = runtime.describe()
     assert d["name"] == "tiny" and d["image_size"] == 32 and d["class_cond"] is False
-    assert d["defaults"] == {"steps": 250, "jump_length": 10, "jump_n_sample": 10, "classifier_scale": 0.0}
+    assert d["defaults"] == {"steps": 250, "jump_length": 10, "jump_n_sample": 10, "n_sample": 1, "classifier_scale": 0.0}
 
 
 @pytest.mark.parametrize("model", ["tiny", "faces32"])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from models.sampler_settings import RePaintSettings
 from worker.params import JobParams
 from worker.scheduler import BatchScheduler
 
@@ -73,7 +74,7 @@ class Clock:
 
 
 def params(steps=10, num_samples=1) -> JobParams:
-    return JobParams(seed=0, steps=steps, jump_length=steps, jump_n_sample=1, num_samples=num_samples)
+    return JobParams(seed=0, sampler=RePaintSettings(steps=steps, jump_length=steps, jump_n_sample=1), num_samples=num_samples)
 
 
 @pytest.fixture()

@@ -1,25 +1,23 @@
-"""RePaint sampling (Lugmayr et al., CVPR 2022) as a batch of independent samples.
+"""A batch of independent inpainting samples, each with its own sampler, and the shared step.
 
-Every sample in a `RePaintBatch` carries its own jump schedule, position, image, keep-mask,
-random generator, class label and guidance scale. `step` advances every unfinished sample by
-exactly one network evaluation (the re-noising moves in between cost none), so samples at
-different timesteps, from different step counts and jump settings, share one forward pass.
+Every sample in a `SampleBatch` carries its own sampler settings (RePaint, DDNM, ...), time
+schedule, position, image, keep-mask, random generator, class label and guidance scale. `step`
+advances every unfinished sample by exactly one network evaluation: each sampler builds its
+samples' network input, one forward pass serves them all, and each sampler applies its own
+update to its rows. Moves up the schedule (re-noising) cost no evaluation and happen in between.
 """
 
 from __future__ import annotations
 
 import secrets
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Protocol, Sequence
 
 import torch
-import torch.nn.functional as F
 
-from .diffusion import COEFFICIENTS, Diffusion, gather_coefficients, p_mean_variance
-from .schedule import count_model_evaluations, jump_schedule
-
-
-_BETA = COEFFICIENTS.index("beta")
+from .diffusion import Diffusion, gather_coefficients
+from .sampler_settings import RePaintSettings, SamplerSettings
+from .samplers import SAMPLERS, Rows, Sampler
 
 
 class DenoiseModel(Protocol):
@@ -28,12 +26,10 @@ class DenoiseModel(Protocol):
 
 @dataclass(frozen=True, kw_only=True)
 class SampleParams:
-    """What one sample asks for: its schedule, seed and (class-conditional models) guidance."""
+    """What one sample asks for: its sampler and schedule, seed and (class-conditional) guidance."""
 
-    t_T: int = 250
-    jump_length: int = 10
-    jump_n_sample: int = 10
     seed: int
+    sampler: SamplerSettings = field(default_factory=RePaintSettings)
     class_label: int | None = None
     classifier_scale: float = 0.0
 
@@ -44,15 +40,17 @@ def random_seed() -> int:
 
 
 class SampleState:
-    """One sample's progress through its own jump schedule."""
+    """One sample's progress through its own schedule."""
 
     def __init__(self, params: SampleParams, diffusion: Diffusion, device: torch.device):
-        if not 1 <= params.t_T <= diffusion.config.diffusion_steps:
-            raise ValueError(f"t_T must be between 1 and {diffusion.config.diffusion_steps}, got {params.t_T}")
+        steps = params.sampler.steps
+        if not 1 <= steps <= diffusion.config.diffusion_steps:
+            raise ValueError(f"steps must be between 1 and {diffusion.config.diffusion_steps}, got {steps}")
         self.params = params
-        self.times = jump_schedule(params.t_T, params.jump_length, params.jump_n_sample)
-        self.total_evaluations = count_model_evaluations(self.times)
-        self.rows = diffusion.coefficient_rows(params.t_T)
+        self.sampler: Sampler = SAMPLERS[params.sampler.name]
+        self.times = params.sampler.times()
+        self.total_evaluations = params.sampler.evaluations
+        self.rows = diffusion.coefficient_rows(steps)
         self.position = 0
         self.evaluations = 0
         self.generator = torch.Generator(device=device)
@@ -64,6 +62,10 @@ class SampleState:
         return self.times[self.position]
 
     @property
+    def next(self) -> int:
+        return self.times[self.position + 1]
+
+    @property
     def done(self) -> bool:
         return self.current == -1
 
@@ -71,7 +73,7 @@ class SampleState:
         return torch.randn(tuple(shape), generator=self.generator, device=device)
 
 
-class RePaintBatch:
+class SampleBatch:
     """Samples in flight; tensors are [N x C x H x W] on one device, one row per sample.
 
     `gt` holds the known image in [-1, 1], `keep` is True where a pixel is known, `x` is each
@@ -162,36 +164,17 @@ def _as_keep(keep_masks: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
     return (keep_masks > 0.5).expand_as(images).to(images.device)
 
 
-def _renoise(batch: RePaintBatch, slot: int, state: SampleState) -> None:
-    """Forward moves a -> a + 1 up to the next reverse step: x <- sqrt(1 - b) x + sqrt(b) z."""
-    while state.position + 1 < len(state.times) and state.times[state.position + 1] > state.current:
-        beta = state.rows[state.current + 1][_BETA]
-        noise = state.randn(batch.x.shape[1:], batch.device)
-        batch.x[slot] = (1 - beta) ** 0.5 * batch.x[slot] + beta ** 0.5 * noise
-        state.position += 1
-
-
-def classifier_gradient(classifier: Callable, x: torch.Tensor, t: torch.Tensor,
-                        y: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    """scale * grad_x log p(y | x_t), the classifier guidance of Dhariwal & Nichol (2021)."""
-    with torch.inference_mode(False), torch.enable_grad():
-        x_in = x.detach().clone().requires_grad_(True)
-        log_probs = F.log_softmax(classifier(x_in, t.clone()).float(), dim=-1)
-        selected = log_probs[torch.arange(len(y), device=y.device), y.clone()]
-        return torch.autograd.grad(selected.sum(), x_in)[0] * scale.clone()
-
-
-def step(model: DenoiseModel, batch: RePaintBatch, *, classifier: Callable | None = None,
+def step(model: DenoiseModel, batch: SampleBatch, *, classifier: Callable | None = None,
          clip_denoised: bool = True) -> int:
     """Advance every unfinished sample by one network evaluation; returns how many ran.
 
-    Implements one pass of Algorithm 1's inner loop for each sample: known pixels from the
-    original noised to the sample's level, unknown ones from its current x; one denoising
-    step over the merged image; re-noising jumps (no evaluation) before the next reverse step.
+    First each sample makes the moves up its schedule that need no network (its sampler's
+    re-noising), then the samples due a reverse step share one forward pass.
     """
     slots = []
     for slot, state in enumerate(batch.states):
-        _renoise(batch, slot, state)
+        if not state.done and state.next > state.current:
+            state.sampler.move_up(batch, slot, state)
         if not state.done:
             slots.append(slot)
     if not slots:
@@ -202,74 +185,77 @@ def step(model: DenoiseModel, batch: RePaintBatch, *, classifier: Callable | Non
     # the retry draws the same noise: a seeded result never depends on a failed attempt.
     saved = [s.generator.get_state() for s in states]
     try:
-        return _reverse_step(model, batch, slots, states, classifier=classifier, clip_denoised=clip_denoised)
+        _reverse_step(model, batch, slots, states, classifier=classifier, clip_denoised=clip_denoised)
     except BaseException:
         for s, state in zip(states, saved):
             s.generator.set_state(state)
         raise
-
-
-def _reverse_step(model: DenoiseModel, batch: RePaintBatch, slots: list[int], states: list[SampleState], *,
-                  classifier: Callable | None, clip_denoised: bool) -> int:
-    """One network evaluation for `states` (at rows `slots` of the batch); see `step`."""
-    everyone = len(slots) == len(batch)
-    index = None if everyone else torch.tensor(slots, device=batch.device)
-
-    def take(t: torch.Tensor) -> torch.Tensor:
-        return t if index is None else t.index_select(0, index)
-
-    fresh = [s.evaluations == 0 for s in states]
-    c = gather_coefficients([s.rows[s.current] for s in states], batch.device, extra={
-        "nonzero": [float(s.current != 0) for s in states],
-        "inject_known": [float(not f) for f in fresh],
-        "guidance": [float(s.params.classifier_scale) for s in states]})
-    shape = batch.x.shape[1:]
-    noise = torch.stack([s.randn(shape, batch.device) for s in states])
-    x = take(batch.x)
-    # Line 4-6 of Algorithm 1: x_{t-1}^known = q_sample(x0, t). The reference noises the known
-    # region to the level of the *input* x_t (alphas_cumprod[t]), from the second step on.
-    if not all(fresh):
-        gt_noise = torch.stack([torch.zeros(shape, device=batch.device) if f else s.randn(shape, batch.device)
-                                for s, f in zip(states, fresh)])
-        known = c["sqrt_ac"] * take(batch.gt) + c["sqrt_1m_ac"] * gt_noise
-        merge = take(batch.keep)
-        if any(fresh):
-            merge = merge & (c["inject_known"] > 0.5)
-        x = torch.where(merge, known, x)
-    y = None if batch.y is None else take(batch.y)
-    out = p_mean_variance(batch.diffusion, model(x, c["timestep"], y), x, c, clip_denoised=clip_denoised)
-    mean = out["mean"]
-    if classifier is not None and y is not None:
-        if any(s.params.classifier_scale for s in states):
-            gradient = classifier_gradient(classifier, x, c["timestep"], y, c["guidance"])
-            mean = mean.float() + out["variance"] * gradient
-    sample = mean + c["nonzero"] * torch.exp(0.5 * out["log_variance"]) * noise
-    if index is None:
-        batch.x, batch.pred_xstart = sample, out["pred_xstart"]
-    else:
-        batch.x.index_copy_(0, index, sample)
-        batch.pred_xstart.index_copy_(0, index, out["pred_xstart"])
     for s in states:
         s.position += 1
         s.evaluations += 1
     return len(states)
 
 
+def _reverse_step(model: DenoiseModel, batch: SampleBatch, slots: list[int], states: list[SampleState], *,
+                  classifier: Callable | None, clip_denoised: bool) -> None:
+    """One network evaluation for `states` (at rows `slots` of the batch); see `step`."""
+    index = None if len(slots) == len(batch) else torch.tensor(slots, device=batch.device)
+    c = gather_coefficients([s.rows[s.current] for s in states], batch.device, extra={
+        "nonzero": [float(s.current != 0) for s in states],
+        "first": [float(s.evaluations == 0) for s in states],
+        "guidance": [float(s.params.classifier_scale) for s in states]})
+    groups: dict[str, list[int]] = {}
+    for k, s in enumerate(states):
+        groups.setdefault(s.params.sampler.name, []).append(k)
+    if len(groups) == 1:
+        parts = [Rows.of(batch, slots, states, index, None, c)]
+    else:
+        parts = []
+        for ks in groups.values():
+            pos = torch.tensor(ks, device=batch.device)
+            sub = [slots[k] for k in ks]
+            parts.append(Rows.of(batch, sub, [states[k] for k in ks], torch.tensor(sub, device=batch.device), pos,
+                                 {name: v.index_select(0, pos) for name, v in c.items()}))
+    # Each sampler draws its noise and builds its rows' input; one pass serves every sampler.
+    inputs = [rows.sampler.network_input(rows) for rows in parts]
+    if len(parts) == 1:
+        x_in = inputs[0]
+    else:
+        x_in = torch.empty((len(states), *batch.x.shape[1:]), device=batch.device, dtype=batch.x.dtype)
+        for rows, part in zip(parts, inputs):
+            x_in.index_copy_(0, rows.pass_index, part)
+    y = None if batch.y is None else (batch.y if index is None else batch.y.index_select(0, index))
+    output = model(x_in, c["timestep"], y)
+    for rows, part in zip(parts, inputs):
+        out = output if rows.pass_index is None else output.index_select(0, rows.pass_index)
+        x, x0 = rows.sampler.update(rows, part, out, classifier=classifier, clip_denoised=clip_denoised)
+        if rows.index is None:
+            batch.x, batch.pred_xstart = x, x0
+        else:
+            batch.x.index_copy_(0, rows.index, x)
+            batch.pred_xstart.index_copy_(0, rows.index, x0)
+
+
 ProgressFn = Callable[[int, int, torch.Tensor], None]
 
 
 def inpaint(model: DenoiseModel, diffusion: Diffusion, image: torch.Tensor, keep_mask: torch.Tensor, *,
-            t_T: int = 250, jump_length: int = 10, jump_n_sample: int = 10, seed: int | None = None,
+            sampler: SamplerSettings | None = None, t_T: int = 250, jump_length: int = 10,
+            jump_n_sample: int = 10, seed: int | None = None,
             y: torch.Tensor | Sequence[int] | int | None = None, classifier: Callable | None = None,
             classifier_scale: float = 0.0, progress: ProgressFn | None = None) -> torch.Tensor:
     """Fill the unknown pixels of `image` ([N x C x H x W] in [-1, 1]; keep_mask 1 = known).
 
-    Sample i uses seed `seed + i`, so a sample's output does not depend on its batch. Returns
-    [N x C x H x W] with the known pixels equal to the input's. `progress(step, total, x0)` is
-    called after every network evaluation with the current estimate of the clean images.
+    `sampler` picks the sampler and its settings (default: RePaint with t_T, jump_length and
+    jump_n_sample). Sample i uses seed `seed + i`, so a sample's output does not depend on its
+    batch. Returns [N x C x H x W] with the known pixels equal to the input's.
+    `progress(step, total, x0)` is called after every network evaluation with the current
+    estimate of the clean images.
     """
     if seed is None:
         seed = random_seed()
+    if sampler is None:
+        sampler = RePaintSettings(steps=t_T, jump_length=jump_length, jump_n_sample=jump_n_sample)
     n = image.shape[0]
     labels: list[int | None]
     if y is None:
@@ -278,10 +264,10 @@ def inpaint(model: DenoiseModel, diffusion: Diffusion, image: torch.Tensor, keep
         labels = [y] * n
     else:
         labels = [int(v) for v in (y.tolist() if isinstance(y, torch.Tensor) else y)]
-    params = [SampleParams(t_T=t_T, jump_length=jump_length, jump_n_sample=jump_n_sample, seed=seed + i,
-                           class_label=labels[i], classifier_scale=classifier_scale) for i in range(n)]
+    params = [SampleParams(seed=seed + i, sampler=sampler, class_label=labels[i],
+                           classifier_scale=classifier_scale) for i in range(n)]
     with torch.inference_mode():
-        batch = RePaintBatch(diffusion, image, keep_mask, params)
+        batch = SampleBatch(diffusion, image, keep_mask, params)
         total = batch.states[0].total_evaluations
         done = 0
         while not batch.done:

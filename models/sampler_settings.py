@@ -1,0 +1,171 @@
+"""What each sampler takes: typed settings, their rules, time schedules and evaluation counts.
+
+Torch-free on purpose: the API validates a request with these classes and counts its network
+evaluations before it queues the job; the worker rebuilds the same settings from the job record
+and runs them with the sampler of the same name in `models.samplers` (the update math).
+
+Adding a sampler: a settings class here (its fields carry their rules in `metadata`), an entry
+in `SETTINGS`, and its update module in `models/samplers/`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+from functools import cached_property
+from typing import Any, ClassVar, Mapping
+
+from .schedule import RESAMPLE_EVERYWHERE, ScheduleTooLong, count_model_evaluations, jump_schedule
+
+
+class SettingsError(ValueError):
+    """Settings no sampler run can honour (a 422 at the API)."""
+
+
+def _param(default: Any, doc: str, *, minimum: float | None = None, maximum: float | None = None):
+    return field(default=default, metadata={"doc": doc, "minimum": minimum, "maximum": maximum})
+
+
+@dataclass(frozen=True, kw_only=True)
+class SamplerSettings:
+    """Common to every sampler: the name, the respaced step count and the rule checks."""
+
+    name: ClassVar[str]
+    summary: ClassVar[str]
+    steps: int = _param(250, "respaced sampling steps (t_T): the diffusion is walked on this many indices",
+                        minimum=2)
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            value = getattr(self, f.name)
+            kind = float if isinstance(f.default, float) else int
+            if kind is int and (not isinstance(value, int) or isinstance(value, bool)):
+                raise SettingsError(f"{f.name} must be an integer, got {value!r}")
+            if kind is float and (not isinstance(value, (int, float)) or isinstance(value, bool)):
+                raise SettingsError(f"{f.name} must be a number, got {value!r}")
+            low, high = f.metadata.get("minimum"), f.metadata.get("maximum")
+            if low is not None and value < low:
+                raise SettingsError(f"{f.name} must be at least {low} for sampler {self.name}, got {value}")
+            if high is not None and value > high:
+                raise SettingsError(f"{f.name} must be at most {high} for sampler {self.name}, got {value}")
+
+    # ---- the schedule --------------------------------------------------------------------------
+
+    def times(self, max_length: int | None = None) -> list[int]:
+        """The respaced indices the sample visits, ending with -1 (see models.schedule)."""
+        raise NotImplementedError
+
+    @cached_property
+    def evaluations(self) -> int:
+        """Network evaluations per sample."""
+        return count_model_evaluations(self.times())
+
+    def evaluations_within(self, limit: int) -> int:
+        """Network evaluations per sample, refusing (SettingsError) past `limit` without building
+        a longer schedule: a schedule has at most one re-noising move per evaluation."""
+        try:
+            count = count_model_evaluations(self.times(max_length=2 * limit + 2))
+        except ScheduleTooLong:
+            count = limit + 1
+        if count > limit:
+            raise SettingsError(f"these settings need more than {limit} network evaluations per sample "
+                                f"(the limit)" if count == limit + 1 else
+                                f"these settings need {count} network evaluations per sample; the limit is {limit}")
+        return count
+
+    # ---- records -------------------------------------------------------------------------------
+
+    def to_record(self) -> dict[str, Any]:
+        """`{"sampler": name, field: value, ...}`: what a job record stores and shows."""
+        return {"sampler": self.name, **asdict(self)}
+
+    @classmethod
+    def parameter_names(cls) -> tuple[str, ...]:
+        return tuple(f.name for f in fields(cls))
+
+    @classmethod
+    def describe(cls, defaults: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """The sampler for GET /models: its parameters with types, defaults and ranges."""
+        defaults = dict(defaults or {})
+        params = []
+        for f in fields(cls):
+            params.append({"name": f.name, "type": "number" if isinstance(f.default, float) else "integer",
+                           "default": defaults.get(f.name, f.default), "minimum": f.metadata.get("minimum"),
+                           "maximum": f.metadata.get("maximum"), "description": f.metadata["doc"]})
+        return {"name": cls.name, "description": cls.summary, "parameters": params}
+
+
+@dataclass(frozen=True, kw_only=True)
+class RePaintSettings(SamplerSettings):
+    """RePaint (Lugmayr et al., CVPR 2022) with the reference's full jump-schedule parameters."""
+
+    name: ClassVar[str] = "repaint"
+    summary: ClassVar[str] = (
+        "RePaint (Lugmayr et al., CVPR 2022): each step merges the known pixels, noised to the step's "
+        "level, with the model's sample; resampling jumps re-noise a stretch and redo it so that the "
+        "fill agrees with its surroundings. The paper's setting is 250 steps, jumps of 10, 10 times.")
+    jump_length: int = _param(10, "resampling stretch length: every this many steps, go back up and redo them",
+                              minimum=1)
+    jump_n_sample: int = _param(10, "times each stretch is sampled (1: no resampling)", minimum=1)
+    n_sample: int = _param(1, "times each single step is sampled (re-noise one index and redo it)", minimum=1)
+    jump2_length: int = _param(1, "second-level stretch length, nested inside the first", minimum=1)
+    jump2_n_sample: int = _param(1, "times each second-level stretch is sampled", minimum=1)
+    jump3_length: int = _param(1, "third-level stretch length, nested inside the second", minimum=1)
+    jump3_n_sample: int = _param(1, "times each third-level stretch is sampled", minimum=1)
+    start_resampling: int = _param(RESAMPLE_EVERYWHERE, "resample only at or below this step index "
+                                   "(lower: resample only the late, detailed steps; faster)", minimum=0)
+
+    def times(self, max_length: int | None = None) -> list[int]:
+        return jump_schedule(
+            self.steps, n_sample=self.n_sample, jump_length=self.jump_length, jump_n_sample=self.jump_n_sample,
+            jump2_length=self.jump2_length, jump2_n_sample=self.jump2_n_sample, jump3_length=self.jump3_length,
+            jump3_n_sample=self.jump3_n_sample, start_resampling=self.start_resampling, max_length=max_length)
+
+
+@dataclass(frozen=True, kw_only=True)
+class DDNMSettings(SamplerSettings):
+    """DDNM (Wang et al., ICLR 2023): null-space projection of the clean estimate, then a DDIM step."""
+
+    name: ClassVar[str] = "ddnm"
+    summary: ClassVar[str] = (
+        "DDNM (Wang, Yu and Zhang, ICLR 2023): each step takes the model's clean estimate, puts the known "
+        "pixels back into it (the null-space projection for a mask) and takes a DDIM step to the next "
+        "level; optional time travel re-noises the estimate and redoes a stretch. About 100 evaluations.")
+    steps: int = _param(100, "respaced sampling steps: one network evaluation each (before time travel)",
+                        minimum=2)
+    eta: float = _param(0.85, "share of fresh noise in each step (0: deterministic DDIM, 1: all fresh noise)",
+                        minimum=0.0, maximum=1.0)
+    travel_length: int = _param(1, "time-travel stretch length: every this many steps, re-noise the estimate "
+                                "back up this many steps (1 with travel_repeat 1: no time travel)", minimum=1)
+    travel_repeat: int = _param(1, "times each time-travel stretch is sampled", minimum=1)
+
+    def times(self, max_length: int | None = None) -> list[int]:
+        return jump_schedule(self.steps, jump_length=self.travel_length, jump_n_sample=self.travel_repeat,
+                             max_length=max_length)
+
+
+SETTINGS: Mapping[str, type[SamplerSettings]] = {cls.name: cls for cls in (RePaintSettings, DDNMSettings)}
+DEFAULT_SAMPLER = RePaintSettings.name
+
+
+def settings_class(name: str) -> type[SamplerSettings]:
+    try:
+        return SETTINGS[name]
+    except KeyError:
+        raise SettingsError(f"unknown sampler {name!r}; known: {sorted(SETTINGS)}") from None
+
+
+def settings_from_record(record: Mapping[str, Any]) -> SamplerSettings:
+    """The settings a job record (or a preset) holds; records without `sampler` are RePaint's
+    (jobs queued before samplers were pluggable)."""
+    cls = settings_class(record.get("sampler", DEFAULT_SAMPLER))
+    return cls(**{k: record[k] for k in cls.parameter_names() if k in record})
+
+
+def all_parameter_names() -> frozenset[str]:
+    """Every parameter of every sampler (the API's form accepts these)."""
+    return frozenset(name for cls in SETTINGS.values() for name in cls.parameter_names())
+
+
+def owners_of(parameter: str) -> list[str]:
+    """The samplers that take `parameter`."""
+    return sorted(name for name, cls in SETTINGS.items() if parameter in cls.parameter_names())
