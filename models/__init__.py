@@ -2,7 +2,8 @@
 
 Nothing here imports web, queue or Redis code; the worker builds on these functions. The package
 loads its torch modules on first use: the API imports the torch-free `models.schedule` and
-`models.sampler_settings` (to validate requests and count their cost) and must not load torch.
+`models.sampler_settings` (to validate requests and count their cost) and `models.registry` /
+`models.diffusers_folder` (what models exist) and must not load torch.
 """
 
 from __future__ import annotations
@@ -15,8 +16,11 @@ _EXPORTS = {
     "sha256_of": "checkpoints",
     "ConfigError": "config",
     "Diffusion": "diffusion", "build_diffusion": "diffusion", "space_timesteps": "diffusion",
-    "PRESETS": "presets", "LoadedModel": "presets", "Preset": "presets", "build_classifier": "presets",
-    "build_unet": "presets", "get_preset": "presets", "load_preset": "presets", "randomize_weights": "presets",
+    "PRESETS": "registry", "Preset": "registry", "get_preset": "registry", "resolve_model": "registry",
+    "parse_model_ref": "registry", "parse_model_refs": "registry", "ModelRef": "registry",
+    "LoadedModel": "presets", "build_classifier": "presets",
+    "build_unet": "presets", "load_preset": "presets", "randomize_weights": "presets",
+    "DiffusersFolderError": "diffusers_folder", "read_folder": "diffusers_folder",
     "SampleBatch": "sampling", "SampleParams": "sampling", "inpaint": "sampling", "random_seed": "sampling",
     "step": "sampling",
     "DDNMSettings": "sampler_settings", "RePaintSettings": "sampler_settings", "SamplerSettings": "sampler_settings",

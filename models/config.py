@@ -182,6 +182,9 @@ class DiffusionConfig:
     predict_xstart: bool = False
     rescale_timesteps: bool = False
     rescale_learned_sigmas: bool = False
+    # Explicit base betas [diffusion_steps] (diffusers schedulers' named and trained schedules);
+    # None: `noise_schedule` names them.
+    betas: tuple[float, ...] | None = None
 
 
 def _check_heads(where: str, channels: int, num_heads: int, num_head_channels: int) -> None:

@@ -21,6 +21,7 @@ from .config import ConfigError, DiffusionConfig, diffusion_config
 class MeanType(str, enum.Enum):
     EPSILON = "epsilon"   # the network predicts the noise
     START_X = "start_x"   # the network predicts x_0
+    VELOCITY = "v"        # the network predicts v = sqrt(abar) eps - sqrt(1 - abar) x_0 (diffusers' v_prediction)
 
 
 class VarianceType(str, enum.Enum):
@@ -140,15 +141,18 @@ class Diffusion:
     """A base diffusion process plus the modes of its network; respaced views are cached.
 
     `default_steps` is the number of sampling steps of the conf's `timestep_respacing`.
+    `clip_range`: x_0 estimates are clipped to [-clip_range, clip_range] (None: not clipped, for
+    models whose scheduler says `clip_sample: false`).
     """
 
     config: DiffusionConfig
     mean_type: MeanType
     var_type: VarianceType
+    clip_range: float | None = 1.0
 
     @property
     def base_betas(self) -> torch.Tensor:
-        return beta_schedule(self.config.noise_schedule, self.config.diffusion_steps)
+        return base_betas(self.config)
 
     @property
     def default_steps(self) -> int:
@@ -157,7 +161,7 @@ class Diffusion:
     def schedule(self, steps: int | None) -> Schedule:
         """The process respaced to `steps` sampling steps (None: the conf's own respacing)."""
         spec = self.config.timestep_respacing if steps is None else str(steps)
-        return _respaced(self.config.noise_schedule, self.config.diffusion_steps, spec)
+        return _respaced(self.config, spec)
 
     def coefficient_rows(self, steps: int) -> list[tuple[float, ...]]:
         """Row i holds the COEFFICIENTS at respaced index i of the `steps` schedule."""
@@ -180,13 +184,20 @@ class Diffusion:
         return q_sample(x_start, noise, self.coefficients(t, steps))
 
 
+def base_betas(config: DiffusionConfig) -> torch.Tensor:
+    """The unrespaced betas of a process, float64 [diffusion_steps]."""
+    if config.betas is not None:
+        return torch.tensor(config.betas, dtype=torch.float64)
+    return beta_schedule(config.noise_schedule, config.diffusion_steps)
+
+
 @lru_cache(maxsize=64)
-def _respaced(noise_schedule: str, diffusion_steps: int, spec: str) -> Schedule:
-    base_betas = beta_schedule(noise_schedule, diffusion_steps)
+def _respaced(config: DiffusionConfig, spec: str) -> Schedule:
+    betas = base_betas(config)
     if not spec:
-        return Schedule(tuple(range(diffusion_steps)), base_betas)
-    kept = space_timesteps(diffusion_steps, spec)
-    base_ac = torch.cumprod(1.0 - base_betas, 0)
+        return Schedule(tuple(range(config.diffusion_steps)), betas)
+    kept = space_timesteps(config.diffusion_steps, spec)
+    base_ac = torch.cumprod(1.0 - betas, 0)
     betas, last = [], 1.0
     for i in kept:
         # Respaced betas keep the cumulative products of the kept steps.
@@ -262,12 +273,20 @@ def q_posterior_mean(x_start: torch.Tensor, x_t: torch.Tensor, c: Mapping[str, t
 def predict_xstart(diffusion: Diffusion, model_output: torch.Tensor, x_t: torch.Tensor,
                    c: Mapping[str, torch.Tensor], *, clip_denoised: bool = True) -> torch.Tensor:
     """The network's estimate of x_0 (its variance channels, if any, are ignored)."""
-    model_output = model_output[:, : x_t.shape[1]]
+    return _xstart(diffusion, model_output[:, : x_t.shape[1]], x_t, c, clip_denoised)
+
+
+def _xstart(diffusion: Diffusion, mean_output: torch.Tensor, x_t: torch.Tensor, c: Mapping[str, torch.Tensor],
+            clip_denoised: bool) -> torch.Tensor:
     if diffusion.mean_type == MeanType.EPSILON:
-        pred_xstart = predict_xstart_from_eps(x_t, model_output, c)
+        pred_xstart = predict_xstart_from_eps(x_t, mean_output, c)
+    elif diffusion.mean_type == MeanType.VELOCITY:
+        pred_xstart = c["sqrt_ac"] * x_t - c["sqrt_1m_ac"] * mean_output
     else:
-        pred_xstart = model_output
-    return pred_xstart.clamp(-1, 1) if clip_denoised else pred_xstart
+        pred_xstart = mean_output
+    if clip_denoised and diffusion.clip_range is not None:
+        pred_xstart = pred_xstart.clamp(-diffusion.clip_range, diffusion.clip_range)
+    return pred_xstart
 
 
 def p_mean_variance(diffusion: Diffusion, model_output: torch.Tensor, x_t: torch.Tensor,
@@ -288,12 +307,7 @@ def p_mean_variance(diffusion: Diffusion, model_output: torch.Tensor, x_t: torch
     else:
         assert model_output.shape == x_t.shape, model_output.shape
         log_variance = c["fixed_log_var"].expand_as(x_t)
-    if diffusion.mean_type == MeanType.EPSILON:
-        pred_xstart = predict_xstart_from_eps(x_t, model_output, c)
-    else:
-        pred_xstart = model_output
-    if clip_denoised:
-        pred_xstart = pred_xstart.clamp(-1, 1)
+    pred_xstart = _xstart(diffusion, model_output, x_t, c, clip_denoised)
     return {
         "mean": q_posterior_mean(pred_xstart, x_t, c),
         "variance": torch.exp(log_variance),

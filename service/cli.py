@@ -56,18 +56,32 @@ def serve(args: argparse.Namespace) -> None:
 
 
 EXIT_OK, EXIT_JOB_FAILED, EXIT_REFUSED, EXIT_UNREACHABLE = 0, 1, 2, 3
+DEFAULT_CONCURRENCY = 4  # jobs of a folder in flight at once: enough to keep a worker's batch full
+
+
+def _job_fields(args: argparse.Namespace) -> dict:
+    """The form fields of POST /inpaint from the options. Only what the user set is sent: the service fills
+    the rest from the preset, the model and the sampler, and refuses a parameter of another sampler rather
+    than ignoring it."""
+    return {k: getattr(args, k) for k in ("model", "preset", "sampler", *_sampler_parameters(), "seed",
+                                          "num_samples", "strategy", "output_format", "class_label")}
 
 
 def submit(args: argparse.Namespace) -> int:
-    """Submit one image, show progress on the terminal, write the result(s). Returns the exit code."""
+    """Submit one image (or, with --images, a folder), show progress on the terminal, write the result(s).
+    Returns the exit code."""
+    if args.images is not None:
+        from .batch import submit_folder
+
+        return submit_folder(Path(args.images), None if args.masks is None else Path(args.masks),
+                             Path(args.output), _job_fields(args), url=args.url, api_key=args.api_key,
+                             concurrency=args.concurrency, stream=sys.stderr)
     import httpx
 
+    from .batch import output_paths, write_atomically
     from .client import ApiError, RepaintClient
 
-    # Only what the user set: the service fills the rest from the preset, the model and the sampler,
-    # and refuses a parameter of another sampler rather than ignoring it.
-    fields = {k: getattr(args, k) for k in ("model", "preset", "sampler", *_sampler_parameters(), "seed",
-                                            "num_samples", "strategy", "output_format", "class_label")}
+    fields = _job_fields(args)
     out = Path(args.output)
     try:
         with RepaintClient(args.url, api_key=args.api_key) as client:
@@ -81,10 +95,8 @@ def submit(args: argparse.Namespace) -> int:
                 error = final.get("error") or {}
                 print(f"job {job_id} {final['status']}: {error.get('message', '')}", file=sys.stderr)
                 return EXIT_JOB_FAILED
-            count = len(final["links"]["results"])
-            paths = [out] if count == 1 else [out.with_name(f"{out.stem}-{i + 1}{out.suffix}") for i in range(count)]
-            for i, path in enumerate(paths):
-                path.write_bytes(client.result(job_id, i))
+            for i, path in enumerate(output_paths(out, len(final["links"]["results"]))):
+                write_atomically(path, client.result(job_id, i))
                 print(f"wrote {path}", file=sys.stderr)
             return EXIT_OK
     except ApiError as exc:
@@ -229,6 +241,47 @@ def _sampler_parameters() -> dict[str, tuple[type, str]]:
     return out
 
 
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a whole number, not {text!r}") from None
+    if not 1 <= value <= 64:  # beyond 64, the client's connection pool (one stream per job) would run dry
+        raise argparse.ArgumentTypeError(f"must be between 1 and 64, not {value}")
+    return value
+
+
+def _check_submit(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """One image or a folder, never both; argparse's error (exit 2, with the usage) otherwise."""
+    if args.images is None:
+        if args.image is None:
+            parser.error("give an IMAGE (and its MASK), or --images DIR for a folder of images")
+        if args.masks is not None:
+            parser.error("--masks goes with --images DIR; for one image, give its MASK after the IMAGE")
+        if args.concurrency is not None:
+            parser.error("--concurrency goes with --images DIR")
+        return
+    args.concurrency = args.concurrency or DEFAULT_CONCURRENCY
+    if args.image is not None:
+        parser.error(f"give either an IMAGE ({args.image}) or --images DIR, not both")
+    images, output = Path(args.images), Path(args.output)
+    if not images.is_dir():
+        parser.error(f"--images {args.images}: no such folder")
+    if args.masks is not None:
+        if not Path(args.masks).is_dir():
+            parser.error(f"--masks {args.masks}: no such folder")
+        if Path(args.masks).resolve() == images.resolve():
+            parser.error("--masks must be another folder than --images: each image would be its own mask")
+    if output.exists() and not output.is_dir():
+        parser.error(f"-o {args.output}: with --images the output is a folder, and this is a file")
+    if output.resolve() in {images.resolve(), *([Path(args.masks).resolve()] if args.masks else [])}:
+        parser.error("-o must be another folder than --images and --masks: results would replace files there")
+    try:
+        output.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        parser.error(f"-o {args.output}: cannot make the folder: {exc}")
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="repaint", description="RePaint inpainting service")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -240,10 +293,23 @@ def main(argv: list[str] | None = None) -> None:
         if name == "api":
             p.add_argument("--workers", type=int, default=1, help="uvicorn processes")
     sub.add_parser("worker", help="a model worker (settings from REPAINT_* variables)")
-    p = sub.add_parser("submit", help="inpaint one image with a running service and save the result")
-    p.add_argument("image")
+    submit_parser = p = sub.add_parser(
+        "submit", help="inpaint one image (or a folder of them) with a running service and save the result(s)",
+        usage="%(prog)s IMAGE [MASK] -o OUT [options]\n       %(prog)s --images DIR [--masks DIR] -o OUTDIR "
+              "[--concurrency N] [options]")
+    p.add_argument("image", nargs="?", help="the image to inpaint (or --images for a folder)")
     p.add_argument("mask", nargs="?", default=None, help="white = fill (optional for images with transparency)")
-    p.add_argument("-o", "--output", required=True, help="result path (name-1, name-2, ... for several samples)")
+    p.add_argument("-o", "--output", required=True,
+                   help="result path (name-1, name-2, ... for several samples); with --images, a folder "
+                        "(created if missing) that gets <image name>.png, or .jpg, .webp")
+    folder = p.add_argument_group(
+        "folders in, folders out", "a mask is the file of --masks with the image's name, any extension "
+        "(photos/cat.jpg takes masks/cat.png); without one the image's transparency is the mask. Results "
+        "already in the output folder are skipped, so a rerun goes on where a stopped run left off")
+    folder.add_argument("--images", metavar="DIR", help="inpaint every PNG, JPEG and WebP image in DIR")
+    folder.add_argument("--masks", metavar="DIR", help="the masks, named as the images")
+    folder.add_argument("--concurrency", type=_positive_int, metavar="N",
+                        help="jobs of this batch queued or running at once (default 4, at most 64)")
     p.add_argument("--url", default=os.environ.get("REPAINT_URL", DEFAULT_URL))
     p.add_argument("--api-key", default=os.environ.get("REPAINT_API_KEY"))
     p.add_argument("--model")
@@ -274,6 +340,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--api-key", default=os.environ.get("REPAINT_API_KEY"), help="for GET /models (REPAINT_API_KEY)")
     args = parser.parse_args(argv)
     if args.command == "submit":
+        _check_submit(submit_parser, args)
         sys.exit(submit(args))
     if args.command == "example":
         sys.exit(example(args))

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import json
 import time
+from datetime import datetime, timezone
+from email.utils import parsedate_to_datetime
 from pathlib import Path
 from typing import Iterator
 
@@ -20,11 +22,29 @@ FINAL = ("succeeded", "failed", "canceled")
 
 
 class ApiError(RuntimeError):
-    """The service refused a request: `status` is the HTTP code, `detail` its explanation."""
+    """The service refused a request: `status` is the HTTP code, `detail` its explanation,
+    `retry_after` the seconds its Retry-After header asks a client to wait (429, 503), if it sent one."""
 
-    def __init__(self, status: int, detail):
-        self.status, self.detail = status, detail
+    def __init__(self, status: int, detail, retry_after: float | None = None):
+        self.status, self.detail, self.retry_after = status, detail, retry_after
         super().__init__(f"HTTP {status}: {_readable(detail)}")
+
+
+def _retry_after(value: str | None) -> float | None:
+    """Retry-After as seconds from now: it is either a number of seconds or an HTTP date (RFC 9110)."""
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:  # an HTTP date is GMT; a malformed one may lack the zone
+        when = when.replace(tzinfo=timezone.utc)
+    return max(0.0, (when - datetime.now(timezone.utc)).total_seconds())
 
 
 def _readable(detail) -> str:
@@ -59,7 +79,7 @@ class RepaintClient:
                 detail = response.json().get("detail")
             except ValueError:
                 detail = response.text
-            raise ApiError(response.status_code, detail)
+            raise ApiError(response.status_code, detail, _retry_after(response.headers.get("Retry-After")))
         return response
 
     def models(self) -> dict:

@@ -9,11 +9,16 @@
 
 Any photo (and a mask painted in any editor) works for the 256 px photo models; these pictures are
 only there so a first request needs nothing but the service.
+
+`example_for_model` picks the example for a `GET /models` entry (the page's "Try an example",
+`GET /models/{name}/example`): the presets as above, and a diffusers folder only when its domain is
+one we have a picture for (faces); for any other folder there is no honest example, so none.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any, Mapping
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -153,10 +158,36 @@ def example_for(model: str, image_size: int, *, class_cond: bool = False) -> Exa
         ex.notes.append(f"class_label {IMAGENET_ORANGE} is ImageNet's \"orange\"; give any of the 1000 classes to "
                         f"paint something else.")
     elif model == "celeba256":
-        ex = face_example(image_size, 32)
-        ex.shows = f"a procedural cartoon face (generator seed {FACE_SEED}), drawn at {image_size}x{image_size}"
+        ex = _face_stand_in(image_size)
     else:
         ex = landscape_example(image_size)
     ex.notes.append(f"This picture is only a synthetic stand-in: any photo works (any size; the service crops "
                     f"or scales it to the model's {image_size} px), with a mask of the same size, white = fill.")
+    return ex
+
+
+def _face_stand_in(size: int) -> Example:
+    """A procedural cartoon face at `size` px, as a stand-in for a model of face photographs."""
+    ex = face_example(size, 32)
+    ex.shows = f"a procedural cartoon face (generator seed {FACE_SEED}), drawn at {size}x{size}"
+    return ex
+
+
+def example_for_model(info: Mapping[str, Any]) -> Example | None:
+    """The example for a model as `GET /models` describes it, or None when we have none like its
+    training images (a diffusers folder of churches, cats, CIFAR objects, drawings or unknown data:
+    a cartoon face or our landscape would only show it at its worst)."""
+    name, size = info["name"], int(info["image_size"])
+    if info.get("source", "preset") == "preset":
+        return example_for(name, size, class_cond=bool(info.get("class_cond")))
+    if not (info.get("photographic") and info.get("framing") == "whole" and "face" in info.get("domain", "").lower()):
+        return None
+    # A folder of aligned face photographs (CelebA-HQ, FFHQ): the face stand-in, as for celeba256.
+    if size <= 64:
+        ex = face_example(size * FACE_UPSCALE, size)
+        ex.form["strategy"] = "resize"
+    else:
+        ex = _face_stand_in(size)
+    ex.notes.append(f"This cartoon face is only a stand-in for the face photographs {name} was trained on: "
+                    f"any aligned face photo works better (any size; a mask of the same size, white = fill).")
     return ex

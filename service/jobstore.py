@@ -53,8 +53,7 @@ def served_models(redis: Redis, settings: ApiSettings) -> dict[str, dict]:
     """Every model this API accepts jobs for: the configured ones (whether or not a worker is
     live, so that work can wait for workers to start) and any a live worker serves. A live
     worker's description wins: it says, for example, whether it runs with a classifier."""
-    out = {name: catalog.MODELS[name] for name in catalog.served_models(settings.model, settings.models)
-           if name in catalog.MODELS}
+    out = catalog.configured_entries(settings.model, settings.models)
     out.update(catalog.live_models(redis))
     return out
 

@@ -84,6 +84,13 @@ class ModelPublic(BaseModel):
     diffusion_steps: int
     framing: str = Field("region", description="whole: trained on whole subjects (faces), so strategy=auto "
                          "resizes the whole image; region: strategy=auto crops around the mask when it can")
+    domain: str = Field("", description="what the model was trained on: the images it can fill well")
+    photographic: bool | None = Field(None, description="true: trained on photographs; false: on drawings or "
+                                      "generated pictures, so a photograph gives a meaningless fill; null: not known")
+    provenance: str = Field("", description="where the weights come from")
+    licence: str = Field("", description="the terms of the weights, as far as the service knows them")
+    source: Literal["preset", "diffusers"] = Field("preset", description="preset: a built-in model; diffusers: "
+                                                   "a diffusers model folder")
     defaults: ModelDefaults
     default: bool = Field(description="used when POST /inpaint names no model")
     workers: int = Field(description="live workers serving this model (0: jobs wait until one starts)")
@@ -122,6 +129,20 @@ class ModelList(BaseModel):
     models: list[ModelPublic]
     samplers: list[SamplerPublic] = Field(description="samplers for POST /inpaint sampler= (default: repaint)")
     presets: dict[str, QualityPreset] = Field(description="named sampling settings for POST /inpaint preset=")
+
+
+class ModelExample(BaseModel):
+    """An input suited to a model: a picture like its training images and a mask, ready to submit."""
+
+    model: str
+    width: int
+    height: int
+    image: str = Field(description="the picture, a data: URL of a PNG (RGB)")
+    mask: str = Field(description="the mask, a data: URL of a PNG (L, 0 or 255; white = fill), same size")
+    form: dict[str, int | str] = Field(description="POST /inpaint fields the example needs (strategy, class_label)")
+    shows: str = Field(description="what the picture is")
+    hides: str = Field(description="what the mask covers")
+    notes: list[str] = Field(description="what to expect; says so when the picture is only a stand-in")
 
 
 class ErrorBody(BaseModel):

@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
-from pydantic import Field
+from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from models.registry import parse_model_refs
 
 
 class ApiSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="REPAINT_", extra="ignore")
 
     redis_url: str = Field("redis://127.0.0.1:6379/0", description="Redis shared with the workers")
-    model: str = Field("faces32", description="default model for POST /inpaint")
+    model: str = Field("faces32", description="default model for POST /inpaint: a preset name, the path of a "
+                       "diffusers model folder, or name=path")
     models: str = Field("", description="comma-separated further models to accept jobs for, whether or not "
-                        "a worker is live (presets: celeba256, places256, imagenet256, faces32, tiny)")
+                        "a worker is live (presets: celeba256, places256, imagenet256, faces32, tiny; "
+                        "diffusers folders as paths or name=path)")
     max_upload_bytes: int = Field(20 * 1024 * 1024, ge=1024, description="largest accepted upload, per file")
     body_timeout: float = Field(30.0, gt=0, description="seconds a request body may go without a byte "
                                 "before the request is refused with 408")
@@ -37,6 +41,17 @@ class ApiSettings(BaseSettings):
     webhook_secret: str = Field("", description="the workers' signing secret; webhooks are off without one")
     api_keys: str = Field("", description="comma-separated bearer keys; empty = no authentication")
     metrics_require_key: bool = Field(False, description="whether /metrics also needs an API key")
+
+    @model_validator(mode="after")
+    def _models_parse(self) -> "ApiSettings":
+        # A typo in a model list stops the API at start, with the reason, not at the first request.
+        parse_model_refs(self.model, self.models)
+        return self
+
+    @property
+    def default_model(self) -> str:
+        """The name of the default model (REPAINT_MODEL may be a folder path)."""
+        return parse_model_refs(self.model, "")[0].name
 
     @property
     def api_key_list(self) -> list[str]:

@@ -10,14 +10,36 @@ import yaml
 from tests.procs import ROOT
 
 
-def test_compose_runs_redis_with_aof_api_worker_on_gpu_prometheus_and_grafana():
+def _default(value: str) -> str:
+    """The default of a compose `${NAME:-default}` value."""
+    match = re.fullmatch(r"\$\{\w+:-(.*)\}", value)
+    return match.group(1) if match else value
+
+
+def test_compose_runs_redis_with_aof_api_worker_prometheus_and_grafana_serving_faces32_anywhere():
     compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
     services = compose["services"]
     assert {"redis", "api", "worker", "prometheus", "grafana"} <= set(services)
     assert "--appendonly" in services["redis"]["command"]
-    devices = services["worker"]["deploy"]["resources"]["reservations"]["devices"]
-    assert devices[0]["capabilities"] == ["gpu"]
     assert all("healthcheck" in services[name] for name in ("redis", "api", "worker"))
+    # Out of the box: the shipped demo model, on whatever device there is (no GPU required).
+    for name in ("api", "worker"):
+        assert _default(services[name]["environment"]["REPAINT_MODEL"]) == "faces32"
+        assert "./checkpoints:/checkpoints:ro" in services[name]["volumes"]
+    assert _default(services["worker"]["environment"]["REPAINT_DEVICE"]) == "auto"
+    assert "deploy" not in services["worker"]
+
+
+def test_the_gpu_override_reserves_a_gpu_for_the_worker():
+    gpu = yaml.safe_load((ROOT / "docker-compose.gpu.yml").read_text())["services"]["worker"]
+    assert gpu["deploy"]["resources"]["reservations"]["devices"][0]["capabilities"] == ["gpu"]
+    assert _default(gpu["environment"]["REPAINT_DEVICE"]) == "cuda"
+
+
+def test_the_image_can_serve_diffusers_folders_and_ships_faces32():
+    dockerfile = (ROOT / "docker" / "Dockerfile").read_text()
+    assert 'pip install ".[diffusers]"' in dockerfile and "COPY models ./models" in dockerfile
+    assert "weights/*.pt" in (ROOT / "pyproject.toml").read_text()  # faces32.pt is package data
 
 
 def test_grafana_dashboard_queries_metrics_the_api_exports(redis_server, redis_db):

@@ -129,9 +129,11 @@ def test_two_workers_share_one_queue(api, redis_server, redis_db):
 def test_api_process_never_imports_torch():
     code = ("import sys; from service.app import create_app; create_app(); "
             "import service.cli, service.routes.inpaint; "
-            # The API uses the torch-free models.schedule and models.sampler_settings; nothing else of models.
+            # The API uses the torch-free modules of models (settings, schedules, the registry of models,
+            # diffusers folder configs); nothing else of models.
             "bad = [m for m in sys.modules if m in ('torch', 'worker.runtime', 'worker.tasks') or "
-            "(m.startswith('models.') and m not in ('models.schedule', 'models.sampler_settings'))]; "
+            "(m.startswith('models.') and m not in ('models.schedule', 'models.sampler_settings', "
+            "'models.registry', 'models.config', 'models.diffusers_folder'))]; "
             "print(bad); sys.exit(1 if bad else 0)")
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
     assert done.returncode == 0, done.stdout + done.stderr

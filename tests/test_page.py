@@ -1,11 +1,18 @@
 """The web page in a real browser (Debian's Chromium, driven by Playwright) against the real API and a
-`tiny` worker: each state is checked in the DOM and saved to docs/screenshots/page-<state>.png."""
+`tiny` or `faces32` worker: each state is checked in the DOM and saved to docs/screenshots/page-<state>.png.
+The page's drawing statistic (how much an upload looks like faces32's pictures) is mirrored here in Python,
+and its threshold checked on faces and photographs."""
 
 from __future__ import annotations
 
+import io
+import math
+import os
 import shutil
+from pathlib import Path
 
 import httpx
+import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
@@ -42,6 +49,16 @@ def keyed_service(redis_server, redis_db):
     """The API with an API key required (the worker talks to Redis only and needs none)."""
     api = ApiProcess(redis_server.url, REPAINT_API_KEYS=PAGE_KEY)
     worker = WorkerProcess(redis_server.url, "page-keyed", REPAINT_PREVIEW_INTERVAL="0.3").wait_ready(redis_db)
+    yield api
+    worker.stop()
+    api.stop()
+
+
+@pytest.fixture()
+def faces32_service(redis_server, redis_db):
+    """What `make serve` serves: faces32 (with a worker), plus tiny and places256 to switch to."""
+    api = ApiProcess(redis_server.url, REPAINT_MODEL="faces32", REPAINT_MODELS="tiny,places256")
+    worker = WorkerProcess(redis_server.url, "page-faces32", model="faces32").wait_ready(redis_db)
     yield api
     worker.stop()
     api.stop()
@@ -122,8 +139,9 @@ def test_the_page_paints_follows_the_job_and_compares_the_result(service, tmp_pa
             # Empty: the models' notes and the presets in the API's words (balanced is chosen first).
             page.wait_for_function("document.querySelector('#model').options.length > 0")
             page.wait_for_function("document.querySelector('#model-notes').textContent.includes('worker')")
-            assert "Tiny random-weight" in page.text_content("#model-notes")
+            assert "Tiny random-weight" in page.text_content("#model-description")
             assert "1 worker" in page.text_content("#model-notes")
+            assert "random weights" in page.text_content("#model-domain")
             listing = httpx.get(f"{service.url}/models").json()
             presets = page.eval_on_selector_all("#preset option", "os => os.map(o => o.textContent)")
             assert presets[0] == "model default — repaint, 2,410 evaluations", presets  # tiny: 250/10/10
@@ -373,9 +391,16 @@ def test_the_page_asks_for_an_api_key_and_sends_it_everywhere(keyed_service, tmp
             page.wait_for_function("document.querySelector('#model-notes').textContent.includes('worker')")
             assert page.is_hidden("#key-panel") and page.is_visible("#key-status")
 
+            # The model's example comes with the key too.
+            page.wait_for_selector("#try-example:not([hidden])")
+            page.click("#try-example")
+            page.wait_for_function("document.querySelector('#image-canvas').width === 128")
+            assert page.evaluate(PAINTED_PIXELS) > 0 and page.is_enabled("#submit")
+
             after = [r for r in responses if r["saved"]]
             assert not [r for r in after if r["status"] == 401], after
-            for path in ("/models", "/inpaint", f"/jobs/{job_id}", f"/jobs/{job_id}/preview", f"/jobs/{job_id}/result"):
+            for path in ("/models", "/models/tiny/example", "/inpaint", f"/jobs/{job_id}", f"/jobs/{job_id}/preview",
+                         f"/jobs/{job_id}/result"):
                 hits = [r for r in after if r["path"].split("?")[0] == path]
                 assert hits and all(r["auth"] == f"Bearer {PAGE_KEY}" for r in hits), (path, hits)
 
@@ -474,3 +499,378 @@ def test_the_page_runs_a_custom_sampler_and_shows_its_settings(service, tmp_path
             assert not errors, errors
         finally:
             browser.close()
+
+
+# ---------------------------------------------------------------- the drawing statistic
+#
+# app.js `pictureStatistics`, mirrored: how much a picture looks like a flat-coloured drawing. The page
+# tells users of a model not trained on photographs (faces32) that their upload looks like a photograph
+# when `flat` < DRAWING_FLAT, or that it is mostly grey when `colour` < DRAWING_COLOUR.
+
+LOOK_SIDE, FLAT_LEVELS, EDGE_LEVELS, GREY_LEVELS = 128, 1.5, 12, 16
+DRAWING_FLAT, DRAWING_COLOUR = 0.65, 0.4
+# Measured by test_the_drawing_statistic_calibration (faces: 100 held-out seeds at 32 to 512 px and the
+# example; photos: scikit-image's, as they are, as JPEG and resized from 64 to 3000 px), (min, max):
+CALIBRATION = {
+    "faces": {"flat": (0.850, 0.996), "colour": (0.761, 1.0)},
+    "colour photos": {"flat": (0.014, 0.449)},
+    "grey photos": {"flat": (0.023, 0.836), "colour": (0.0, 0.047)},
+}
+ROCKET = ROOT / "tests" / "data" / "rocket.jpg"  # public domain (CC0), tests/data/rocket.md
+
+
+def picture_statistics(rgb: np.ndarray) -> dict | None:
+    """{flat, colour} of an [H x W x 3] uint8 picture, as the page computes them (None: too small)."""
+    h, w = rgb.shape[:2]
+    k = max(1, math.ceil(max(w, h) / LOOK_SIDE))
+    hh, ww = h // k, w // k
+    if min(hh, ww) < 8:
+        return None
+    sums = rgb[:hh * k, :ww * k, :3].astype(np.int64).reshape(hh, k, ww, k, 3).sum((1, 3))
+    n = k * k
+    centre = sums[1:-1, 1:-1]
+    lap = np.abs(4 * centre - sums[:-2, 1:-1] - sums[2:, 1:-1] - sums[1:-1, :-2] - sums[1:-1, 2:]).max(-1)
+    flat = int((lap <= FLAT_LEVELS * n).sum())
+    soft = int(((lap > FLAT_LEVELS * n) & (lap <= EDGE_LEVELS * n)).sum())
+    coloured = (sums.max(-1) - sums.min(-1)) > GREY_LEVELS * n
+    return {"flat": flat / max(flat + soft, 1), "colour": float(coloured.mean())}
+
+
+def looks_like_a_drawing(stats: dict) -> bool:
+    return stats["flat"] >= DRAWING_FLAT and stats["colour"] >= DRAWING_COLOUR
+
+
+def jpeg(image: Image.Image, quality: int) -> Image.Image:
+    out = io.BytesIO()
+    image.convert("RGB").save(out, "JPEG", quality=quality)
+    return Image.open(io.BytesIO(out.getvalue())).convert("RGB")
+
+
+def resized(image: Image.Image, longest: int) -> Image.Image:
+    f = longest / max(image.size)
+    return image.resize((max(1, round(image.width * f)), max(1, round(image.height * f))), Image.Resampling.LANCZOS)
+
+
+def cloudy_pier(seed: int, size=(640, 427), noise: float = 3.0) -> Image.Image:
+    """A photograph-like picture without a photograph: a sky gradient with fractal clouds over a
+    textured pier, sensor noise, JPEG. (Flat share 0.07 to 0.33 over seeds, sizes and noise.)"""
+    w, h = size
+    rng = np.random.default_rng(seed)
+    y = np.linspace(0, 1, h)[:, None, None]
+    sky = np.array([70, 110, 170]) * (1 - y) + np.array([190, 200, 215]) * y
+    clouds = np.zeros((h, w))
+    for octave in range(1, 7):
+        n = 2 ** octave + 1
+        layer = Image.fromarray(rng.random((n, n)).astype(np.float32), "F").resize((w, h), Image.Resampling.BICUBIC)
+        clouds += np.asarray(layer) / 1.7 ** octave
+    clouds = (clouds - clouds.min()) / (clouds.max() - clouds.min())
+    picture = sky * (1 - 0.6 * clouds[..., None]) + 235 * 0.6 * clouds[..., None]
+    rows, cols = np.arange(h)[:, None], np.arange(w)[None, :]
+    pier = (rows > 0.7 * h) | ((np.abs(cols - 0.5 * w) < 0.03 * w) & (rows > 0.45 * h))
+    grain = Image.fromarray(rng.random((h // 4 + 1, w // 16 + 1)).astype(np.float32), "F")
+    wood = 60 + 40 * np.asarray(grain.resize((w, h), Image.Resampling.BICUBIC))
+    picture = np.where(pier[..., None], np.stack([wood * 1.1, wood * 0.85, wood * 0.6], -1), picture)
+    picture = picture + rng.normal(0, noise, picture.shape)
+    return jpeg(Image.fromarray(np.clip(picture + 0.5, 0, 255).astype(np.uint8)), 85)
+
+
+def held_out_faces(seeds, sizes):
+    from service.examples import FACE_UPSCALE, face_example
+    from training.faces import face
+
+    for seed in seeds:
+        for size in sizes:
+            yield f"face {seed} at {size} px", Image.fromarray(face(seed, size)[0])
+    yield "the faces32 example", face_example(32 * FACE_UPSCALE, 32).image
+
+
+def test_the_drawing_statistic_separates_faces_from_photos():
+    """The threshold keeps its margin on both sides: held-out faces (what faces32 knows) look like
+    drawings, a real photograph (the calibration's most drawing-like one) and generated cloudy skies
+    do not, whatever their size or compression."""
+    from training.faces import EVAL_SEEDS
+
+    faces = {name: picture_statistics(np.asarray(img))
+             for name, img in held_out_faces(EVAL_SEEDS[:30], (32, 48, 64, 128, 256))}
+    lowest = min(faces, key=lambda name: faces[name]["flat"])
+    assert faces[lowest]["flat"] >= DRAWING_FLAT + 0.15, (lowest, faces[lowest])
+    assert min(f["colour"] for f in faces.values()) >= DRAWING_COLOUR + 0.3
+    assert faces["the faces32 example"]["flat"] > 0.95
+
+    rocket = Image.open(ROCKET).convert("RGB")
+    photos = {"rocket": rocket, "rocket, JPEG 60": jpeg(rocket, 60), "rocket, JPEG 30": jpeg(rocket, 30)}
+    photos.update({f"rocket at {n} px": resized(rocket, n) for n in (64, 128, 256, 1024, 3000)})
+    photos.update({f"cloudy pier {seed}, {size}": cloudy_pier(seed, size) for seed in range(3)
+                   for size in ((640, 427), (200, 150), (1500, 1000))})
+    measured = {name: picture_statistics(np.asarray(img)) for name, img in photos.items()}
+    highest = max(measured, key=lambda name: measured[name]["flat"])
+    assert measured[highest]["flat"] <= DRAWING_FLAT - 0.15, (highest, measured[highest])
+    assert not any(looks_like_a_drawing(m) for m in measured.values())
+    assert abs(measured["rocket"]["flat"] - CALIBRATION["colour photos"]["flat"][1]) < 0.01, measured["rocket"]
+
+
+def test_the_drawing_statistic_says_too_small_for_tiny_pictures():
+    assert picture_statistics(np.zeros((7, 400, 3), np.uint8)) is None
+    one_colour = picture_statistics(np.full((40, 40, 3), (200, 40, 40), np.uint8))
+    assert one_colour == {"flat": 1.0, "colour": 1.0}
+
+
+SKIMAGE_DATA = os.environ.get("REPAINT_SKIMAGE_DATA")  # the skimage/data folder of a scikit-image wheel
+
+
+@pytest.mark.skipif(not SKIMAGE_DATA, reason="set REPAINT_SKIMAGE_DATA to the skimage/data folder of an unzipped "
+                    "scikit-image wheel (pip download scikit-image --no-deps) to rerun the calibration")
+def test_the_drawing_statistic_calibration():
+    """The numbers in CALIBRATION (and app.js's LOOK comment), measured again on real photographs:
+    scikit-image's sample photographs (CC0 or public domain; not a dependency of this project)."""
+    from training.faces import EVAL_SEEDS
+
+    colour_photos = ["astronaut.png", "chelsea.png", "coffee.png", "rocket.jpg", "motorcycle_left.png",
+                     "retina.jpg", "ihc.png"]
+    # Grey, or nearly (the Hubble deep field is black sky); the motion-blurred clock is flat nearly everywhere.
+    grey_photos = ["camera.png", "moon.png", "coins.png", "grass.png", "gravel.png", "brick.png", "clock_motion.png",
+                   "hubble_deep_field.jpg"]
+
+    def variants(name):
+        image = Image.open(Path(SKIMAGE_DATA) / name).convert("RGB")
+        yield image
+        for quality in (90, 60, 30):
+            yield jpeg(image, quality)
+        for longest in (64, 96, 128, 256, 1024, 3000):
+            yield resized(image, longest)
+            yield jpeg(resized(image, longest), 75)
+
+    def extremes(stats, key):
+        return round(min(s[key] for s in stats), 3), round(max(s[key] for s in stats), 3)
+
+    faces = [picture_statistics(np.asarray(img)) for _, img in
+             held_out_faces(EVAL_SEEDS[:100], (32, 48, 64, 128, 256, 512))]
+    colour = [picture_statistics(np.asarray(img)) for name in colour_photos for img in variants(name)]
+    grey = [picture_statistics(np.asarray(img)) for name in grey_photos for img in variants(name)]
+    measured = {"faces": {"flat": extremes(faces, "flat"), "colour": extremes(faces, "colour")},
+                "colour photos": {"flat": extremes(colour, "flat")},
+                "grey photos": {"flat": extremes(grey, "flat"), "colour": extremes(grey, "colour")}}
+    print(measured)
+    assert measured == CALIBRATION
+    assert all(looks_like_a_drawing(f) for f in faces) and not any(looks_like_a_drawing(p) for p in colour + grey)
+
+
+STATISTICS = "() => pictureStatistics(document.getElementById('image-canvas'))"
+PAINTED_MASK = """() => {
+  const c = document.getElementById('mask-canvas');
+  const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+  let bits = '';
+  for (let i = 3; i < d.length; i += 4) bits += d[i] > 127 ? '1' : '0';
+  return bits;
+}"""
+# (width, height, mask box, model size, framing, strategy): the page's plan must be the worker's.
+PLANS = [(3000, 2000, (1200, 800, 1500, 1000), 32, "whole", "auto"),
+         (3000, 2000, (1200, 800, 1500, 1000), 256, "region", "auto"), (640, 427, (0, 0, 400, 300), 256, "region", "auto"), (640, 427, (600, 10, 640, 40), 32, "region", "crop"),
+         (100, 900, (10, 10, 90, 500), 256, "region", "crop"), (640, 427, (10, 10, 20, 20), 32, "region", "resize"),
+         (129, 77, (5, 5, 6, 6), 256, "region", "auto")]
+
+
+def notices(page) -> str:
+    return page.text_content("#notices")
+
+
+def test_the_page_says_what_each_model_knows_and_what_to_expect(faces32_service, tmp_path):
+    """faces32 as `make serve` serves it: what it was trained on, where its weights come from, and,
+    before anything runs, that a photograph or a large picture will not give what the user expects;
+    then "Try an example" gives it a picture it knows, and that runs."""
+    from training.faces import EVAL_SEEDS, face
+    from worker.geometry import plan
+
+    playwright = pytest.importorskip("playwright.sync_api")
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    service = faces32_service
+    models = {m["name"]: m for m in httpx.get(f"{service.url}/models").json()["models"]}
+    example = httpx.get(f"{service.url}/models/faces32/example").json()
+    # PNGs decode to the same pixels in Pillow and Chromium: the page's statistic can be compared exactly.
+    pictures = {"face128.png": Image.fromarray(face(EVAL_SEEDS[7], 128)[0]),
+                "face256.png": Image.fromarray(face(EVAL_SEEDS[8], 256)[0]),
+                "pier.png": cloudy_pier(0, (700, 500), noise=0)}
+    for name, picture in pictures.items():
+        picture.save(tmp_path / name)
+    shutil.copy(ROCKET, tmp_path / "rocket.jpg")
+    Image.open(ROCKET).resize((3000, 2000), Image.Resampling.LANCZOS).save(tmp_path / "large.jpg", quality=85)
+    with playwright.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium_path(), args=["--no-sandbox", "--disable-gpu"])
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 820})
+            errors = []
+            page.on("pageerror", lambda e: errors.append(str(e)))
+            page.goto(service.url + "/")
+            page.wait_for_function("document.querySelector('#model-notes').textContent.includes('worker')")
+
+            # What the model knows and its size, in view; where its weights come from, one click away.
+            assert page.input_value("#model") == "faces32"
+            domain = page.text_content("#model-domain")
+            assert models["faces32"]["domain"] in domain and "Works at 32×32 px: it sees the whole picture" in domain
+            assert page.is_hidden("#model-provenance") and page.is_hidden("#model-licence")
+            page.click("#model-origin summary")
+            assert models["faces32"]["provenance"] in page.text_content("#model-provenance")
+            assert models["faces32"]["licence"] in page.text_content("#model-terms") and page.is_visible("#model-terms")
+            # A non-commercial licence is in view without a click or a hover.
+            page.select_option("#model", "places256")
+            assert page.is_visible("#model-licence") and "non-commercial use only" in page.text_content("#model-licence")
+            assert "Works at 256×256 px: it sees a square around the mask" in page.text_content("#model-domain")
+            page.select_option("#model", "faces32")
+            assert page.is_hidden("#model-licence")
+            page.wait_for_selector("#try-example:not([hidden])")
+
+            # The page fits pictures to models as the worker does.
+            for width, height, (x0, y0, x1, y1), size, framing, strategy in PLANS:
+                fill = np.zeros((height, width), bool)
+                fill[y0:y1, x0:x1] = True
+                expected = plan(width, height, fill, size, strategy, framing)
+                got = page.evaluate("(a) => modelPlan(...a)", [size, framing, strategy, width, height,
+                                                               {"x0": x0, "y0": y0, "x1": x1, "y1": y1}])
+                assert (got["strategy"], got["side"]) == (expected.strategy, expected.side), (width, height, got, expected)
+
+            # A held-out face at 4x: what faces32 knows, at the example's scale. Nothing to say.
+            page.set_input_files("#file", str(tmp_path / "face128.png"))
+            page.wait_for_function("document.querySelector('#image-canvas').width === 128")
+            for name in pictures:  # the page's statistic is the Python mirror's, to the last bit
+                page.set_input_files("#file", str(tmp_path / name))
+                page.wait_for_function(f"document.querySelector('#image-canvas').width === {pictures[name].width}")
+                assert page.evaluate(STATISTICS) == picture_statistics(np.asarray(pictures[name])), name
+                text = notices(page)
+                if name == "face128.png":
+                    assert text == "" and page.is_hidden("#notices")
+                elif name == "face256.png":  # no domain notice; drawn at 8x, so the size one
+                    assert "photograph" not in text and "one model pixel per 8.0×8.0 image pixels" in text, text
+                else:
+                    assert "This looks like a photograph" in text, text
+
+            # A photograph: the domain notice and the size notice, before anything runs.
+            page.set_input_files("#file", str(tmp_path / "rocket.jpg"))
+            page.wait_for_function("document.querySelector('#image-canvas').width === 640")
+            text = notices(page)
+            assert "This looks like a photograph. faces32 was not trained on photographs" in text, text
+            assert "noise-like colour" in text and "try the example" in text and "(45% of its smooth areas" in text
+            assert "Much larger than the model. faces32 works at 32×32 px and sees the whole picture: this 640×427 " \
+                   "image is scaled down and the fill scaled back up (one model pixel per 20×20 image pixels)" in text
+            assert page.is_enabled("#try-example")
+            # Over a lens flare, as the user who reported it did: the notice counts the mask's model pixels.
+            image = box(page, "#image-canvas")
+            scale = image["width"] / 640
+            page.evaluate(SET_RANGE, ["brush", 30])
+            page.mouse.move(image["x"] + 360 * scale, image["y"] + 392 * scale)
+            page.mouse.down()
+            page.mouse.move(image["x"] + 372 * scale, image["y"] + 402 * scale, steps=3)
+            page.mouse.up()
+            flare = page.evaluate("maskBox()")
+            longer = max(flare["x1"] - flare["x0"], flare["y1"] - flare["y0"])
+            assert f"your mask, {longer} px across, is filled with about 2 px of detail" in notices(page), notices(page)
+            # Right under the button (which stays where it was: nothing moves under the pointer).
+            submit, first = box(page, "#submit"), box(page, "#notices .notice:first-child")
+            assert 0 <= first["y"] - (submit["y"] + submit["height"]) <= 20, (first, submit)
+            page.set_viewport_size({"width": 1280, "height": 1100})  # the whole column: info and notices
+            page.mouse.move(10, 10)
+            page.screenshot(path=str(SHOTS / "page-model-info.png"))
+            page.set_viewport_size({"width": 1280, "height": 820})
+            page.keyboard.press("Control+z")
+            page.click("#model-origin summary")  # folded again
+
+            # Switched after the upload: the notices follow the model. tiny says nothing of its domain; a
+            # model of photographs has nothing to say of a photograph, only of its scale once there is a mask.
+            page.select_option("#model", "tiny")
+            assert notices(page) == ""
+            page.select_option("#model", "places256")
+            assert notices(page) == ""
+            image = box(page, "#image-canvas")
+            scale = image["width"] / 640
+            page.evaluate(SET_RANGE, ["brush", 40])
+            page.mouse.move(image["x"] + 100 * scale, image["y"] + 150 * scale)
+            page.mouse.down()
+            page.mouse.move(image["x"] + 500 * scale, image["y"] + 150 * scale, steps=8)
+            page.mouse.up()
+            painted = page.evaluate("maskBox()")
+            longer = max(painted["x1"] - painted["x0"], painted["y1"] - painted["y0"])
+            assert 435 <= longer <= 445, painted
+            # A 440 px mask: no square with context fits in 427 px, so the whole picture is scaled to 256 px.
+            text = notices(page)
+            assert "Much larger" not in text  # 640 / 256 = 2.5 image pixels per model pixel
+            page.select_option("#model", "faces32")
+            text = notices(page)
+            assert "This looks like a photograph." in text
+            assert f"your mask, {longer} px across, is filled with about {round(longer / 20)} px of detail" in text, text
+            page.keyboard.press("Control+z")
+
+            # A large picture: the scale, from the whole-picture rule of faces32.
+            page.set_input_files("#file", str(tmp_path / "large.jpg"))
+            page.wait_for_function("document.querySelector('#image-canvas').width === 3000")
+            text = notices(page)
+            assert "this 3,000×2,000 image is scaled down and the fill scaled back up (one model pixel per 94×94 " \
+                   "image pixels)" in text, text
+            # On a model of scenes, a large mask: a crop around it, scaled down to 256 px.
+            page.select_option("#model", "places256")
+            image = box(page, "#image-canvas")
+            scale = image["width"] / 3000
+            page.evaluate(SET_RANGE, ["brush", 200])
+            page.mouse.move(image["x"] + 1000 * scale, image["y"] + 1000 * scale)
+            page.mouse.down()
+            page.mouse.move(image["x"] + 1700 * scale, image["y"] + 1000 * scale, steps=8)
+            page.mouse.up()
+            b = page.evaluate("maskBox()")
+            fill = np.zeros((2000, 3000), bool)
+            fill[b["y0"]:b["y1"], b["x0"]:b["x1"]] = True
+            expected = plan(3000, 2000, fill, 256, "auto", "region")
+            longer, per = max(b["x1"] - b["x0"], b["y1"] - b["y0"]), expected.side / 256
+            assert expected.strategy == "crop" and per > 4, expected
+            assert f"places256 works at 256×256 px: it crops a {expected.side:,} px square around the mask and scales " \
+                   f"it down, so your mask, {longer:,} px across, is filled with about {round(longer / per)} px of detail " \
+                   f"and scaled up (one model pixel per {per:.1f}×{per:.1f} image pixels)" in notices(page), notices(page)
+            page.select_option("#model", "faces32")
+
+            # Try an example: the picture and its mask, exactly as the API gives them; nothing to warn of.
+            page.click("#try-example")
+            page.wait_for_function("document.querySelector('#image-canvas').width === 128")
+            mask = np.asarray(data_url_image(example["mask"])) > 127
+            assert page.evaluate(PAINTED_MASK) == "".join("1" if v else "0" for v in mask.ravel())
+            assert page.evaluate(STATISTICS) == picture_statistics(np.asarray(data_url_image(example["image"]).convert("RGB")))
+            assert notices(page) == ""
+            note = page.text_content("#example-note")
+            assert page.is_visible("#example-note") and note.startswith("Example for faces32: a held-out procedural face")
+            assert "the mask hides the eye on the left of the picture" in note and "strategy=resize" in note
+            assert page.is_enabled("#submit") and page.is_enabled("#undo")
+            page.mouse.move(10, 10)
+            page.screenshot(path=str(SHOTS / "page-example.png"))
+            # On a model of photographs, a drawing gets a milder note, and the example's fields stay home.
+            page.select_option("#model", "places256")
+            assert notices(page).startswith("This looks like a flat-coloured drawing. places256 was trained on photographs")
+            assert page.locator("#notices .notice.mild").count() == 1
+            assert "Made for faces32, not for places256." in page.text_content("#example-note")
+            assert "strategy" not in page.evaluate("async () => [...(await jobForm()).keys()]")
+            page.select_option("#model", "faces32")
+
+            # It runs, with the example's fields (cheap settings: DDNM, 10 steps).
+            page.select_option("#preset", "custom")
+            page.select_option("#sampler", "ddnm")
+            page.fill("#param-steps", "10")
+            fields = page.evaluate("async () => [...(await jobForm()).entries()].filter(([k]) => k !== 'image' && k !== 'mask')")
+            assert ["strategy", "resize"] in fields and ["model", "faces32"] in fields, fields
+            with page.expect_response("**/inpaint") as submitted:
+                page.click("#submit")
+            assert submitted.value.status == 202, submitted.value.text()
+            assert shown_result_size(page) == (128, 128)
+            job = httpx.get(f"{service.url}/jobs/{submitted.value.json()['id']}").json()
+            assert job["status"] == "succeeded" and job["plan"]["strategy"] == "resize", job
+            assert (job["params"]["sampler"], job["params"]["steps"]) == ("ddnm", 10)
+
+            # Another image is not the example: its fields are no longer sent.
+            page.set_input_files("#file", str(tmp_path / "face128.png"))
+            page.wait_for_function("document.querySelector('#example-note').hidden")
+            fields = page.evaluate("async () => [...(await jobForm()).keys()]")
+            assert "strategy" not in fields
+            assert not errors, errors
+        finally:
+            browser.close()
+
+
+def data_url_image(url: str) -> Image.Image:
+    import base64
+
+    assert url.startswith("data:image/png;base64,")
+    return Image.open(io.BytesIO(base64.b64decode(url.split(",", 1)[1])))

@@ -1,49 +1,67 @@
-"""What the API knows of each model without a worker: names, sizes, defaults (torch-free).
+"""What the API knows of each model without a worker: names, sizes, defaults, what they are for
+(torch-free).
 
 The API accepts jobs for every model it is configured to serve (`REPAINT_MODEL` plus
-`REPAINT_MODELS`) whether or not a worker is live, so that work can wait in the queue while
-workers start or scale up from zero. A live worker's own description (which also says whether
-it was started with a classifier) takes precedence. A test checks these entries against the
-presets in `models/presets.py`, which hold the networks' full confs.
+`REPAINT_MODELS`: preset names, diffusers folders, `name=folder`) whether or not a worker is live,
+so that work can wait in the queue while workers start or scale up from zero. A live worker's own
+description (which also says whether it was started with a classifier) takes precedence. The
+entries come from `models.registry` (presets) and `models.diffusers_folder` (folders), which the
+worker's loader reads too, so the two cannot disagree.
 """
 
 from __future__ import annotations
 
+import functools
 import json
+import logging
 import time
 
+from models.config import ConfigError
+from models.registry import PRESETS, ModelRef, parse_model_refs, resolve_model
+
 from . import jobs
+
+log = logging.getLogger(__name__)
 
 # Workers refresh their model's entry every few seconds; an entry older than this is of workers gone.
 MODEL_ENTRY_STALE_SECONDS = 300
 
-_PAPER_DEFAULTS = {"steps": 250, "jump_length": 10, "jump_n_sample": 10, "n_sample": 1, "classifier_scale": 0.0}
-
-
-def _entry(name: str, description: str, image_size: int, *, class_cond: bool = False,
-           classifier: bool = False, classifier_scale: float = 0.0, framing: str = "region") -> dict:
-    return {"name": name, "description": description, "image_size": image_size, "class_cond": class_cond,
-            "num_classes": 1000 if class_cond else None, "classifier": classifier, "diffusion_steps": 1000,
-            "framing": framing, "defaults": {**_PAPER_DEFAULTS, "classifier_scale": classifier_scale}}
-
-
-MODELS: dict[str, dict] = {e["name"]: e for e in (
-    _entry("celeba256", "CelebA-HQ faces, 256x256 (official RePaint checkpoint)", 256, framing="whole"),
-    _entry("places256", "Places2 scenes, 256x256 (official RePaint checkpoint)", 256),
-    _entry("imagenet256", "ImageNet, 256x256, class-conditional with a noisy classifier "
-                          "(official guided-diffusion checkpoints)", 256,
-           class_cond=True, classifier=True, classifier_scale=1.0),
-    _entry("faces32", "Procedural cartoon faces, 32x32, trained here on CPU (python -m training.train); "
-                      "the demo model that `repaint serve` uses by default", 32, framing="whole"),
-    _entry("tiny", "Tiny random-weight 32x32 UNet (reference tiny_unet_A layout); "
-                   "for tests and first runs, it does not produce meaningful images", 32),
-)}
+MODELS: dict[str, dict] = {name: p.describe(classifier=p.has_classifier) for name, p in PRESETS.items()}
 
 
 def served_models(default: str, extra: str) -> list[str]:
     """The model names an API is configured to accept: the default plus a comma-separated list."""
-    names = [default] + [n.strip() for n in extra.split(",") if n.strip()]
-    return list(dict.fromkeys(names))
+    return [ref.name for ref in parse_model_refs(default, extra)]
+
+
+def default_model_name(default: str) -> str:
+    """The name of the model REPAINT_MODEL refers to (a preset name, or a folder's model name)."""
+    return parse_model_refs(default, "")[0].name
+
+
+def configured_entries(default: str, extra: str) -> dict[str, dict]:
+    """Descriptions of the configured models that can be read here. A folder this process cannot
+    read (mounted only where the workers run) is left out with a warning: a live worker's entry
+    describes it once one starts."""
+    out = {}
+    for ref in parse_model_refs(default, extra):
+        entry = describe_ref(ref)
+        if entry is not None:
+            out[ref.name] = entry
+    return out
+
+
+@functools.lru_cache(maxsize=256)
+def describe_ref(ref: ModelRef) -> dict | None:
+    """A model's entry (read once per process: a folder's files are read at the first request)."""
+    if ref.folder is None:
+        return MODELS[ref.name]
+    try:
+        return resolve_model(ref).describe(classifier=False)
+    except ConfigError as exc:
+        log.warning("model %s (%s) cannot be described here, waiting for a worker's entry: %s",
+                    ref.name, ref.folder, exc)
+        return None
 
 
 def live_models(redis) -> dict[str, dict]:

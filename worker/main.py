@@ -23,6 +23,9 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from rq import SimpleWorker
 from rq.worker import WorkerStatus
 
+from models.checkpoints import CheckpointError
+from models.config import ConfigError
+
 from . import jobs, rqside
 from .engine import BatchEngine
 from .ledger import Ledger, Outcome
@@ -33,6 +36,8 @@ from .webhooks import RetryPolicy, WebhookSender
 from .webhooks_policy import WebhookPolicy
 
 log = logging.getLogger("repaint.worker")
+
+CONFIG_EXIT_CODE = 78  # EX_CONFIG: the model, its folder or its weights must be fixed first
 
 
 class BatchWorker(SimpleWorker):
@@ -75,7 +80,7 @@ def build_webhooks(settings: WorkerSettings, ledger: Ledger) -> WebhookSender:
 
 def build_worker(settings: WorkerSettings, redis: Redis, runtime: Runtime, webhooks: WebhookSender) -> BatchWorker:
     name = settings.worker_name or f"{socket.gethostname()}.{os.getpid()}.{uuid.uuid4().hex[:6]}"
-    queue = rqside.queue_for(redis, jobs.queue_name(settings.model))
+    queue = rqside.queue_for(redis, jobs.queue_name(runtime.preset.name))
     worker = BatchWorker([queue], connection=redis, serializer=rqside.SERIALIZER, name=name,
                          worker_ttl=settings.heartbeat_ttl)
     worker.heartbeat_ttl = settings.heartbeat_ttl
@@ -90,7 +95,12 @@ def main(settings: WorkerSettings | None = None) -> None:
     logging.basicConfig(level=settings.log_level, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     redis = Redis.from_url(settings.redis_url, socket_timeout=30, socket_connect_timeout=5,
                            health_check_interval=15)
-    runtime = Runtime(settings)  # before taking any job: a bad checkpoint stops here, loudly
+    try:
+        runtime = Runtime(settings)  # before taking any job: a bad checkpoint or folder stops here, loudly
+    except (ConfigError, CheckpointError) as exc:
+        # A configuration to fix, not a crash to restart: one clear message, exit 78 (EX_CONFIG).
+        log.error("cannot serve model %r: %s", settings.model, exc)
+        sys.exit(CONFIG_EXIT_CODE)
     try:
         runtime.self_test()  # and so does a device that cannot run it
     except Exception:
@@ -110,8 +120,8 @@ def main(settings: WorkerSettings | None = None) -> None:
             delay = min(2 * delay, 30.0)
             continue
         delay = 1.0
-        log.info("worker %s serving model %s on queue %s", worker.name, settings.model,
-                 jobs.queue_name(settings.model))
+        log.info("worker %s serving model %s on queue %s", worker.name, runtime.preset.name,
+                 jobs.queue_name(runtime.preset.name))
         heartbeats = Heartbeats(worker, worker.engine, worker.ledger, ttl=settings.heartbeat_ttl, describe=describe,
                                 report=lambda: {jobs.WORKER_COMPILE_FIELD: runtime.compile_state})
         heartbeats.start()

@@ -53,21 +53,6 @@ def sample_params(params: JobParams) -> list[models.SampleParams]:
                                 classifier_scale=params.classifier_scale) for i in range(params.num_samples)]
 
 
-def describe_preset(preset: models.Preset, *, classifier: bool) -> dict:
-    """What the API needs to know of a model (worker.catalog holds the same for every preset)."""
-    d = preset.defaults
-    return {
-        "name": preset.name, "description": preset.description, "image_size": preset.image_size,
-        "class_cond": preset.class_cond, "num_classes": 1000 if preset.class_cond else None,
-        "classifier": classifier, "diffusion_steps": int(preset.conf["diffusion_steps"]),
-        "framing": preset.framing,
-        "defaults": {"steps": d.t_T, "jump_length": d.jump_length, "jump_n_sample": d.jump_n_sample,
-                     "n_sample": d.n_sample,
-                     "classifier_scale": float(preset.conf.get("classifier_scale", 0.0)) if preset.class_cond
-                     else 0.0},
-    }
-
-
 @dataclass
 class PreparedJob:
     """A job's upload as the worker holds it: the original, the mask to fill, the model's view."""
@@ -91,7 +76,10 @@ class Runtime:
 
     def __init__(self, settings: WorkerSettings, *, compile_fn: compiling.CompileFn | None = None):
         self.settings = settings
-        preset = models.get_preset(settings.model)
+        preset = models.resolve_model(settings.model)  # a bad folder stops the worker here, with the reason
+        if preset.diffusers is not None and (settings.checkpoint or settings.classifier_checkpoint):
+            raise models.CheckpointError(f"REPAINT_CHECKPOINT and REPAINT_CLASSIFIER_CHECKPOINT are for presets: the "
+                                         f"weights of {preset.name} are in its folder {preset.diffusers.folder}")
         if settings.torch_threads:
             torch.set_num_threads(settings.torch_threads)
         self.device = resolve_device(settings.device)
@@ -122,7 +110,7 @@ class Runtime:
 
     def describe(self) -> dict:
         """What the API needs to know of this model: no torch on the API side."""
-        return describe_preset(self.preset, classifier=self.loaded.classifier is not None)
+        return self.preset.describe(classifier=self.loaded.classifier is not None)
 
     # ---- one job's data ----------------------------------------------------------------------
 

@@ -12,8 +12,10 @@ class WorkerSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="REPAINT_", extra="ignore")
 
     redis_url: str = Field("redis://127.0.0.1:6379/0", description="Redis shared with the API")
-    model: str = Field("faces32", description="preset this worker serves (see GET /models)")
-    checkpoint: str | None = Field(None, description="path of the preset's UNet weights")
+    model: str = Field("faces32", description="the model this worker serves: a preset name, the path of a "
+                       "diffusers model folder, or name=path (the name the API and jobs use)")
+    checkpoint: str | None = Field(None, description="path of the preset's UNet weights (not for diffusers folders: "
+                                   "their weights are in the folder)")
     classifier_checkpoint: str | None = Field(None, description="noisy classifier weights (imagenet256)")
     device: str = Field("auto", description="'auto' (cuda if available), 'cpu', 'cuda', 'cuda:1', ...")
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = Field(

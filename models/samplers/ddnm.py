@@ -54,8 +54,8 @@ def update(rows: "Rows", x_in: torch.Tensor, model_output: torch.Tensor, *, clas
         eps = predict_eps_from_xstart(x_in, x0, c)
         eps = eps - c["sqrt_1m_ac"] * classifier_gradient(classifier, x_in, c["timestep"], y, c["guidance"])
         x0 = predict_xstart_from_eps(x_in, eps, c)
-        if clip_denoised:
-            x0 = x0.clamp(-1, 1)
+        if clip_denoised and batch.diffusion.clip_range is not None:
+            x0 = x0.clamp(-batch.diffusion.clip_range, batch.diffusion.clip_range)
     eps = predict_eps_from_xstart(x_in, x0, c)
     x0 = torch.where(rows.take(batch.keep), rows.take(batch.gt), x0)
     eta = torch.tensor([[s.params.sampler.eta] for s in rows.states], dtype=torch.float64)

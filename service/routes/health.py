@@ -32,12 +32,12 @@ def readyz(redis: RedisDep, settings: SettingsDep, request: Request):
         workers, defunct = jobstore.worker_counts(redis, name)
         queued = jobstore.queue_for(redis, name).count
         models[name] = {"workers": workers, "defunct": defunct, "queued": queued}
-        if workers == 0 and (queued or name == settings.model):
+        if workers == 0 and (queued or name == settings.default_model):
             warnings.append(f"no live worker for model {name}: {queued} job(s) wait until one starts")
         for d in defunct:
             warnings.append(f"worker {d['worker']} declared itself defunct: {d['reason']}")
     hooks = request.app.state.webhooks
     if hooks.entries and not hooks.enabled:
         warnings.append(f"webhooks are off: {hooks.disabled_reason}")
-    return {"status": "ready", "model": settings.model, "workers": models[settings.model]["workers"]
-            if settings.model in models else 0, "models": models, "warnings": warnings}
+    return {"status": "ready", "model": settings.default_model, "workers": models[settings.default_model]["workers"]
+            if settings.default_model in models else 0, "models": models, "warnings": warnings}

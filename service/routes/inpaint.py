@@ -121,7 +121,7 @@ def create_inpaint_job(
                       "jump2_length": jump2_length, "jump2_n_sample": jump2_n_sample, "jump3_length": jump3_length,
                       "jump3_n_sample": jump3_n_sample, "start_resampling": start_resampling, "eta": eta,
                       "travel_length": travel_length, "travel_repeat": travel_repeat}
-    model = model or settings.model
+    model = model or settings.default_model
     # The files first: their size limits hold for every request, and a replay needs their bytes.
     image_bytes = uploads.read_limited(image.file, settings.max_upload_bytes, "image")
     mask_bytes = b"" if mask is None else uploads.read_limited(mask.file, settings.max_upload_bytes, "mask")

@@ -1,15 +1,21 @@
-"""GET /models: what the service accepts jobs for, with sizes, defaults, workers and queued work."""
+"""GET /models: what the service accepts jobs for, with sizes, defaults, workers and queued work;
+GET /models/{name}/example: an input suited to one of them."""
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+import base64
+import io
+
+from fastapi import APIRouter, HTTPException
+from PIL import Image
 
 from models.sampler_settings import SETTINGS, settings_class
 from worker.params import PRESET_BUDGETS, PRESET_DESCRIPTIONS, QUALITY_PRESETS, model_defaults
 
 from .. import jobstore
 from ..deps import ApiKey, RedisDep, SettingsDep
-from ..schemas import ModelList, ModelPublic, QualityPreset, SamplerPublic
+from ..examples import example_for_model
+from ..schemas import ErrorBody, ModelExample, ModelList, ModelPublic, QualityPreset, SamplerPublic
 
 router = APIRouter(tags=["models"], dependencies=[ApiKey])
 
@@ -22,10 +28,10 @@ def list_models(redis: RedisDep, settings: SettingsDep) -> ModelList:
     for name, info in sorted(jobstore.served_models(redis, settings).items()):
         workers, defunct = jobstore.worker_counts(redis, name)
         fields = {k: v for k, v in info.items() if k in ModelPublic.model_fields}
-        out.append(ModelPublic(**fields, default=name == settings.model, workers=workers,
+        out.append(ModelPublic(**fields, default=name == settings.default_model, workers=workers,
                                defunct_workers=len(defunct), queued=jobstore.queue_for(redis, name).count))
     served = {m.name: m for m in out}
-    default_info = served[settings.model].model_dump() if settings.model in served else None
+    default_info = served[settings.default_model].model_dump() if settings.default_model in served else None
     presets = {}
     for name, p in QUALITY_PRESETS.items():
         cls = settings_class(p["sampler"])
@@ -34,4 +40,29 @@ def list_models(redis: RedisDep, settings: SettingsDep) -> ModelList:
         presets[name] = QualityPreset(sampler=cls.name, settings=values, evaluations=cls(**{**base, **values}).evaluations,
                                       budget=PRESET_BUDGETS.get(name), description=PRESET_DESCRIPTIONS.get(name, ""))
     samplers = [SamplerPublic(**cls.describe()) for cls in SETTINGS.values()]
-    return ModelList(default=settings.model, models=out, samplers=samplers, presets=presets)
+    return ModelList(default=settings.default_model, models=out, samplers=samplers, presets=presets)
+
+
+def _png_data_url(image: Image.Image) -> str:
+    out = io.BytesIO()
+    image.save(out, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(out.getvalue()).decode("ascii")
+
+
+@router.get("/models/{name}/example", response_model=ModelExample, summary="An example input for a model",
+            responses={404: {"model": ErrorBody, "description": "unknown model, or none we have an example for"}})
+def model_example(name: str, redis: RedisDep, settings: SettingsDep) -> ModelExample:
+    """A picture like the model's training images and a mask over something to fill, as PNG data
+    URLs, with the POST /inpaint fields to send them with; what `repaint example` writes. 404 for a
+    diffusers folder whose domain we have no picture for (only an honest example is offered)."""
+    served = jobstore.served_models(redis, settings)
+    if name not in served:
+        raise HTTPException(404, f"unknown model {name!r}; available: {sorted(served)}")
+    info = {"name": name, **served[name]}
+    ex = example_for_model(info)
+    if ex is None:
+        trained_on = info.get("domain") or "images it does not describe"
+        raise HTTPException(404, f"no example for model {name!r}: it was trained on {trained_on}, and the service "
+                                 f"has no picture like those; open one of your own")
+    return ModelExample(model=name, width=ex.image.width, height=ex.image.height, image=_png_data_url(ex.image),
+                        mask=_png_data_url(ex.mask), form=ex.form, shows=ex.shows, hides=ex.hides, notes=ex.notes)

@@ -53,7 +53,10 @@ def test_tiny_unet_intermediates_match(tiny_unet):
             h.remove()
     assert set(seen) == set(io["intermediates"])
     for name, ref in io["intermediates"].items():
-        torch.testing.assert_close(seen[name], ref, atol=1e-5, rtol=1e-5, msg=lambda m: f"{name}: {m}")
+        # float32 rounding relative to the block's scale (values up to ~9 here): CPUs of other
+        # instruction sets sum convolutions in other orders (seen: 1.2e-5 at output_blocks.3).
+        atol = 1e-5 * max(1.0, float(ref.abs().max()))
+        torch.testing.assert_close(seen[name], ref, atol=atol, rtol=1e-5, msg=lambda m: f"{name}: {m}")
 
 
 @pytest.mark.parametrize("name", ["celeba256", "places256", "imagenet256", "imagenet256_classifier"])

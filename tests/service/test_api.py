@@ -297,3 +297,97 @@ def test_a_refused_file_is_named_by_what_it_looks_like(data, named):
     from service.uploads import detected_type
 
     assert detected_type(data) == named
+
+
+# --- GET /models/{name}/example ----------------------------------------------------------------
+
+def data_url_image(url: str) -> Image.Image:
+    import base64
+
+    prefix = "data:image/png;base64,"
+    assert url.startswith(prefix), url[:40]
+    data = base64.b64decode(url[len(prefix):])
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    return Image.open(io.BytesIO(data))
+
+
+@pytest.fixture()
+def faces32_client(redis_server, redis_db):
+    settings = ApiSettings(redis_url=redis_server.url, model="faces32", models="tiny", api_keys="k1")
+    with TestClient(create_app(settings), headers={"Authorization": "Bearer k1"}) as c:
+        yield c
+
+
+def test_the_faces32_example_is_a_held_out_face_with_one_eye_masked(faces32_client):
+    import numpy as np
+
+    from training.faces import EVAL_SEEDS, face_params
+
+    r = faces32_client.get("/models/faces32/example")
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert (body["model"], body["width"], body["height"]) == ("faces32", 128, 128)
+    assert body["form"] == {"strategy": "resize"}  # the whole face reaches the 32 px model
+    assert "held-out" in body["shows"] and "eye" in body["hides"]
+    assert any("photograph" in note for note in body["notes"])
+    image, mask = data_url_image(body["image"]), data_url_image(body["mask"])
+    assert image.size == mask.size == (128, 128) and image.mode == "RGB" and mask.mode == "L"
+    values = np.asarray(mask)
+    assert set(np.unique(values)) == {0, 255}  # binary: nothing half-masked
+    assert 0 < (values == 255).mean() < 0.1
+    # The square covers the left eye of the picture and not the right one (4x the model's pixels).
+    (lx, ly), (rx, ry) = face_params(EVAL_SEEDS[0], 32).eye_centres()
+    assert values[int(ly * 4), int(lx * 4)] == 255 and values[int(ry * 4), int(rx * 4)] == 0
+    # It is submittable as it is, with its form fields.
+    job = faces32_client.post("/inpaint", files={"image": ("i.png", png_bytes(image)),
+                                                 "mask": ("m.png", png_bytes(mask))}, data=body["form"])
+    assert job.status_code == 202, job.text
+
+
+def test_the_example_needs_the_api_key_like_every_route(faces32_client):
+    r = faces32_client.get("/models/faces32/example", headers={"Authorization": ""})
+    assert r.status_code == 401 and "API key" in r.json()["detail"]
+
+
+@pytest.mark.parametrize("name", ["nope", "FACES32", "faces32x", "tiny%20"])
+def test_an_example_for_an_unknown_model_is_404_json(faces32_client, name):
+    r = faces32_client.get(f"/models/{name}/example")
+    assert r.status_code == 404 and r.headers["content-type"] == "application/json"
+    assert "unknown model" in r.json()["detail"] and "available: ['faces32', 'tiny']" in r.json()["detail"]
+
+
+def test_every_preset_has_an_example_and_a_diffusers_folder_only_for_a_domain_we_know(redis_db, faces32_client):
+    import time
+
+    for name in ("tiny", "faces32"):
+        body = faces32_client.get(f"/models/{name}/example").json()
+        assert body["width"] == 128 and body["form"]["strategy"] == "resize"
+    # Live workers announce diffusers folders; a church model gets no stand-in, a face model the face.
+    base = {"description": "d", "class_cond": False, "num_classes": None, "classifier": False, "diffusion_steps": 1000,
+            "defaults": {"steps": 250, "jump_length": 10, "jump_n_sample": 10, "n_sample": 1, "classifier_scale": 0.0},
+            "source": "diffusers", "photographic": True, "provenance": "p", "licence": "l", "seen_at": time.time()}
+    redis_db.hset(jobs.models_key(), mapping={
+        "church": json.dumps({**base, "name": "church", "image_size": 256, "framing": "region",
+                              "domain": "photographs of church exteriors (LSUN church), 256x256"}),
+        "celebahq": json.dumps({**base, "name": "celebahq", "image_size": 256, "framing": "whole",
+                                "domain": "aligned, centred photographs of faces (CelebA-HQ), 256x256"})})
+    r = faces32_client.get("/models/church/example")
+    assert r.status_code == 404 and "no example for model 'church'" in r.json()["detail"], r.text
+    assert "church exteriors" in r.json()["detail"]
+    body = faces32_client.get("/models/celebahq/example").json()
+    assert (body["width"], body["height"]) == (256, 256) and "stand-in" in " ".join(body["notes"])
+
+
+def test_the_example_is_drawn_without_torch():
+    """The API process never imports torch (tests/test_end_to_end.py): drawing an example must not either."""
+    import subprocess
+    import sys
+
+    from tests.procs import ROOT
+
+    code = ("import sys; from service.app import create_app; create_app(); "
+            "from service.examples import example_for_model; from worker.catalog import MODELS; "
+            "[example_for_model({'name': n, **i}) for n, i in MODELS.items()]; "
+            "bad = [m for m in sys.modules if m == 'torch' or m.startswith('torch.')]; print(bad); sys.exit(1 if bad else 0)")
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr

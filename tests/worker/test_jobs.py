@@ -9,12 +9,11 @@ import itertools
 import pytest
 
 import models
-from models import sampler_settings, schedule
+from models import config, diffusers_folder, registry, sampler_settings, schedule
 from models.sampler_settings import DDNMSettings, RePaintSettings
 from worker import catalog, jobs, ledger, params, rqside
 from worker.jobs import JobStatus
 from worker.params import JobParams, ParamError, check_for_model, count_evaluations, resolve_sampling
-from worker.runtime import describe_preset
 
 
 def test_count_evaluations_equals_the_jump_schedule():
@@ -28,21 +27,23 @@ def test_final_statuses():
     assert {s for s in JobStatus if s.final} == {JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELED}
 
 
-@pytest.mark.parametrize("module", [jobs, params, catalog, ledger, rqside, sampler_settings, schedule])
+@pytest.mark.parametrize("module", [jobs, params, catalog, ledger, rqside, sampler_settings, schedule, registry,
+                                    diffusers_folder, config])
 def test_contract_modules_are_torch_free(module):
     tree = ast.parse(inspect.getsource(module))
     imported = {alias.name for node in ast.walk(tree) if isinstance(node, (ast.Import, ast.ImportFrom))
                 for alias in node.names} | {node.module for node in ast.walk(tree)
                                             if isinstance(node, ast.ImportFrom) and node.module}
-    # Of models, only its torch-free sampler settings and schedules (relative imports inside models).
-    imported -= {"models.sampler_settings", "schedule", "sampler_settings"}
+    # Of models, only its torch-free modules (relative imports inside models).
+    torch_free = {"sampler_settings", "schedule", "registry", "diffusers_folder", "config"}
+    imported -= torch_free | {f"models.{m}" for m in torch_free}
     assert not {"torch", "numpy"} & imported and not any(m.startswith("models") for m in imported), imported
 
 
 @pytest.mark.parametrize("name", sorted(models.PRESETS))
 def test_the_catalog_describes_every_preset_as_its_worker_would(name):
     preset = models.get_preset(name)
-    assert catalog.MODELS[name] == describe_preset(preset, classifier=preset.has_classifier)
+    assert catalog.MODELS[name] == preset.describe(classifier=preset.has_classifier)
     assert set(catalog.MODELS) == set(models.PRESETS)
 
 
