@@ -111,8 +111,8 @@ DEFAULT_URL = "http://127.0.0.1:8000"
 FALLBACK_MODEL = "faces32"  # what `repaint serve` serves by default
 
 
-def _service_model(url: str, api_key: str | None) -> tuple[str, int, bool, str, str | None]:
-    """(model, image size, class-conditional, what that is, a note) from a running service, else faces32 and why."""
+def _service_model(url: str, api_key: str | None) -> tuple[dict, str, str | None]:
+    """(the model's GET /models entry, what that is, a note) from a running service, else faces32 and why."""
     import httpx
 
     from worker.catalog import MODELS
@@ -124,16 +124,15 @@ def _service_model(url: str, api_key: str | None) -> tuple[str, int, bool, str, 
             listing = client.models()
         name = listing["default"]
         entry = next((m for m in listing["models"] if m.get("name") == name), None) or MODELS[name]
-        return (name, int(entry["image_size"]), bool(entry.get("class_cond")),
-                f"the default model of the service at {url}", None)
+        int(entry["image_size"])  # a listing without sizes is not one we can use
+        return entry, f"the default model of the service at {url}", None
     except ApiError as exc:
         why = f"the service at {url} refused GET /models ({exc}): pass --api-key or set REPAINT_API_KEY"
     except (httpx.HTTPError, OSError) as exc:
         why = f"no service answered at {url} ({type(exc).__name__}: {exc})"
     except (ValueError, KeyError, TypeError, AttributeError) as exc:
         why = f"the answer of {url}/models was not a model list ({type(exc).__name__}: {exc})"
-    fallback = MODELS[FALLBACK_MODEL]
-    return (FALLBACK_MODEL, fallback["image_size"], False, "the model `repaint serve` serves by default",
+    return (MODELS[FALLBACK_MODEL], "the model `repaint serve` serves by default",
             f"Note: {why}; so this is the example for {FALLBACK_MODEL} (name --model for another model).")
 
 
@@ -141,14 +140,23 @@ def example(args: argparse.Namespace) -> int:
     """Write an example image.png and mask.png for a model into a folder; print the commands to run next."""
     from worker.catalog import MODELS
 
-    from .examples import example_for
+    from .examples import example_for_model
 
     if args.model:
-        info = MODELS[args.model]
-        model, size, class_cond, chosen, note = args.model, info["image_size"], info["class_cond"], "as asked", None
+        entry, chosen, note = MODELS[args.model], "as asked", None
     else:
-        model, size, class_cond, chosen, note = _service_model(args.url, args.api_key)
-    ex = example_for(model, size, class_cond=class_cond)
+        entry, chosen, note = _service_model(args.url, args.api_key)
+    model, size = entry["name"], int(entry["image_size"])
+    # The same choice as the page's "Try an example": a diffusers folder of churches or cats gets
+    # no cartoon face (it would show the model at its worst).
+    ex = example_for_model(entry)
+    if ex is None:
+        if note:
+            print(note)
+        print(f"No example for {model} ({chosen}): it was trained on {entry.get('domain') or 'unknown images'}, "
+              f"{size}x{size}, and the service has no picture like those. Use one of your own: "
+              f"repaint submit IMAGE MASK -o OUT --model {model}", file=sys.stderr)
+        return EXIT_JOB_FAILED
     folder = Path(args.output).expanduser().resolve()
     image, mask, result = folder / "image.png", folder / "mask.png", folder / "result.png"
     try:

@@ -20,13 +20,13 @@ from PIL import Image
 from tests.procs import ROOT, ApiProcess, WorkerProcess, free_port
 
 
-def run_example(cwd: Path, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+def run_example(cwd: Path, *args: str, env: dict | None = None, rc: int = 0) -> subprocess.CompletedProcess:
     """`python -m service.cli example ...` from `cwd` (not the repository), as an installed command would run."""
     full_env = {k: v for k, v in os.environ.items() if k not in ("REPAINT_URL", "REPAINT_API_KEY")}
     full_env.update(PYTHONPATH=str(ROOT), **(env or {}))
     done = subprocess.run([sys.executable, "-m", "service.cli", "example", *args], cwd=cwd, env=full_env,
                           capture_output=True, text=True, timeout=60)
-    assert done.returncode == 0, done.stderr
+    assert done.returncode == rc, done.stderr
     return done
 
 
@@ -111,6 +111,46 @@ def test_the_running_service_default_model_decides(tmp_path):
     assert argv[argv.index("--url") + 1] == url
     assert "--api-key" not in argv and "k1" not in done.stdout  # the key is never printed: submit reads the environment
     assert '-H "Authorization: Bearer $REPAINT_API_KEY"' in done.stdout
+
+
+def _serve_listing(listing: dict):
+    _Models.listing, _Models.seen = listing, []
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Models)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server, f"http://127.0.0.1:{server.server_address[1]}"
+
+
+def _folder_entry(name: str, domain: str, *, photographic: bool, size: int) -> dict:
+    """A diffusers folder as GET /models describes it (only the fields the example reads)."""
+    return {"name": name, "image_size": size, "class_cond": False, "source": "diffusers", "domain": domain,
+            "photographic": photographic, "framing": "whole", "default": True}
+
+
+def test_a_diffusers_folder_of_churches_gets_no_cartoon_face(tmp_path):
+    """The same choice as the page's Try an example: no stand-in unlike the model's data."""
+    server, url = _serve_listing({"default": "church", "presets": {}, "models": [
+        _folder_entry("church", "photographs of church exteriors (LSUN church)", photographic=True, size=256)]})
+    try:
+        done = run_example(tmp_path, "-o", "out", "--url", url, rc=1)
+    finally:
+        server.shutdown()
+    assert not (tmp_path / "out").exists()
+    assert "No example for church" in done.stderr and "church exteriors" in done.stderr
+    assert "repaint submit IMAGE MASK -o OUT --model church" in done.stderr
+
+
+def test_a_diffusers_folder_of_faces_gets_the_face_stand_in(tmp_path):
+    server, url = _serve_listing({"default": "ffhq64", "presets": {}, "models": [
+        _folder_entry("ffhq64", "aligned face photographs (FFHQ)", photographic=True, size=64)]})
+    try:
+        done = run_example(tmp_path, "-o", "out", "--url", url)
+    finally:
+        server.shutdown()
+    image, _ = check_pair(tmp_path / "out")
+    assert image.size[0] > 64  # drawn larger than the model, resized down by the service
+    argv = submit_line(done.stdout)
+    assert argv[argv.index("--model") + 1] == "ffhq64" and argv[argv.index("--strategy") + 1] == "resize"
+    assert "stand-in" in done.stdout
 
 
 @pytest.mark.parametrize("model", ["faces32", "tiny", "celeba256", "places256", "imagenet256"])

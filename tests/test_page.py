@@ -93,6 +93,16 @@ def to_screen(canvas_box: dict, x: float, y: float) -> tuple[float, float]:
     return (canvas_box["x"] + x * canvas_box["width"] / WIDE[0], canvas_box["y"] + y * canvas_box["height"] / WIDE[1])
 
 
+def stroke(page, start: tuple[float, float], *moves: tuple[tuple[float, float], int]) -> None:
+    """One brush stroke with the mouse: press at `start` (screen coordinates), move through each
+    (point, steps) in turn, release."""
+    page.mouse.move(*start)
+    page.mouse.down()
+    for point, steps in moves:
+        page.mouse.move(*point, steps=steps)
+    page.mouse.up()
+
+
 PAINTED_IN_COLUMN = """(x) => {
   const c = document.getElementById('mask-canvas');
   const d = c.getContext('2d').getImageData(x, 0, 1, c.height).data;
@@ -166,10 +176,7 @@ def test_the_page_paints_follows_the_job_and_compares_the_result(service, tmp_pa
             # The brush is in image pixels: a 10 px stroke marks a band about 10 image pixels high.
             page.evaluate(SET_RANGE, ["brush", 10])
             assert page.text_content("#brush-size") == "10"
-            page.mouse.move(*to_screen(image, 140, 60))
-            page.mouse.down()
-            page.mouse.move(*to_screen(image, 340, 60), steps=10)
-            page.mouse.up()
+            stroke(page, to_screen(image, 140, 60), (to_screen(image, 340, 60), 10))
             rows = page.evaluate(PAINTED_IN_COLUMN, 240)
             assert 9 <= len(rows) <= 11 and abs(sum(rows) / len(rows) - 60) <= 1, rows
             assert page.evaluate(PAINTED_IN_COLUMN, 120) == []  # left of the stroke (its round end is 135)
@@ -183,11 +190,8 @@ def test_the_page_paints_follows_the_job_and_compares_the_result(service, tmp_pa
             # A second, larger stroke over the house; undo and redo it with the keyboard.
             one_stroke = page.evaluate(PAINTED_PIXELS)
             page.evaluate(SET_RANGE, ["brush", 44])
-            page.mouse.move(*to_screen(image, 226, 150))
-            page.mouse.down()
-            page.mouse.move(*to_screen(image, 254, 172), steps=6)
-            page.mouse.move(*to_screen(image, 236, 186), steps=4)
-            page.mouse.up()
+            stroke(page, to_screen(image, 226, 150), (to_screen(image, 254, 172), 6),
+                   (to_screen(image, 236, 186), 4))
             two_strokes = page.evaluate(PAINTED_PIXELS)
             assert two_strokes > one_stroke + 44 * 44
             # (Undo replays the strokes kept: antialiased joints may differ by a few pixels.)
@@ -273,10 +277,8 @@ def test_the_page_paints_follows_the_job_and_compares_the_result(service, tmp_pa
             assert_same_box(box(page, "#result-image"), box(page, "#image-canvas"))
             # Panning: a plain drag on the result scrolls it.
             before = page.evaluate("document.querySelector('#viewport').scrollLeft")
-            page.mouse.move(stage["x"] + stage["width"] * 0.7, stage["y"] + stage["height"] * 0.5)
-            page.mouse.down()
-            page.mouse.move(stage["x"] + stage["width"] * 0.5, stage["y"] + stage["height"] * 0.5, steps=4)
-            page.mouse.up()
+            stroke(page, (stage["x"] + stage["width"] * 0.7, stage["y"] + stage["height"] * 0.5),
+                   ((stage["x"] + stage["width"] * 0.5, stage["y"] + stage["height"] * 0.5), 4))
             assert page.evaluate("document.querySelector('#viewport').scrollLeft") > before + 50
             page.screenshot(path=str(SHOTS / "page-zoomed.png"))
             page.click("#zoom-fit")
@@ -338,10 +340,7 @@ def test_the_page_asks_for_an_api_key_and_sends_it_everywhere(keyed_service, tmp
             page.wait_for_selector("#stage:not(.empty)")
             image = box(page, "#image-canvas")
             page.evaluate(SET_RANGE, ["brush", 44])
-            page.mouse.move(*to_screen(image, 226, 150))
-            page.mouse.down()
-            page.mouse.move(*to_screen(image, 254, 172), steps=6)
-            page.mouse.up()
+            stroke(page, to_screen(image, 226, 150), (to_screen(image, 254, 172), 6))
             with page.expect_response("**/inpaint") as refused:
                 page.click("#submit")
             assert refused.value.status == 401
@@ -451,10 +450,7 @@ def test_the_page_runs_a_custom_sampler_and_shows_its_settings(service, tmp_path
             page.wait_for_selector("#stage:not(.empty)")
             image = box(page, "#image-canvas")
             page.evaluate(SET_RANGE, ["brush", 44])
-            page.mouse.move(*to_screen(image, 226, 150))
-            page.mouse.down()
-            page.mouse.move(*to_screen(image, 254, 172), steps=6)
-            page.mouse.up()
+            stroke(page, to_screen(image, 226, 150), (to_screen(image, 254, 172), 6))
 
             # Custom: the RePaint form has the model's defaults, its rare parameters folded under "more".
             page.select_option("#preset", "custom")
@@ -756,10 +752,8 @@ def test_the_page_says_what_each_model_knows_and_what_to_expect(faces32_service,
             image = box(page, "#image-canvas")
             scale = image["width"] / 640
             page.evaluate(SET_RANGE, ["brush", 30])
-            page.mouse.move(image["x"] + 360 * scale, image["y"] + 392 * scale)
-            page.mouse.down()
-            page.mouse.move(image["x"] + 372 * scale, image["y"] + 402 * scale, steps=3)
-            page.mouse.up()
+            stroke(page, (image["x"] + 360 * scale, image["y"] + 392 * scale),
+                   ((image["x"] + 372 * scale, image["y"] + 402 * scale), 3))
             flare = page.evaluate("maskBox()")
             longer = max(flare["x1"] - flare["x0"], flare["y1"] - flare["y0"])
             assert f"your mask, {longer} px across, is filled with about 2 px of detail" in notices(page), notices(page)
@@ -782,10 +776,8 @@ def test_the_page_says_what_each_model_knows_and_what_to_expect(faces32_service,
             image = box(page, "#image-canvas")
             scale = image["width"] / 640
             page.evaluate(SET_RANGE, ["brush", 40])
-            page.mouse.move(image["x"] + 100 * scale, image["y"] + 150 * scale)
-            page.mouse.down()
-            page.mouse.move(image["x"] + 500 * scale, image["y"] + 150 * scale, steps=8)
-            page.mouse.up()
+            stroke(page, (image["x"] + 100 * scale, image["y"] + 150 * scale),
+                   ((image["x"] + 500 * scale, image["y"] + 150 * scale), 8))
             painted = page.evaluate("maskBox()")
             longer = max(painted["x1"] - painted["x0"], painted["y1"] - painted["y0"])
             assert 435 <= longer <= 445, painted
@@ -809,10 +801,8 @@ def test_the_page_says_what_each_model_knows_and_what_to_expect(faces32_service,
             image = box(page, "#image-canvas")
             scale = image["width"] / 3000
             page.evaluate(SET_RANGE, ["brush", 200])
-            page.mouse.move(image["x"] + 1000 * scale, image["y"] + 1000 * scale)
-            page.mouse.down()
-            page.mouse.move(image["x"] + 1700 * scale, image["y"] + 1000 * scale, steps=8)
-            page.mouse.up()
+            stroke(page, (image["x"] + 1000 * scale, image["y"] + 1000 * scale),
+                   ((image["x"] + 1700 * scale, image["y"] + 1000 * scale), 8))
             b = page.evaluate("maskBox()")
             fill = np.zeros((2000, 3000), bool)
             fill[b["y0"]:b["y1"], b["x0"]:b["x1"]] = True
