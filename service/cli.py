@@ -153,8 +153,8 @@ def example(args: argparse.Namespace) -> int:
     if ex is None:
         if note:
             print(note)
-        print(f"No example for {model} ({chosen}): it was trained on {entry.get('domain') or 'unknown images'}, "
-              f"{size}x{size}, and the service has no picture like those. Use one of your own: "
+        print(f"No example for {model} ({chosen}): the service has no picture like its training images "
+              f"({entry.get('domain') or 'not stated'}; {size}x{size}). Use one of your own: "
               f"repaint submit IMAGE MASK -o OUT --model {model}", file=sys.stderr)
         return EXIT_JOB_FAILED
     folder = Path(args.output).expanduser().resolve()
