@@ -310,6 +310,7 @@ class _Batch:
         self.stop_code = EXIT_UNREACHABLE  # what an image left unsubmitted counts as
         self.in_flight: dict[str, str] = {}  # job id -> image file name
         self.submitting = 0  # threads inside POST /inpaint: their job id is not known yet
+        self.swept = False  # after Ctrl-C, the main thread took the jobs it cancels: later ones cancel themselves
         self.ended = 0  # jobs of this run that ended: each may have freed a place in the queue
         self.upload = threading.Lock()
         self.failures: list[Failure] = []
@@ -378,6 +379,12 @@ class _Batch:
             self.stop("the service could not be reached", EXIT_UNREACHABLE)
         except OSError as exc:
             self.fail(pair, EXIT_JOB_FAILED, f"cannot read or write a file: {exc}")
+        except Exception as exc:
+            if not self.swept:
+                raise
+            # After Ctrl-C the main thread closes the client under the threads still following their jobs
+            # (RuntimeError: the client has been closed): the run is over, and its summary says how.
+            self.fail(pair, self.stop_code, f"stopped: {type(exc).__name__}: {exc}", shown=False)
         finally:
             with self.changed:
                 if job_id is not None:
@@ -418,13 +425,16 @@ class _Batch:
                 with self.changed:
                     self.submitting -= 1
                     stopped = self.stopping
-                    if job_id is not None and not stopped:
+                    # Ctrl-C came while this POST was on its way: the main thread, which waits for it, cancels
+                    # the job with the others, unless it has stopped waiting; then this thread does.
+                    mine = stopped and self.swept
+                    if job_id is not None and not mine:
                         self.in_flight[job_id] = pair.image.name
                     self.changed.notify_all()
             if job_id is not None and stopped:
-                # Ctrl-C came while this POST was on its way, after the main thread canceled what it knew.
-                with contextlib.suppress(httpx.HTTPError, ApiError):
-                    self.client.cancel(job_id)
+                if mine:
+                    with contextlib.suppress(httpx.HTTPError, ApiError, RuntimeError):  # RuntimeError: closed
+                        self.client.cancel(job_id)
                 raise _Halt(f"canceled: {stopped}", self.stop_code)
             if job_id is not None:
                 return job_id
@@ -459,12 +469,14 @@ class _Batch:
 
     def cancel_in_flight(self) -> list[str]:
         """After Ctrl-C: cancel every job of this run that is queued or running; the names of their images."""
-        self.stop("interrupted (Ctrl-C)", EXIT_INTERRUPTED)
         canceled = []
         try:
+            self.stop("interrupted (Ctrl-C)", EXIT_INTERRUPTED)
             with self.changed:
-                # A POST on its way has no job id yet: its thread cancels the job when the answer comes.
+                # A POST on its way has no job id yet: wait for its answer, so that its job is canceled here
+                # too, before the client closes. One that takes longer cancels its job itself.
                 self.changed.wait_for(lambda: self.submitting == 0, timeout=10)
+                self.swept = True
                 jobs = dict(self.in_flight)
             for job_id, name in jobs.items():
                 with contextlib.suppress(httpx.HTTPError, ApiError):

@@ -21,9 +21,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from service.batch import BatchProgress, discover, output_paths, write_atomically
+from service.batch import BatchProgress, Pair, _Batch, discover, output_paths, write_atomically
 from service.client import _retry_after
 from tests.procs import ROOT, ApiProcess, RedisServer, WorkerProcess, free_port, wait_until
+from worker.jobs import events_channel
 
 # The cheapest job that still runs the whole path: 5 DDNM steps of the 32 px test model.
 CHEAP = ("--sampler", "ddnm", "--steps", "5", "--strategy", "resize", "--seed", "1")
@@ -170,9 +171,13 @@ def run_batch(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
 
 
 def start_batch(log: Path, *args: str) -> subprocess.Popen:
+    """The batch as a user at a terminal starts it: SIGINT (Ctrl-C) at its default even when these
+    tests run in the background of a script, which starts them with SIGINT ignored (and a process
+    keeps an ignored SIGINT ignored, as every Unix tool does)."""
     env = {k: v for k, v in os.environ.items() if k not in ("REPAINT_URL", "REPAINT_API_KEY")}
     return subprocess.Popen([sys.executable, "-m", "service.cli", "submit", *args], cwd=ROOT, env=env,
-                            stdout=subprocess.DEVNULL, stderr=log.open("w"))
+                            stdout=subprocess.DEVNULL, stderr=log.open("w"),
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
 JOB_KEY = re.compile(rb"^repaint:job:([0-9a-f-]{36})$")
@@ -181,6 +186,11 @@ JOB_KEY = re.compile(rb"^repaint:job:([0-9a-f-]{36})$")
 def job_ids(redis) -> set[str]:
     """Every job the service has a record of."""
     return {m.group(1).decode() for key in redis.scan_iter(match="repaint:job:*") if (m := JOB_KEY.match(key))}
+
+
+def followed(redis, job: str) -> bool:
+    """Someone follows the job's event stream: the batch got the answer to its POST, and knows the job id."""
+    return dict(redis.pubsub_numsub(events_channel(job))).get(events_channel(job).encode(), 0) > 0
 
 
 def statuses(url: str, ids) -> dict[str, str]:
@@ -320,6 +330,33 @@ def test_at_most_n_jobs_wait_in_the_queue_and_ctrl_c_cancels_them(idle_service, 
     assert list(out.iterdir()) == []
 
 
+def test_a_job_whose_submission_was_on_its_way_at_ctrl_c_is_canceled_and_listed(tmp_path):
+    """The answer to POST /inpaint comes after Ctrl-C: the main thread waits for it and cancels that job
+    with the others, before it closes the client (a thread left to do it could be cut off by the exit)."""
+    answer, calls = threading.Event(), []
+
+    class Client:
+        def submit(self, image, mask, **fields):
+            answer.wait(10)
+            return {"id": "job-1"}
+
+        def cancel(self, job_id):
+            calls.append((job_id, threading.current_thread() is threading.main_thread()))
+            return {}
+
+    pair = Pair("a", tmp_path / "a.png", tmp_path / "a-mask.png")
+    batch = _Batch(Client(), {}, 1, BatchProgress(io.StringIO(), 1, tty=False))
+    batch.slots.acquire()
+    thread = threading.Thread(target=batch.process, args=(pair, tmp_path / "a.png", [tmp_path / "a.png"]))
+    thread.start()
+    wait_until(lambda: batch.submitting == 1, 5, "the submission")
+    threading.Timer(0.2, answer.set).start()
+    assert batch.cancel_in_flight() == ["a.png (job job-1)"]
+    assert calls == [("job-1", True)]
+    thread.join(5)
+    assert not thread.is_alive() and [f.why for f in batch.failures] == ["canceled: interrupted (Ctrl-C)"]
+
+
 def test_a_full_queue_is_waited_out_not_failed(idle_service, tmp_path):
     svc = idle_service(REPAINT_MAX_QUEUE_LENGTH="1")
     photos, masks = make_folder(tmp_path, names=("a", "b"))
@@ -349,6 +386,9 @@ def test_a_service_lost_mid_run_stops_the_batch_with_exit_code_3(idle_service, t
                        "--url", svc.url, "--concurrency", "1", *CHEAP)
     try:
         [job] = wait_until(lambda: job_ids(svc.redis), 30, "the first job")
+        # Not before the batch has the answer to its POST: killed between storing the job and answering,
+        # the API leaves the batch without a job id ("cannot reach the service").
+        wait_until(lambda: followed(svc.redis, job), 30, "the batch to follow the job")
         svc.api.proc.kill()  # the API crashes (a graceful stop would wait for the open event stream)
         svc.api.proc.wait()
         assert proc.wait(timeout=30) == 3, log.read_text()
