@@ -1,21 +1,33 @@
-"""Service throughput: real Redis, API and one worker; batching on against max_batch=1.
+"""Service throughput: real Redis, API and one worker; continuous batching against max_batch=1.
 
-    python -m bench.throughput [--jobs 16] [--concurrency 1 2 4 8] [--max-batch 8] \
-        [--steps 50 --jump-length 5 --jump-n-sample 3] [--compile] [--out docs/throughput.md]
+    python -m bench.throughput [--device cpu|cuda] [--model tiny|celeba256] [--checkpoint FILE] \
+        [--concurrency 1 8 32] [--rounds 2] [--steps 50 --jump-length 5 --jump-n-sample 3 | --paper] \
+        [--config batched: --config unbatched:REPAINT_MAX_BATCH=1 ...] [--time-budget S] \
+        [--json FILE] [--out docs/throughput.md]
 
-For each worker configuration (max_batch=N, then max_batch=1), for each concurrency c, c client
-threads each submit a job, poll it to the end and submit the next, until `--jobs` jobs are done.
-Clients follow their jobs over Server-Sent Events. Reports images per minute, p50/p95 job
-latency (submit to final status, seen by the client)
-and the worker's sample evaluations per second, measured side by side in one run.
+Each worker configuration (`--config LABEL:VAR=VALUE,...`, environment for the worker; default:
+the worker's own defaults, then max_batch=1) gets a fresh Redis, API and worker. For each
+concurrency c, c client threads each submit a job, follow it over Server-Sent Events to its
+end and submit the next, until `rounds * c` jobs are done. Reports images per minute and per
+hour, p50/p95 latency (submit to final status, seen by the client), the worker's sample
+evaluations per second, and from those the paper setting's projected images per hour (2,410
+evaluations each: the worker's cost per evaluation does not depend on the schedule), measured
+side by side in one run.
+
+`--device cuda` defaults to the celeba256 architecture (the official 256 px ADM UNet) with
+random weights written to a temporary checkpoint (speed does not depend on the weights) and the
+paper's jumps over 25 steps (25/10/10, 205 evaluations) so that a run fits a short GPU lease;
+`--paper` runs the paper setting itself.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import statistics
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -25,18 +37,20 @@ from tests.conftest import face_and_mask, png_bytes
 from tests.procs import ApiProcess, RedisServer, WorkerProcess
 from worker.params import count_evaluations
 
+PAPER_EVALUATIONS = count_evaluations(250, 10, 10)
 
-def run_level(client_url: str, n_jobs: int, concurrency: int, fields: dict) -> dict:
+
+def run_level(client_url: str, n_jobs: int, concurrency: int, fields: dict, image_size: int) -> dict:
     latencies: list[float] = []
     lock = threading.Lock()
     remaining = [n_jobs]
     failures = []
 
     def client_loop(seed: int) -> None:
-        image, mask = (png_bytes(x) for x in face_and_mask(seed=seed))
+        image, mask = (png_bytes(x) for x in face_and_mask(size=image_size, seed=seed))
         # Clients follow their jobs over Server-Sent Events: polling clients would take CPU
         # from the worker on a small machine and skew the comparison.
-        with RepaintClient(client_url) as client:
+        with RepaintClient(client_url, timeout=60) as client:
             while True:
                 with lock:
                     if remaining[0] == 0:
@@ -58,32 +72,75 @@ def run_level(client_url: str, n_jobs: int, concurrency: int, fields: dict) -> d
     wall = time.perf_counter() - t0
     latencies.sort()
     evaluations = count_evaluations(fields["steps"], fields["jump_length"], fields["jump_n_sample"])
+    evals_per_second = n_jobs * evaluations / wall
     return {
         "concurrency": concurrency, "jobs": n_jobs, "failed": len(failures), "wall_seconds": round(wall, 2),
-        "images_per_minute": round(60 * n_jobs / wall, 1),
+        "images_per_minute": round(60 * n_jobs / wall, 2),
+        "images_per_hour": round(3600 * n_jobs / wall, 1),
         "latency_p50_s": round(statistics.median(latencies), 2),
         "latency_p95_s": round(latencies[min(len(latencies) - 1, int(0.95 * len(latencies)))], 2),
-        "sample_evaluations_per_second": round(n_jobs * evaluations / wall, 1),
+        "sample_evaluations_per_second": round(evals_per_second, 1),
+        "paper_images_per_hour": round(3600 * evals_per_second / PAPER_EVALUATIONS, 1),
     }
 
 
-def run_config(max_batch: int, args) -> list[dict]:
+def random_checkpoint(model: str, folder: str) -> str:
+    """The model's architecture with seeded random weights, saved where the worker reads weights."""
+    import torch
+
+    import models
+
+    net = models.randomize_weights(models.build_unet(models.get_preset(model).conf), 0)
+    path = os.path.join(folder, f"{model}-random.pt")
+    torch.save(net.state_dict(), path)
+    return path
+
+
+def wait_for_compilation(redis, worker_name: str, timeout: float) -> str:
+    """The worker's REPAINT_COMPILE state once it is no longer compiling (its heartbeat reports
+    it): levels measured while the worker still serves eagerly would mix two speeds."""
+    from worker import jobs
+
+    key, t0, state = f"rq:worker:{worker_name}", time.monotonic(), None
+    while time.monotonic() - t0 < timeout:
+        raw = redis.hget(key, jobs.WORKER_COMPILE_FIELD)
+        state = raw.decode() if raw else None
+        if state is not None and state != "compiling":
+            return state
+        time.sleep(1.0)
+    return f"{state or 'unknown'} after {timeout:.0f}s"
+
+
+def run_config(label: str, env: dict, args, deadline: float) -> list[dict]:
     redis = RedisServer().start()
     api = worker = None
     try:
-        api = ApiProcess(redis.url)
-        extra = {"REPAINT_MAX_BATCH": str(max_batch), "REPAINT_TORCH_THREADS": str(args.threads)}
-        if args.compile:
-            extra["REPAINT_COMPILE"] = "true"
-        worker = WorkerProcess(redis.url, f"bench-{max_batch}", **extra).wait_ready(redis.client(), timeout=300)
-        fields = {"steps": args.steps, "jump_length": args.jump_length, "jump_n_sample": args.jump_n_sample}
-        # Warm-up (and compilation with --compile) outside the measurement, at several batch sizes.
-        run_level(api.url, max(2, max_batch // 2), max(1, max_batch // 2), fields)
+        api = ApiProcess(redis.url, REPAINT_MODEL=args.model)
+        extra = {"REPAINT_DEVICE": args.device, "REPAINT_LOG_LEVEL": "WARNING", **env}
+        if args.device == "cpu":
+            extra.setdefault("REPAINT_TORCH_THREADS", str(args.threads))
+        else:
+            extra["REPAINT_TORCH_THREADS"] = str(args.threads or os.cpu_count())
+        if args.checkpoint:
+            extra["REPAINT_CHECKPOINT"] = args.checkpoint
+        worker = WorkerProcess(redis.url, f"bench-{label}", model=args.model, **extra).wait_ready(
+            redis.client(), timeout=600)
+        compile_state = wait_for_compilation(redis.client(), worker.name, timeout=900)
+        fields = {"steps": args.steps, "jump_length": args.jump_length, "jump_n_sample": args.jump_n_sample,
+                  "sampler": "repaint"}
+        # Warm-up outside the measurement: every batch size the levels reach (cuDNN's choices,
+        # compilation with REPAINT_COMPILE, CUDA graph capture with REPAINT_CUDA_GRAPHS).
+        warm = min(max(args.concurrency), int(env.get("REPAINT_MAX_BATCH", args.default_max_batch)))
+        run_level(api.url, max(2, warm), max(1, warm), fields, args.image_size)
         rows = []
         for c in args.concurrency:
-            row = {"max_batch": max_batch, **run_level(api.url, args.jobs, c, fields)}
-            print(json.dumps(row), flush=True)
-            rows.append(row)
+            row = {"config": label, "concurrency": c, "compile": compile_state}
+            if time.monotonic() > deadline:
+                rows.append({**row, "skipped": "time budget spent"})
+            else:
+                row.update(run_level(api.url, args.rounds * c, c, fields, args.image_size))
+                rows.append(row)
+            print(json.dumps(rows[-1]), flush=True)
         return rows
     finally:
         for proc in (worker, api):
@@ -94,43 +151,115 @@ def run_config(max_batch: int, args) -> list[dict]:
 
 def table(rows: list[dict], args) -> str:
     evaluations = count_evaluations(args.steps, args.jump_length, args.jump_n_sample)
+    device = args.device_name
     out = [f"Schedule {args.steps}/{args.jump_length}/{args.jump_n_sample} ({evaluations} evaluations per image), "
-           f"model `tiny` (32x32), {args.jobs} jobs per row, worker torch threads: {args.threads}, "
-           f"compile: {args.compile}. Machine: {platform.machine()}, {platform.processor() or 'unknown CPU'}, "
-           f"{__import__('os').cpu_count()} cores.", "",
-           "| max_batch | concurrency | images/min | p50 latency s | p95 latency s | sample evals/s |",
-           "|---|---|---|---|---|---|"]
+           f"model `{args.model}` ({args.image_size}x{args.image_size}"
+           f"{', random weights' if args.random_weights else ''}), {args.rounds} job(s) per client per row. "
+           f"Device: {device}. Worker configurations: "
+           + "; ".join(f"`{label}` ({', '.join(f'{k}={v}' for k, v in env.items()) or 'the defaults'})"
+                       for label, env in args.configs) + ".", "",
+           "| config | concurrency | images/min | images/hour | p50 latency s | p95 latency s | sample evals/s "
+           "| paper images/hour (projected) |",
+           "|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        out.append(f"| {r['max_batch']} | {r['concurrency']} | {r['images_per_minute']} | {r['latency_p50_s']} | "
-                   f"{r['latency_p95_s']} | {r['sample_evaluations_per_second']} |")
-    by = {(r["max_batch"], r["concurrency"]): r for r in rows}
+        if "skipped" in r:
+            out.append(f"| {r['config']} | {r['concurrency']} | skipped: {r['skipped']} | | | | | |")
+            continue
+        failed = f" ({r['failed']} of {r['jobs']} jobs failed)" if r["failed"] else ""
+        out.append(f"| {r['config']} | {r['concurrency']} | {r['images_per_minute']}{failed} | {r['images_per_hour']} | "
+                   f"{r['latency_p50_s']} | {r['latency_p95_s']} | {r['sample_evaluations_per_second']} | "
+                   f"{r['paper_images_per_hour']} |")
+    by = {(r["config"], r["concurrency"]): r for r in rows if "skipped" not in r}
+    labels = [label for label, _ in args.configs]
+    base = next((label for label, env in args.configs if env.get("REPAINT_MAX_BATCH") == "1"), None)
     out.append("")
-    for c in args.concurrency:
-        on, off = by.get((args.max_batch, c)), by.get((1, c))
-        if on and off:
-            out.append(f"- concurrency {c}: batching gives {on['images_per_minute'] / off['images_per_minute']:.2f}x "
-                       f"the images per minute of max_batch=1")
+    for label in labels:
+        if label == base or base is None:
+            continue
+        for c in args.concurrency:
+            on, off = by.get((label, c)), by.get((base, c))
+            if on and off:
+                out.append(f"- concurrency {c}: `{label}` gives {on['images_per_minute'] / off['images_per_minute']:.2f}x "
+                           f"the images per minute of `{base}`")
     return "\n".join(out) + "\n"
 
 
-def main(argv=None) -> None:
+def parse_config(text: str) -> tuple[str, dict]:
+    label, _, assignments = text.partition(":")
+    env = {}
+    for part in filter(None, (p.strip() for p in assignments.split(","))):
+        key, sep, value = part.partition("=")
+        if not sep or not key.startswith("REPAINT_"):
+            raise argparse.ArgumentTypeError(f"--config takes LABEL:REPAINT_VAR=VALUE,...; got {text!r}")
+        env[key] = value
+    if not label:
+        raise argparse.ArgumentTypeError(f"--config needs a label: {text!r}")
+    return label, env
+
+
+def main(argv=None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--jobs", type=int, default=16)
-    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 2, 4, 8])
-    parser.add_argument("--max-batch", type=int, default=8)
-    parser.add_argument("--steps", type=int, default=50)
-    parser.add_argument("--jump-length", type=int, default=5)
-    parser.add_argument("--jump-n-sample", type=int, default=3)
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--compile", action="store_true")
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    parser.add_argument("--model", default=None, help="default: tiny on cpu, celeba256 on cuda")
+    parser.add_argument("--checkpoint", default=None,
+                        help="the model's weights (default: random weights for models without bundled ones)")
+    parser.add_argument("--concurrency", type=int, nargs="+", default=None, help="default: 1 2 4 8 (cpu), 1 8 32")
+    parser.add_argument("--rounds", type=int, default=None, help="jobs per client thread (default: 2 cpu, 1 cuda)")
+    parser.add_argument("--steps", type=int, default=None)
+    parser.add_argument("--jump-length", type=int, default=None)
+    parser.add_argument("--jump-n-sample", type=int, default=None)
+    parser.add_argument("--paper", action="store_true", help="the paper's 250/10/10")
+    parser.add_argument("--threads", type=int, default=None, help="worker torch threads (default: 2 on cpu)")
+    parser.add_argument("--config", dest="configs", type=parse_config, action="append", default=None)
+    parser.add_argument("--compile", action="store_true", help="REPAINT_COMPILE=true in every configuration")
+    parser.add_argument("--time-budget", type=float, default=3600.0)
+    parser.add_argument("--json", type=Path, default=None)
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args(argv)
-    rows = run_config(args.max_batch, args) + run_config(1, args)
+    cuda = args.device == "cuda"
+    args.model = args.model or ("celeba256" if cuda else "tiny")
+    schedule = (250, 10, 10) if args.paper else ((25, 10, 10) if cuda else (50, 5, 3))
+    args.steps = args.steps or schedule[0]
+    args.jump_length = args.jump_length or schedule[1]
+    args.jump_n_sample = args.jump_n_sample or schedule[2]
+    args.concurrency = args.concurrency or ([1, 8, 32] if cuda else [1, 2, 4, 8])
+    args.rounds = args.rounds or (1 if cuda else 2)
+    args.threads = args.threads or (None if cuda else 2)
+    args.default_max_batch = "16" if cuda else "8"
+    args.configs = args.configs or [("batched", {} if cuda else {"REPAINT_MAX_BATCH": "8"}),
+                                    ("unbatched", {"REPAINT_MAX_BATCH": "1"})]
+    if args.compile:
+        args.configs = [(label, {**env, "REPAINT_COMPILE": "true"}) for label, env in args.configs]
+
+    import models
+
+    preset = models.get_preset(args.model)
+    args.image_size = preset.image_size
+    args.random_weights = False
+    if cuda:
+        import torch
+
+        args.device_name = torch.cuda.get_device_name(0)
+    else:
+        args.device_name = f"CPU ({platform.machine()}, {platform.processor() or 'unknown'}, {os.cpu_count()} cores)"
+    deadline = time.monotonic() + args.time_budget
+    with tempfile.TemporaryDirectory() as folder:
+        if not args.checkpoint and preset.bundled is None and preset.random_init_seed is None:
+            args.checkpoint = random_checkpoint(args.model, folder)
+            args.random_weights = True
+        rows = []
+        for label, env in args.configs:
+            rows += run_config(label, env, args, deadline)
     text = table(rows, args)
     print(text)
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps({"device": args.device_name, "model": args.model, "rows": rows,
+                                         "schedule": [args.steps, args.jump_length, args.jump_n_sample]}, indent=1))
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(text)
+    return rows
 
 
 if __name__ == "__main__":

@@ -139,19 +139,36 @@ class ResBlock(TimestepBlock):
         return self.skip_connection(x) + h
 
 
-def _attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+ATTENTION_KERNELS = ("auto", "sdpa", "matmul")
+
+
+def _attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kernel: str = "auto") -> torch.Tensor:
     """Softmax attention over [B*heads x ch x T] tensors, returning [B*heads x ch x T].
 
-    The scale 1/sqrt(ch) is the reference's 1/ch**0.25 applied to q and to k. On GPUs the fused
-    scaled_dot_product_attention kernels win; on CPUs two batched matmuls and a softmax measured
-    faster (bench/attention numbers in docs/performance.md), with bit-identical golden outputs.
+    The scale 1/sqrt(ch) is the reference's 1/ch**0.25 applied to q and to k. `auto`: on GPUs the
+    fused scaled_dot_product_attention kernels win; on CPUs two batched matmuls and a softmax
+    measured faster (bench/attention numbers in docs/performance.md), with bit-identical golden
+    outputs. `sdpa` and `matmul` force one (bench.gpu compares them on the device at hand).
     """
-    if q.device.type != "cpu":
-        out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
-        return out.transpose(1, 2)
+    if kernel == "sdpa" or (kernel == "auto" and q.device.type != "cpu"):
+        # [B*heads x T x ch], each contiguous: the fused kernels (flash, memory-efficient) need
+        # the last dimension's stride to be 1; the transposed views of the qkv split have stride
+        # T there and sent every pass to the slow math kernel (profiled on an H200: 12.8 of 196 ms).
+        q, k, v = (z.transpose(1, 2).contiguous() for z in (q, k, v))
+        return F.scaled_dot_product_attention(q, k, v).transpose(1, 2)
     weight = torch.bmm(q.transpose(1, 2) * (q.shape[1] ** -0.5), k)
     weight = torch.softmax(weight.float(), dim=-1).to(v.dtype)
     return torch.bmm(v, weight.transpose(1, 2))
+
+
+def set_attention_kernel(module: nn.Module, kernel: str) -> nn.Module:
+    """Every QKVAttention in `module` uses `kernel` (one of ATTENTION_KERNELS)."""
+    if kernel not in ATTENTION_KERNELS:
+        raise ValueError(f"attention kernel must be one of {ATTENTION_KERNELS}, not {kernel!r}")
+    for m in module.modules():
+        if isinstance(m, QKVAttention):
+            m.kernel = kernel
+    return module
 
 
 class QKVAttention(nn.Module):
@@ -165,6 +182,7 @@ class QKVAttention(nn.Module):
         super().__init__()
         self.n_heads = n_heads
         self.legacy_order = legacy_order
+        self.kernel = "auto"  # set_attention_kernel
 
     def forward(self, qkv: torch.Tensor) -> torch.Tensor:
         bs, width, length = qkv.shape
@@ -173,7 +191,7 @@ class QKVAttention(nn.Module):
             q, k, v = qkv.reshape(bs * self.n_heads, ch * 3, length).split(ch, dim=1)
         else:
             q, k, v = (part.reshape(bs * self.n_heads, ch, length) for part in qkv.chunk(3, dim=1))
-        return _attention(q, k, v).reshape(bs, -1, length)
+        return _attention(q, k, v, self.kernel).reshape(bs, -1, length)
 
 
 def heads_for(channels: int, num_heads: int, num_head_channels: int) -> int:

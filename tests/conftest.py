@@ -23,6 +23,16 @@ def load_reference(name: str):
     return torch.load(path, weights_only=True)
 
 
+def golden_tiny_unet():
+    """The reference's tiny UNet with its weights (tests/data/reference/tiny_unet_A.*), in eval mode."""
+    import models
+    from models.checkpoints import load_weights
+
+    net = models.build_unet(load_reference("tiny_unet_A.json")["official_conf_keys"])
+    load_weights(net, load_reference("tiny_unet_A.pt"))
+    return net.eval()
+
+
 @pytest.fixture(scope="session")
 def redis_server():
     """One private redis-server for the session; tests that kill Redis start their own."""

@@ -79,7 +79,9 @@ class RedisServer:
 
 def _env(redis_url: str, defaults: dict | None = None, **extra: str) -> dict:
     env = dict(os.environ)
-    env.update(REPAINT_REDIS_URL=redis_url, PYTHONPATH=str(ROOT), PYTHONUNBUFFERED="1")
+    # The repository first, then whatever the caller's PYTHONPATH held (packages installed aside).
+    path = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH", "")) if p)
+    env.update(REPAINT_REDIS_URL=redis_url, PYTHONPATH=path, PYTHONUNBUFFERED="1")
     env.update(defaults or {})
     env.update(extra)
     return env

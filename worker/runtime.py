@@ -15,7 +15,8 @@ from PIL import Image
 
 import models
 
-from . import blending, compiling, encoding, geometry
+from . import blending, compiling, encoding, geometry, speed
+from .cuda_graphs import GraphedNetwork
 from .imaging import from_model_range, to_model_range
 from .params import JobParams, ParamError, check_for_model, check_output_size
 from .settings import WorkerSettings
@@ -25,9 +26,6 @@ log = logging.getLogger(__name__)
 # The longer side of preview images (results keep the upload's size; previews need not).
 PREVIEW_SIDE = 1024
 
-DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-
-
 class JobInputError(ValueError):
     """Job data the model cannot use (wrong size, unknown class): fails that job only."""
 
@@ -36,15 +34,6 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(name)
-
-
-def resolve_dtype(name: str, device: torch.device, preset: models.Preset) -> torch.dtype:
-    """REPAINT_DTYPE as a dtype for `models.load_preset`. float16 (the default on CUDA for confs
-    with `use_fp16`, as the reference samples them) and bfloat16 mean the reference's layout:
-    only the UNet torso's convolutions in half precision, the rest float32."""
-    if name == "auto":
-        return torch.float16 if device.type == "cuda" and preset.conf.get("use_fp16") else torch.float32
-    return DTYPES[name]
 
 
 def sample_params(params: JobParams) -> list[models.SampleParams]:
@@ -83,21 +72,23 @@ class Runtime:
         if settings.torch_threads:
             torch.set_num_threads(settings.torch_threads)
         self.device = resolve_device(settings.device)
-        self.dtype = resolve_dtype(settings.dtype, self.device, preset)
+        self.max_batch = settings.max_batch or (16 if self.device.type == "cuda" else 8)
+        self.speed = speed.plan_for(settings, self.device, preset, self.max_batch)
+        self.dtype = self.speed.dtype
         t0 = time.perf_counter()
         self.loaded = models.load_preset(preset, checkpoint=settings.checkpoint,
                                          classifier_checkpoint=settings.classifier_checkpoint,
                                          device=self.device, dtype=self.dtype)
         self.net = self.loaded.unet
-        if settings.channels_last:
+        if self.speed.channels_last:
             self.net = self.net.to(memory_format=torch.channels_last)
-        self.autocast_dtype = None if settings.autocast == "none" else DTYPES[settings.autocast]
-        self.max_batch = settings.max_batch or (16 if self.device.type == "cuda" else 8)
-        log.info("loaded model %s on %s (%s) in %.1fs; max_batch %d", preset.name, self.device, self.dtype,
-                 time.perf_counter() - t0, self.max_batch)
+        self.autocast_dtype = self.speed.autocast
+        self._graphed: GraphedNetwork | None = None
+        log.info("loaded model %s on %s in %.1fs; max_batch %d; %s", preset.name, self.device,
+                 time.perf_counter() - t0, self.max_batch, self.speed.describe())
         # REPAINT_COMPILE: the eager network serves until the compiled one is warm (worker.compiling).
         self.compiler: compiling.BackgroundCompile | None = None
-        if settings.compile:
+        if self.speed.compile:
             half = self.dtype != torch.float32 or self.autocast_dtype is not None
             self.compiler = compiling.BackgroundCompile(
                 self.net, self._example_inputs, batch_sizes=compiling.warm_up_batch_sizes(self.max_batch),
@@ -224,9 +215,21 @@ class Runtime:
 
     # ---- the network ---------------------------------------------------------------------------
 
-    def network(self) -> Callable:
+    def network(self, cap: int | None = None) -> Callable:
         """The UNet the next forward pass uses: the compiled one once its background compilation
-        is warm (REPAINT_COMPILE), else the eager one (guarded while the compiler traces)."""
+        is warm (REPAINT_COMPILE), else the eager one (guarded while the compiler traces);
+        replayed from CUDA graphs (REPAINT_CUDA_GRAPHS) except while compiling; padded to the
+        batch buckets, none above `cap` (the scheduler's limit on samples in flight)."""
+        net = self._base_network()
+        if self.speed.cuda_graphs and not isinstance(net, compiling.EagerWhileCompiling):
+            if self._graphed is None or self._graphed.net is not net:
+                self._graphed = GraphedNetwork(net)  # the compiled network replaces the eager one's graphs
+            net = self._graphed
+        if self.speed.buckets:
+            net = speed.PaddedToBucket(net, self.speed.buckets, cap)
+        return net
+
+    def _base_network(self) -> Callable:
         if self.compiler is None:
             return self.net
         compiled = self.compiler.ready
@@ -264,10 +267,13 @@ class Runtime:
     def _autocast(self):
         if self.autocast_dtype is None:
             return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=self.autocast_dtype)
+        # No cast cache: each pass enters its own context (nothing to reuse), and a cached cast
+        # would be freed under a captured CUDA graph.
+        return torch.autocast(self.device.type, dtype=self.autocast_dtype, cache_enabled=False)
 
-    def step(self, batch: models.SampleBatch) -> int:
-        """One network evaluation for every unfinished sample; returns how many ran."""
+    def step(self, batch: models.SampleBatch, cap: int | None = None) -> int:
+        """One network evaluation for every unfinished sample; returns how many ran. `cap`: no
+        pass is padded to more samples than this (the scheduler's current limit)."""
         limit = self.settings.test_oom_above
         if limit is not None and sum(not s.done for s in batch.states) > limit:
             raise torch.OutOfMemoryError(f"simulated: more than {limit} samples in one forward pass")
@@ -276,7 +282,7 @@ class Runtime:
         if self.settings.test_hang_seconds:
             time.sleep(self.settings.test_hang_seconds)
         with torch.inference_mode(), self._autocast():
-            ran = models.step(self.network(), batch, classifier=self.classifier())
+            ran = models.step(self.network(cap), batch, classifier=self.classifier())
         if ran and self.device.type == "cuda":
             torch.cuda.synchronize(self.device)  # so that the caller's clock measures the pass
         return ran
@@ -318,5 +324,7 @@ class Runtime:
         return exc is not None and (isinstance(exc, torch.OutOfMemoryError) or "out of memory" in str(exc).lower())
 
     def release_memory(self) -> None:
+        if self._graphed is not None:
+            self._graphed.reset()
         if self.device.type == "cuda":
             torch.cuda.empty_cache()

@@ -23,7 +23,7 @@ class SamplerRuntime(Protocol):
 
     def new_batch(self) -> Any: ...
     def add_samples(self, batch: Any, prepared: Any, params: JobParams) -> list: ...
-    def step(self, batch: Any) -> int: ...
+    def step(self, batch: Any, cap: int | None = None) -> int: ...
     def release_memory(self) -> None: ...
 
 
@@ -112,7 +112,7 @@ class BatchScheduler:
         if not self.flights or all(f.done for f in self.flights):
             return 0
         t0 = self.clock()
-        ran = self.runtime.step(self.batch)
+        ran = self.runtime.step(self.batch, cap=self.limit)
         if ran:
             seconds = self.clock() - t0
             old = self.seconds_per_pass

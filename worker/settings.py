@@ -19,14 +19,23 @@ class WorkerSettings(BaseSettings):
     classifier_checkpoint: str | None = Field(None, description="noisy classifier weights (imagenet256)")
     device: str = Field("auto", description="'auto' (cuda if available), 'cpu', 'cuda', 'cuda:1', ...")
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = Field(
-        "auto", description="'auto': float16 on CUDA for confs with use_fp16, else float32")
-    channels_last: bool = Field(False, description="channels-last memory format for the UNet")
+        "auto", description="the UNet's weights. 'auto': float16 in the reference's layout on CUDA for confs with "
+        "use_fp16, else float32; float16/bfloat16 are the reference's layout (torso convolutions only)")
+    channels_last: bool = Field(False, description="channels-last memory format for the UNet (off by default: "
+                                "measured slower on an H200, docs/gpu.md)")
     max_batch: int | None = Field(None, ge=1, description="samples in flight per forward pass "
                                   "(default: 8 on CPU, 16 on CUDA); 1 disables batching")
-    autocast: Literal["none", "float16", "bfloat16"] = Field(
-        "none", description="run the UNet under torch.autocast with this dtype (GPU path)")
+    autocast: Literal["auto", "none", "float16", "bfloat16"] = Field(
+        "auto", description="run the UNet under torch.autocast with this dtype. 'auto': bfloat16 on CUDA when the "
+        "weights are float32 (float16 on GPUs without bfloat16), none on CPU; 'none' for exact float32")
+    batch_buckets: str = Field("auto", description="batch sizes forward passes are padded to, so that compiled "
+                               "and CUDA graphs are reused: 'auto' (1,2,4,... up to max_batch on CUDA; off on CPU), "
+                               "'off', or sizes such as '1,2,4,8,16'")
+    cuda_graphs: bool | None = Field(None, description="replay captured CUDA graphs of the UNet, one per batch "
+                                     "bucket: fewer kernel launches per pass (default: on for CUDA)")
     torch_threads: int | None = Field(None, ge=1, description="CPU threads for torch (default: torch's)")
-    compile: bool = Field(False, description="torch.compile the UNet (slow start, faster steps)")
+    compile: bool | None = Field(None, description="torch.compile the UNet in the background while the eager "
+                                 "one serves (default: on for CUDA, off on CPU)")
     result_ttl: int = Field(24 * 3600, ge=60, description="seconds results and finished jobs are kept")
     progress_interval: float = Field(0.5, gt=0, le=1.0, description="seconds between progress writes")
     heartbeat_ttl: int = Field(30, ge=10, description="seconds without a heartbeat before a worker's jobs "
@@ -55,8 +64,13 @@ class WorkerSettings(BaseSettings):
     worker_name: str | None = Field(None, description="RQ worker name (default: host and pid)")
     log_level: str = "INFO"
 
-    @field_validator("checkpoint", "classifier_checkpoint", "worker_name", mode="before")
+    @field_validator("checkpoint", "classifier_checkpoint", "worker_name", "cuda_graphs", "compile", mode="before")
     @classmethod
     def _empty_is_unset(cls, value):
         # docker-compose passes unset variables as empty strings
         return None if value == "" else value
+
+    @field_validator("channels_last", mode="before")
+    @classmethod
+    def _empty_is_off(cls, value):
+        return False if value == "" else value

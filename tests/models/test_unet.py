@@ -8,15 +8,12 @@ import torch
 import models
 from models.checkpoints import CheckpointError, load_weights
 from models.nn import timestep_embedding
-from tests.conftest import load_reference
+from tests.conftest import golden_tiny_unet, load_reference
 
 
 @pytest.fixture(scope="module")
 def tiny_unet():
-    meta = load_reference("tiny_unet_A.json")
-    net = models.build_unet(meta["official_conf_keys"])
-    load_weights(net, load_reference("tiny_unet_A.pt"))
-    return net.eval()
+    return golden_tiny_unet()
 
 
 def test_tiny_unet_matches_reference_forward(tiny_unet):

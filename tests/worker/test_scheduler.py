@@ -51,7 +51,7 @@ class FakeRuntime:
         batch.states.extend(samples)
         return samples
 
-    def step(self, batch) -> int:
+    def step(self, batch, cap=None) -> int:
         live = [s for s in batch.states if not s.done]
         if self.oom_above is not None and len(live) > self.oom_above:
             raise OutOfMemory()

@@ -1,0 +1,84 @@
+"""REPAINT_CUDA_GRAPHS: replay a captured CUDA graph of the network instead of launching it.
+
+A forward pass of the UNet is a few hundred kernel launches; at small batch sizes the GPU
+finishes each kernel before the CPU has launched the next, so the pass costs the launches, not
+the arithmetic. A CUDA graph records the pass once per input shape and replays it with one
+launch. Captured lazily, one graph per (batch size, dtype, labels or not), all in one memory
+pool; batch buckets (worker.speed) keep the number of shapes small.
+
+Replays read their inputs from static buffers and write a static output: a call copies its
+inputs in, replays, and returns a copy of the output, so callers never hold a buffer the next
+replay overwrites. A capture that fails for a reason other than running out of memory is logged
+and the network is called eagerly from then on (a slower pass, never a wrong or failed one).
+Autocast around a capture must not cache its casts (`cache_enabled=False`, as the runtime's
+autocast does): a cached cast made outside the capture would be freed under the graph.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Callable
+
+import torch
+
+log = logging.getLogger(__name__)
+
+
+class GraphedNetwork:
+    def __init__(self, net: Callable, *, warm_up: int = 2):
+        self.net = net
+        self.warm_up = warm_up
+        self.graphs: dict[tuple, tuple] = {}
+        self.pool = None
+        self.failed: str | None = None
+
+    def __call__(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        if self.failed is not None or x.device.type != "cuda":
+            return self.net(x, t, y)
+        key = (tuple(x.shape), x.dtype, t.dtype, None if y is None else y.dtype)
+        entry = self.graphs.get(key)
+        if entry is None:
+            entry = self._capture(key, x, t, y)
+            if entry is None:
+                return self.net(x, t, y)
+        graph, static_x, static_t, static_y, static_out = entry
+        static_x.copy_(x)
+        static_t.copy_(t)
+        if y is not None:
+            static_y.copy_(y)
+        graph.replay()
+        return static_out.clone()
+
+    def _capture(self, key: tuple, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None):
+        static_x, static_t = x.clone(), t.clone()
+        static_y = None if y is None else y.clone()
+        try:
+            # Warm-up on a side stream, as capture requires: lazy initialisations (cuDNN/cuBLAS
+            # handles, autotuning) must not happen inside the capture.
+            side = torch.cuda.Stream(device=x.device)
+            side.wait_stream(torch.cuda.current_stream(x.device))
+            with torch.cuda.stream(side):
+                for _ in range(self.warm_up):
+                    self.net(static_x, static_t, static_y)
+            torch.cuda.current_stream(x.device).wait_stream(side)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph, pool=self.pool):
+                static_out = self.net(static_x, static_t, static_y)
+        except torch.OutOfMemoryError:
+            raise  # the scheduler shrinks the batch; the next capture is at a smaller size
+        except Exception as exc:  # noqa: BLE001 - any capture failure: serve eagerly instead
+            self.failed = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:300]
+            log.warning("CUDA graph capture failed (%s); serving without CUDA graphs", self.failed)
+            torch.cuda.synchronize(x.device)
+            return None
+        if self.pool is None:
+            self.pool = graph.pool()
+        entry = (graph, static_x, static_t, static_y, static_out)
+        self.graphs[key] = entry
+        log.info("captured a CUDA graph for batch %d (%d graphs)", x.shape[0], len(self.graphs))
+        return entry
+
+    def reset(self) -> None:
+        """Drop every graph and its memory (after running out of memory)."""
+        self.graphs.clear()
+        self.pool = None
