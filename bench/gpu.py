@@ -154,7 +154,7 @@ def base_network(model: str, checkpoint: str | None) -> torch.nn.Module:
     return net.eval().requires_grad_(False)
 
 
-def build(variant: Variant, base: torch.nn.Module, device: torch.device):
+def build(variant: Variant, base: torch.nn.Module, device: torch.device, sizes: int = 6):
     """(callable network, autocast dtype or None) for one variant, on a copy of `base`."""
     from worker import compiling
     from worker.cuda_graphs import GraphedNetwork
@@ -169,7 +169,8 @@ def build(variant: Variant, base: torch.nn.Module, device: torch.device):
     autocast = torch.bfloat16 if variant.precision == "bf16" else None
     runner = net
     if variant.compile:
-        runner = compiling.compile_network(net)
+        # As the worker compiles on CUDA: one static graph per batch size (its buckets).
+        runner = compiling.compile_per_batch_size(net, sizes=sizes)
     if variant.graphs:
         runner = GraphedNetwork(runner)
     return runner, autocast
@@ -207,13 +208,15 @@ def time_passes(run, args: tuple, device: torch.device, repeats: int, warm_up: i
 
 
 def bench_variant(variant: Variant, base, conf, device, batches, args, flops_per_sample, peaks, reference,
-                  deadline: float) -> list[dict]:
+                  deadline: float) -> tuple[list[dict], torch.Tensor | None]:
     """(rows, the fp32 reference output) for one variant at every batch size."""
     rows = []
     if variant.graphs and device.type != "cuda":
         return [skipped(variant, "CUDA graphs need a CUDA device")], reference
+    if time.monotonic() > deadline:
+        return [skipped(variant, "time budget spent")], reference
     try:
-        run, autocast = build(variant, base, device)
+        run, autocast = build(variant, base, device, sizes=len(batches))
     except Exception as exc:  # noqa: BLE001 - one variant failing must not lose the others
         return [skipped(variant, f"{type(exc).__name__}: {exc}")], reference
     context = (lambda: torch.autocast(device.type, dtype=autocast, cache_enabled=False)) if autocast else None
@@ -394,6 +397,9 @@ def main(argv=None) -> dict:
         rows, reference = bench_variant(variant, base, base.config, device, batches, args, flops, peaks, reference,
                                         deadline)
         report["rows"] += rows
+        if args.json:  # after every variant: a run stopped from outside keeps what it measured
+            args.json.parent.mkdir(parents=True, exist_ok=True)
+            args.json.write_text(json.dumps(report, indent=1) + "\n")
     text = markdown(report)
     print(text)
     if args.json:

@@ -249,6 +249,9 @@ def main(argv=None) -> list[dict]:
             args.random_weights = True
         rows = []
         for label, env in args.configs:
+            if time.monotonic() > deadline:
+                rows += [{"config": label, "concurrency": c, "skipped": "time budget spent"} for c in args.concurrency]
+                continue
             rows += run_config(label, env, args, deadline)
     text = table(rows, args)
     print(text)

@@ -151,11 +151,12 @@ def _attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kernel: str = 
     outputs. `sdpa` and `matmul` force one (bench.gpu compares them on the device at hand).
     """
     if kernel == "sdpa" or (kernel == "auto" and q.device.type != "cpu"):
-        # [B*heads x T x ch], each contiguous: the fused kernels (flash, memory-efficient) need
-        # the last dimension's stride to be 1; the transposed views of the qkv split have stride
-        # T there and sent every pass to the slow math kernel (profiled on an H200: 12.8 of 196 ms).
-        q, k, v = (z.transpose(1, 2).contiguous() for z in (q, k, v))
-        return F.scaled_dot_product_attention(q, k, v).transpose(1, 2)
+        # [B*heads x 1 x T x ch], contiguous: the fused kernels (flash, memory-efficient, cuDNN)
+        # take only 4-dimensional inputs whose last dimension has stride 1. The 3-dimensional
+        # transposed views passed before sent every pass to the slow math kernel (profiled on an
+        # H200: 12.8 of 196 ms, slower than the batched matmuls below).
+        q, k, v = (z.transpose(1, 2).contiguous().unsqueeze(1) for z in (q, k, v))
+        return F.scaled_dot_product_attention(q, k, v).squeeze(1).transpose(1, 2)
     weight = torch.bmm(q.transpose(1, 2) * (q.shape[1] ** -0.5), k)
     weight = torch.softmax(weight.float(), dim=-1).to(v.dtype)
     return torch.bmm(v, weight.transpose(1, 2))

@@ -47,8 +47,21 @@ def compile_network(net: nn.Module) -> nn.Module:
     return torch.compile(net, options={"freezing": True})
 
 
-def warm_up_batch_sizes(max_batch: int) -> tuple[int, ...]:
-    """Batch 1 (dynamo specialises size-1 dimensions) and 2 (the symbolic batch graph)."""
+def compile_per_batch_size(net: nn.Module, sizes: int) -> nn.Module:
+    """torch.compile with static shapes: one graph per batch size, for workers whose passes are
+    padded to a few batch buckets (worker.speed). Static graphs are what bench.gpu measured
+    (docs/gpu.md); the warm-up compiles every bucket, so no served pass compiles."""
+    config = torch._dynamo.config
+    name = "recompile_limit" if hasattr(config, "recompile_limit") else "cache_size_limit"
+    setattr(config, name, max(getattr(config, name), sizes + 2))
+    return torch.compile(net, dynamic=False, options={"freezing": True})
+
+
+def warm_up_batch_sizes(max_batch: int, buckets: tuple[int, ...] = ()) -> tuple[int, ...]:
+    """Every bucket when passes are padded to buckets; else batch 1 (dynamo specialises size-1
+    dimensions) and 2 (the symbolic batch graph)."""
+    if buckets:
+        return tuple(buckets)
     return (1,) if max_batch <= 1 else (1, 2)
 
 

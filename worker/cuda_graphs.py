@@ -35,38 +35,48 @@ class GraphedNetwork:
     def __call__(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         if self.failed is not None or x.device.type != "cuda":
             return self.net(x, t, y)
-        key = (tuple(x.shape), x.dtype, t.dtype, None if y is None else y.dtype)
-        entry = self.graphs.get(key)
-        if entry is None:
-            entry = self._capture(key, x, t, y)
+        # Capture and replay on the input's GPU (REPAINT_DEVICE=cuda:N): torch.cuda.graph makes its
+        # capture stream on the current device.
+        with torch.cuda.device(x.device):
+            key = (tuple(x.shape), x.dtype, t.dtype, None if y is None else y.dtype)
+            entry = self.graphs.get(key)
             if entry is None:
-                return self.net(x, t, y)
-        graph, static_x, static_t, static_y, static_out = entry
-        static_x.copy_(x)
-        static_t.copy_(t)
-        if y is not None:
-            static_y.copy_(y)
-        graph.replay()
-        return static_out.clone()
+                entry = self._capture(key, x, t, y)
+                if entry is None:
+                    return self.net(x, t, y)
+            graph, static_x, static_t, static_y, static_out = entry
+            static_x.copy_(x)
+            static_t.copy_(t)
+            if y is not None:
+                static_y.copy_(y)
+            graph.replay()
+            return static_out.clone()
 
     def _capture(self, key: tuple, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None):
         static_x, static_t = x.clone(), t.clone()
         static_y = None if y is None else y.clone()
+        stream = torch.cuda.current_stream(x.device)
         try:
             # Warm-up on a side stream, as capture requires: lazy initialisations (cuDNN/cuBLAS
             # handles, autotuning) must not happen inside the capture.
             side = torch.cuda.Stream(device=x.device)
-            side.wait_stream(torch.cuda.current_stream(x.device))
+            side.wait_stream(stream)
             with torch.cuda.stream(side):
                 for _ in range(self.warm_up):
                     self.net(static_x, static_t, static_y)
-            torch.cuda.current_stream(x.device).wait_stream(side)
+            stream.wait_stream(side)
             graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(graph, pool=self.pool):
                 static_out = self.net(static_x, static_t, static_y)
-        except torch.OutOfMemoryError:
-            raise  # the scheduler shrinks the batch; the next capture is at a smaller size
         except Exception as exc:  # noqa: BLE001 - any capture failure: serve eagerly instead
+            # A capture that ends in error can leave its stream current (torch.cuda.graph's exit
+            # stops at the failed capture_end): the passes that follow must run on the usual one.
+            torch.cuda.set_stream(stream)
+            if out_of_memory(exc):
+                # Not this network's fault: the scheduler shrinks the batch and a later pass
+                # captures at the smaller size. (Ending a capture that ran out of memory raises a
+                # RuntimeError whose context is the out-of-memory error.)
+                raise torch.OutOfMemoryError(str(exc)) from exc
             self.failed = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:300]
             log.warning("CUDA graph capture failed (%s); serving without CUDA graphs", self.failed)
             torch.cuda.synchronize(x.device)
@@ -82,3 +92,14 @@ class GraphedNetwork:
         """Drop every graph and its memory (after running out of memory)."""
         self.graphs.clear()
         self.pool = None
+
+
+def out_of_memory(exc: BaseException | None) -> bool:
+    """Whether an error is, or was raised while handling, running out of device memory."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, torch.OutOfMemoryError) or "out of memory" in str(exc).lower():
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False

@@ -83,7 +83,7 @@ class BatchEngine:
         self.settings = settings
         self.redis = worker.connection
         self.model = runtime.preset.name
-        self.scheduler = BatchScheduler(runtime, max_batch=max_batch)
+        self.scheduler = BatchScheduler(runtime, max_batch=max_batch, sizes=runtime.speed.buckets)
         self.stats = StepStats()
         self.webhooks = webhooks
         self.defunct: str | None = None

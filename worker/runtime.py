@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import io
 import logging
 import time
@@ -90,8 +91,11 @@ class Runtime:
         self.compiler: compiling.BackgroundCompile | None = None
         if self.speed.compile:
             half = self.dtype != torch.float32 or self.autocast_dtype is not None
+            buckets = self.speed.buckets
+            if compile_fn is None and buckets:
+                compile_fn = functools.partial(compiling.compile_per_batch_size, sizes=len(buckets))
             self.compiler = compiling.BackgroundCompile(
-                self.net, self._example_inputs, batch_sizes=compiling.warm_up_batch_sizes(self.max_batch),
+                self.net, self._example_inputs, batch_sizes=compiling.warm_up_batch_sizes(self.max_batch, buckets),
                 compile_fn=compile_fn, context=self._autocast, atol=5e-2 if half else 1e-2)
             self.compiler.start()
 
@@ -218,14 +222,18 @@ class Runtime:
     def network(self, cap: int | None = None) -> Callable:
         """The UNet the next forward pass uses: the compiled one once its background compilation
         is warm (REPAINT_COMPILE), else the eager one (guarded while the compiler traces);
-        replayed from CUDA graphs (REPAINT_CUDA_GRAPHS) except while compiling; padded to the
-        batch buckets, none above `cap` (the scheduler's limit on samples in flight)."""
+        replayed from CUDA graphs (REPAINT_CUDA_GRAPHS) except while compiling. Passes are padded
+        to the batch buckets (none above `cap`, the scheduler's limit) only where fixed shapes
+        pay: graphs and static compiled code are made per shape, an eager pass would only do
+        more work."""
         net = self._base_network()
+        compiled = self.compiler is not None and self.compiler.ready is not None
         if self.speed.cuda_graphs and not isinstance(net, compiling.EagerWhileCompiling):
             if self._graphed is None or self._graphed.net is not net:
-                self._graphed = GraphedNetwork(net)  # the compiled network replaces the eager one's graphs
-            net = self._graphed
-        if self.speed.buckets:
+                self._graphed = GraphedNetwork(net)  # graphs of the network now served
+            if self._graphed.failed is None:
+                net = self._graphed
+        if self.speed.buckets and (net is self._graphed or compiled):
             net = speed.PaddedToBucket(net, self.speed.buckets, cap)
         return net
 
@@ -318,7 +326,8 @@ class Runtime:
                                                                           jump_n_sample=1), seed=0,
                                            class_label=0 if self.preset.class_cond else None)])
             with self._autocast():
-                models.step(self.net, batch, classifier=None)
+                # Through the guard: the background compilation (on by default on CUDA) may be tracing.
+                models.step(self._while_compiling(self.net), batch, classifier=None)
 
     def is_out_of_memory(self, exc: BaseException | None) -> bool:
         return exc is not None and (isinstance(exc, torch.OutOfMemoryError) or "out of memory" in str(exc).lower())

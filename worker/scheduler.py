@@ -63,11 +63,14 @@ class Shrink:
 
 class BatchScheduler:
     def __init__(self, runtime: SamplerRuntime, *, max_batch: int, grow_after: int = 50,
-                 clock: Callable[[], float] = time.monotonic):
+                 clock: Callable[[], float] = time.monotonic, sizes: tuple[int, ...] = ()):
         self.runtime = runtime
         self.batch = runtime.new_batch()
         self.flights: list[Flight] = []
         self.max_batch = max_batch
+        # The batch buckets (worker.speed): a limit between two of them would make passes of a
+        # size that has no graph, so the limit moves from one bucket to the next.
+        self.sizes = tuple(sorted(s for s in sizes if s <= max_batch))
         self.limit = max_batch
         self.grow_after = grow_after
         self.clock = clock
@@ -119,9 +122,16 @@ class BatchScheduler:
             self.seconds_per_pass = seconds if old is None else 0.9 * old + 0.1 * seconds
             self._passes_since_oom += 1
             if self._passes_since_oom >= self.grow_after and self.limit < self.max_batch:
-                self.limit = min(self.max_batch, self.limit + max(1, self.limit // 2))
+                grown = min(self.max_batch, self.limit + max(1, self.limit // 2))
+                if self.sizes:
+                    grown = min((s for s in self.sizes if s > self.limit), default=self.max_batch)
+                self.limit = grown
                 self._passes_since_oom = 0
         return ran
+
+    def _halved(self) -> int:
+        half = max(1, min(self.limit, self.samples) // 2)
+        return max((s for s in self.sizes if s <= half), default=half) if self.sizes else half
 
     def finished(self) -> list[Flight]:
         return [f for f in self.flights if f.done]
@@ -138,10 +148,10 @@ class BatchScheduler:
         self._passes_since_oom = 0
         if len(self.flights) == 1:
             too_big = self.flights[0]
-            self.limit = max(1, min(self.limit, self.samples) // 2)
+            self.limit = self._halved()
             self.remove(too_big)
             return Shrink(requeue=[], too_big=too_big)
-        self.limit = max(1, min(self.limit, self.samples) // 2)
+        self.limit = self._halved()
         leaving: list[Flight] = []
         while len(self.flights) > 1 and self.samples > self.limit:
             flight = self.flights[-1]

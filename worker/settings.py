@@ -64,11 +64,22 @@ class WorkerSettings(BaseSettings):
     worker_name: str | None = Field(None, description="RQ worker name (default: host and pid)")
     log_level: str = "INFO"
 
-    @field_validator("checkpoint", "classifier_checkpoint", "worker_name", "cuda_graphs", "compile", mode="before")
+    @field_validator("checkpoint", "classifier_checkpoint", "worker_name", mode="before")
     @classmethod
     def _empty_is_unset(cls, value):
         # docker-compose passes unset variables as empty strings
         return None if value == "" else value
+
+    @field_validator("cuda_graphs", "compile", mode="before")
+    @classmethod
+    def _auto_is_unset(cls, value):
+        """'auto' (what the docs call the default) and '' mean: the device decides (None)."""
+        return None if isinstance(value, str) and value.strip().lower() in ("", "auto") else value
+
+    @field_validator("dtype", "autocast", "batch_buckets", mode="before")
+    @classmethod
+    def _empty_is_auto(cls, value):
+        return "auto" if value == "" else value
 
     @field_validator("channels_last", mode="before")
     @classmethod

@@ -18,14 +18,17 @@ bfloat16: cuDNN gains less than GroupNorm loses in that layout).
 Buckets: a pass of n samples runs at the smallest bucket >= n, the extra rows copies of the first
 one, and only the n real rows are read back. The network treats rows independently (GroupNorm
 and attention are per sample), so padding changes no result beyond the rounding of a different
-batch size; what it buys is a handful of shapes, so that compiled graphs (REPAINT_COMPILE) and
+batch size; what it buys is a handful of shapes, so that compiled code (REPAINT_COMPILE: one
+static graph per bucket, all compiled in the background before the worker switches to them) and
 captured CUDA graphs (REPAINT_CUDA_GRAPHS) are reused instead of being made for every count of
-samples in flight. A bucket above the scheduler's current limit (lowered after running out of
-memory) is never used.
+samples in flight. Passes are padded only when such code runs them: an eager pass would only do
+more work. The scheduler's limit on samples in flight moves between buckets (halved after running
+out of memory, grown back bucket by bucket), and no pass is padded past it.
 """
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 
 import torch
@@ -72,7 +75,9 @@ def resolve_autocast(name: str, device: torch.device, dtype: torch.dtype) -> tor
         return DTYPES[name]
     if device.type != "cuda" or dtype != torch.float32:
         return None
-    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    # Ask the worker's GPU (cuda:N), not the current one.
+    with torch.cuda.device(device) if device.index is not None else contextlib.nullcontext():
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
 
 
 def parse_buckets(text: str, *, max_batch: int, device: torch.device) -> tuple[int, ...]:

@@ -39,6 +39,7 @@ class FakeRuntime:
     def __init__(self, clock, pass_seconds=0.1, oom_above=None):
         self.clock, self.pass_seconds, self.oom_above = clock, pass_seconds, oom_above
         self.passes: list[int] = []
+        self.caps: list[int | None] = []
         self.released = 0
 
     def new_batch(self):
@@ -52,6 +53,7 @@ class FakeRuntime:
         return samples
 
     def step(self, batch, cap=None) -> int:
+        self.caps.append(cap)
         live = [s for s in batch.states if not s.done]
         if self.oom_above is not None and len(live) > self.oom_above:
             raise OutOfMemory()
@@ -171,3 +173,25 @@ def test_the_limit_grows_back_after_passes_without_running_out_of_memory(clock):
         s.step()
         limits.append(s.limit)
     assert limits[9] == 6 and limits[19] == 8 and max(limits) == 8
+
+
+def test_with_batch_buckets_the_limit_moves_between_buckets_and_caps_the_padding(clock):
+    """A limit between two buckets would make passes of a size no graph was made for: after out
+    of memory it halves to a bucket, grows back one bucket at a time, and every pass is told it
+    (the runtime pads no pass past it)."""
+    rt = FakeRuntime(clock, oom_above=None)
+    s = BatchScheduler(rt, max_batch=16, grow_after=5, clock=clock, sizes=(1, 2, 4, 8, 16))
+    for i in range(12):
+        s.admit(str(i), "t", params(steps=1000), "img")
+    rt.oom_above = 11
+    with pytest.raises(OutOfMemory):
+        s.step()
+    s.shrink_after_oom()
+    assert s.limit == 4 and s.samples == 4  # half of 12 is 6: the bucket below is 4
+    rt.oom_above = None
+    limits = []
+    for _ in range(10):
+        s.step()
+        limits.append(s.limit)
+    assert limits[4] == 8 and limits[9] == 16  # 4 -> 8 -> 16, never 6 or 12
+    assert rt.caps[-10:] == [4, 4, 4, 4, 4, 8, 8, 8, 8, 8]

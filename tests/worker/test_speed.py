@@ -8,6 +8,7 @@ a GPU is present (the device tool's machine); CI has none.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import io
 
@@ -65,6 +66,16 @@ def test_explicit_settings_win_over_auto(monkeypatch):
     cpu = speed.plan_for(WorkerSettings(autocast="bfloat16", channels_last=True, batch_buckets="2,4"), CPU,
                          models.get_preset("tiny"), 8)
     assert (cpu.autocast, cpu.channels_last, cpu.buckets) == (torch.bfloat16, True, (2, 4, 8))
+
+
+@pytest.mark.parametrize("value", ["", "auto"])
+def test_auto_and_empty_mean_the_device_decides(monkeypatch, value):
+    """docker-compose passes unset variables as empty strings; the docs call the default `auto`."""
+    for name in ("COMPILE", "CUDA_GRAPHS", "BATCH_BUCKETS", "AUTOCAST", "DTYPE"):
+        monkeypatch.setenv(f"REPAINT_{name}", value)
+    settings = WorkerSettings()
+    assert settings.compile is None and settings.cuda_graphs is None
+    assert settings.batch_buckets == settings.autocast == settings.dtype == "auto"
 
 
 def test_environment_variables_reach_the_settings(monkeypatch):
@@ -138,16 +149,59 @@ def test_buckets_change_no_inpainting_result():
     image, mask = face_and_mask(seed=2)
     params = JobParams(seed=7, num_samples=3, sampler=RePaintSettings(steps=20, jump_length=5, jump_n_sample=2))
     plain = Runtime(WorkerSettings(model="tiny", device="cpu"))
-    bucketed = Runtime(WorkerSettings(model="tiny", device="cpu", batch_buckets="1,2,4,8"))
-    assert bucketed.speed.buckets == (1, 2, 4, 8)
     widths = []
-    real_net = bucketed.net
-    bucketed.net = lambda x, t, y=None: widths.append(x.shape[0]) or real_net(x, t, y)
+
+    def compile_fn(net):  # stands in for torch.compile: padding applies to compiled networks
+        return lambda x, t, y=None: widths.append(x.shape[0]) or net(x, t, y)
+
+    bucketed = Runtime(WorkerSettings(model="tiny", device="cpu", batch_buckets="1,2,4,8", compile=True),
+                       compile_fn=compile_fn)
+    bucketed.compiler.join()
+    assert bucketed.speed.buckets == (1, 2, 4, 8) and bucketed.compile_state == "compiled"
+    widths.clear()  # the warm-up's passes
     a = [decode(png) for png in plain.inpaint(png_bytes(image), png_bytes(mask), params)]
     b = [decode(png) for png in bucketed.inpaint(png_bytes(image), png_bytes(mask), params)]
     assert set(widths) == {4}
     for x, y in zip(a, b):
         assert np.abs(x - y).max() <= 1
+
+
+def test_padding_carries_class_labels(golden_tiny):
+    seen = []
+
+    def net(x, t, y=None):
+        seen.append((x.shape[0], t.tolist(), y.tolist()))
+        return x
+
+    x, t, y = torch.zeros(3, 3, 8, 8), torch.tensor([5, 6, 7]), torch.tensor([10, 11, 12])
+    assert speed.PaddedToBucket(net, (4,))(x, t, y).shape[0] == 3
+    assert seen == [(4, [5, 6, 7, 5], [10, 11, 12, 10])]
+
+
+def test_padding_only_where_fixed_shapes_pay():
+    """Eager passes are not padded (more work, nothing reused); compiled ones are, once the
+    background compilation has compiled every bucket."""
+    eager = Runtime(WorkerSettings(model="tiny", device="cpu", batch_buckets="1,2,4"))
+    assert eager.speed.buckets == (1, 2, 4, 8) and eager.network() is eager.net
+    compiled = Runtime(WorkerSettings(model="tiny", device="cpu", batch_buckets="1,2,4", compile=True, max_batch=4),
+                       compile_fn=lambda net: (lambda *args: net(*args)))
+    assert compiled.compiler.batch_sizes == (1, 2, 4)  # every bucket warmed up before the switch
+    compiled.compiler.join()
+    net = compiled.network(cap=2)
+    assert isinstance(net, speed.PaddedToBucket) and net.cap == 2 and net.net is compiled.compiler.ready
+
+
+def test_sdpa_and_matmul_attention_agree(golden_tiny):
+    """The two attention kernels compute the same function (the GPU default is SDPA's fused kernels)."""
+    from models.nn import set_attention_kernel
+
+    net = copy.deepcopy(golden_tiny)
+    io_ = load_reference("tiny_unet_A_io.pt")
+    with torch.inference_mode():
+        matmul = set_attention_kernel(net, "matmul")(io_["x"], io_["t"])
+        sdpa = set_attention_kernel(net, "sdpa")(io_["x"], io_["t"])
+    torch.testing.assert_close(sdpa, matmul, atol=2e-5, rtol=1e-5)
+    torch.testing.assert_close(matmul, io_["out"], atol=1e-5, rtol=1e-5)
 
 
 def decode(png: bytes) -> np.ndarray:
@@ -199,7 +253,7 @@ def test_bfloat16_inpainting_on_faces32_is_within_a_level_of_float32():
 def test_cuda_graph_replays_equal_eager_passes(golden_tiny):
     from worker.cuda_graphs import GraphedNetwork
 
-    net = golden_tiny.to("cuda")
+    net = copy.deepcopy(golden_tiny).to("cuda")
     graphed = GraphedNetwork(net)
     with torch.inference_mode(), torch.autocast("cuda", dtype=torch.bfloat16, cache_enabled=False):
         for n in (4, 2, 4):
@@ -215,8 +269,8 @@ def test_cuda_defaults_and_graphs_inpaint_like_float32():
     image, mask = png_bytes(ex.image), png_bytes(ex.mask)
     params = JobParams(seed=0, num_samples=3, strategy="resize",
                        sampler=RePaintSettings(steps=50, jump_length=5, jump_n_sample=3))
-    full = Runtime(WorkerSettings(model="faces32", device="cuda", autocast="none", channels_last=False,
-                                  batch_buckets="off"))
+    full = Runtime(WorkerSettings(model="faces32", device="cuda", autocast="none", batch_buckets="off",
+                                  cuda_graphs=False, compile=False))
     fast = Runtime(WorkerSettings(model="faces32", device="cuda", compile=False))  # graphs on by default
     assert fast.speed.autocast is not None and fast.speed.buckets and fast.speed.cuda_graphs
     hole = np.asarray(ex.mask) > 127
