@@ -46,9 +46,7 @@ import torch
 
 import models
 from models.nn import set_attention_kernel
-from worker.params import count_evaluations
-
-PAPER_EVALUATIONS = count_evaluations(250, 10, 10)  # 2,410
+from worker.params import PAPER_EVALUATIONS
 
 # Dense (no sparsity) peak TFLOP/s from the vendors' datasheets: `half` the bf16/fp16 tensor
 # cores with float32 accumulation, `tf32` the tensor cores' float32 mode, `fp32` plain CUDA
@@ -105,8 +103,9 @@ class Variant:
     def peak_kind(self) -> str:
         """Which datasheet rate bounds it: half-precision tensor cores, or TF32 (cuDNN runs
         float32 convolutions as TF32 by default)."""
-        return "fp32" if self.precision == "fp32" and not torch.backends.cudnn.allow_tf32 else (
-            "tf32" if self.precision == "fp32" else "half")
+        if self.precision != "fp32":
+            return "half"
+        return "tf32" if torch.backends.cudnn.allow_tf32 else "fp32"
 
 
 def device_peaks(device: torch.device, override: str | None) -> dict[str, float]:

@@ -35,9 +35,7 @@ from pathlib import Path
 from service.client import RepaintClient
 from tests.conftest import face_and_mask, png_bytes
 from tests.procs import ApiProcess, RedisServer, WorkerProcess
-from worker.params import count_evaluations
-
-PAPER_EVALUATIONS = count_evaluations(250, 10, 10)
+from worker.params import PAPER_EVALUATIONS, count_evaluations
 
 
 def run_level(client_url: str, n_jobs: int, concurrency: int, fields: dict, image_size: int) -> dict:

@@ -5,6 +5,7 @@ and its threshold checked on faces and photographs."""
 
 from __future__ import annotations
 
+import contextlib
 import io
 import math
 import os
@@ -30,6 +31,20 @@ def chromium_path() -> str:
     if path is None:
         pytest.fail("Debian's chromium is needed for the page test (apt-get install chromium)")
     return path
+
+
+@contextlib.contextmanager
+def browser_page(playwright):
+    """A page in Debian's Chromium, and the list its JavaScript errors are collected in."""
+    with playwright.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium_path(), args=["--no-sandbox", "--disable-gpu"])
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 820})
+            errors: list[str] = []
+            page.on("pageerror", lambda e: errors.append(str(e)))
+            yield page, errors
+        finally:
+            browser.close()
 
 
 @pytest.fixture()
@@ -102,6 +117,18 @@ def stroke(page, start: tuple[float, float], *moves: tuple[tuple[float, float], 
         page.mouse.move(*point, steps=steps)
     page.mouse.up()
 
+def paint_line(page, image_width: int, brush: int, start: tuple[float, float], end: tuple[float, float], *,
+               steps: int) -> dict:
+    """A brush stroke between two points in image pixels (of an image `image_width` wide, shown
+    unzoomed); returns the page's bounding box of the mask (maskBox)."""
+    image = box(page, "#image-canvas")
+    scale = image["width"] / image_width
+    page.evaluate(SET_RANGE, ["brush", brush])
+    stroke(page, (image["x"] + start[0] * scale, image["y"] + start[1] * scale),
+           ((image["x"] + end[0] * scale, image["y"] + end[1] * scale), steps))
+    return page.evaluate("maskBox()")
+
+
 
 PAINTED_IN_COLUMN = """(x) => {
   const c = document.getElementById('mask-canvas');
@@ -138,164 +165,157 @@ def test_the_page_paints_follows_the_job_and_compares_the_result(service, tmp_pa
     SHOTS.mkdir(parents=True, exist_ok=True)
     landscape().save(tmp_path / "wide.png")
     landscape((240, 480)).save(tmp_path / "tall.png")
-    with playwright.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=chromium_path(), args=["--no-sandbox", "--disable-gpu"])
-        try:
-            page = browser.new_page(viewport={"width": 1280, "height": 820})
-            errors = []
-            page.on("pageerror", lambda e: errors.append(str(e)))
-            page.goto(service.url + "/")
+    with browser_page(playwright) as (page, errors):
+        page.goto(service.url + "/")
 
-            # Empty: the models' notes and the presets in the API's words (balanced is chosen first).
-            page.wait_for_function("document.querySelector('#model').options.length > 0")
-            page.wait_for_function("document.querySelector('#model-notes').textContent.includes('worker')")
-            assert "Tiny random-weight" in page.text_content("#model-description")
-            assert "1 worker" in page.text_content("#model-notes")
-            assert "random weights" in page.text_content("#model-domain")
-            listing = httpx.get(f"{service.url}/models").json()
-            presets = page.eval_on_selector_all("#preset option", "os => os.map(o => o.textContent)")
-            assert presets[0] == "model default — repaint, 2,410 evaluations", presets  # tiny: 250/10/10
-            assert presets[-1] == "custom…"
-            for name, preset in listing["presets"].items():
-                assert f"{name} — {preset['sampler']}, {preset['evaluations']:,} evaluations" in presets, presets
-            balanced = listing["presets"]["balanced"]
-            assert page.input_value("#preset") == "balanced"
-            assert f"{balanced['evaluations']:,} network evaluations per sample" in page.text_content("#cost")
-            assert page.is_visible("text=Ctrl") and page.is_visible(".shortcuts")
-            page.screenshot(path=str(SHOTS / "page-empty.png"))
+        # Empty: the models' notes and the presets in the API's words (balanced is chosen first).
+        page.wait_for_function("document.querySelector('#model').options.length > 0")
+        page.wait_for_function("document.querySelector('#model-notes').textContent.includes('worker')")
+        assert "Tiny random-weight" in page.text_content("#model-description")
+        assert "1 worker" in page.text_content("#model-notes")
+        assert "random weights" in page.text_content("#model-domain")
+        listing = httpx.get(f"{service.url}/models").json()
+        presets = page.eval_on_selector_all("#preset option", "os => os.map(o => o.textContent)")
+        assert presets[0] == "model default — repaint, 2,410 evaluations", presets  # tiny: 250/10/10
+        assert presets[-1] == "custom…"
+        for name, preset in listing["presets"].items():
+            assert f"{name} — {preset['sampler']}, {preset['evaluations']:,} evaluations" in presets, presets
+        balanced = listing["presets"]["balanced"]
+        assert page.input_value("#preset") == "balanced"
+        assert f"{balanced['evaluations']:,} network evaluations per sample" in page.text_content("#cost")
+        assert page.is_visible("text=Ctrl") and page.is_visible(".shortcuts")
+        page.screenshot(path=str(SHOTS / "page-empty.png"))
 
-            # A wide image: the box takes its aspect ratio, so the image fills it (no empty strip).
-            page.set_input_files("#file", str(tmp_path / "wide.png"))
-            page.wait_for_selector("#stage:not(.empty)")
-            stage, image = box(page, "#stage"), box(page, "#image-canvas")
-            assert_same_box(stage, image)
-            assert abs(image["width"] / image["height"] - 2.0) < 0.01, image
-            assert image["width"] > 700, image  # as large as the column allows
-            page.screenshot(path=str(SHOTS / "page-image.png"))
+        # A wide image: the box takes its aspect ratio, so the image fills it (no empty strip).
+        page.set_input_files("#file", str(tmp_path / "wide.png"))
+        page.wait_for_selector("#stage:not(.empty)")
+        stage, image = box(page, "#stage"), box(page, "#image-canvas")
+        assert_same_box(stage, image)
+        assert abs(image["width"] / image["height"] - 2.0) < 0.01, image
+        assert image["width"] > 700, image  # as large as the column allows
+        page.screenshot(path=str(SHOTS / "page-image.png"))
 
-            # The brush is in image pixels: a 10 px stroke marks a band about 10 image pixels high.
-            page.evaluate(SET_RANGE, ["brush", 10])
-            assert page.text_content("#brush-size") == "10"
-            stroke(page, to_screen(image, 140, 60), (to_screen(image, 340, 60), 10))
-            rows = page.evaluate(PAINTED_IN_COLUMN, 240)
-            assert 9 <= len(rows) <= 11 and abs(sum(rows) / len(rows) - 60) <= 1, rows
-            assert page.evaluate(PAINTED_IN_COLUMN, 120) == []  # left of the stroke (its round end is 135)
-            # The outline follows the pointer at the brush's true size on screen.
-            page.mouse.move(*to_screen(image, 250, 150))
-            cursor = box(page, "#brush-cursor")
-            scale = image["width"] / WIDE[0]
-            assert abs(cursor["width"] - 10 * scale) <= 1.5, (cursor, scale)
-            assert abs(cursor["x"] + cursor["width"] / 2 - to_screen(image, 250, 150)[0]) <= 1.5
+        # The brush is in image pixels: a 10 px stroke marks a band about 10 image pixels high.
+        page.evaluate(SET_RANGE, ["brush", 10])
+        assert page.text_content("#brush-size") == "10"
+        stroke(page, to_screen(image, 140, 60), (to_screen(image, 340, 60), 10))
+        rows = page.evaluate(PAINTED_IN_COLUMN, 240)
+        assert 9 <= len(rows) <= 11 and abs(sum(rows) / len(rows) - 60) <= 1, rows
+        assert page.evaluate(PAINTED_IN_COLUMN, 120) == []  # left of the stroke (its round end is 135)
+        # The outline follows the pointer at the brush's true size on screen.
+        page.mouse.move(*to_screen(image, 250, 150))
+        cursor = box(page, "#brush-cursor")
+        scale = image["width"] / WIDE[0]
+        assert abs(cursor["width"] - 10 * scale) <= 1.5, (cursor, scale)
+        assert abs(cursor["x"] + cursor["width"] / 2 - to_screen(image, 250, 150)[0]) <= 1.5
 
-            # A second, larger stroke over the house; undo and redo it with the keyboard.
-            one_stroke = page.evaluate(PAINTED_PIXELS)
-            page.evaluate(SET_RANGE, ["brush", 44])
-            stroke(page, to_screen(image, 226, 150), (to_screen(image, 254, 172), 6),
-                   (to_screen(image, 236, 186), 4))
-            two_strokes = page.evaluate(PAINTED_PIXELS)
-            assert two_strokes > one_stroke + 44 * 44
-            # (Undo replays the strokes kept: antialiased joints may differ by a few pixels.)
-            page.keyboard.press("Control+z")
-            assert abs(page.evaluate(PAINTED_PIXELS) - one_stroke) <= 0.02 * one_stroke
-            page.keyboard.press("Control+Shift+z")
-            assert abs(page.evaluate(PAINTED_PIXELS) - two_strokes) <= 0.02 * two_strokes
-            page.keyboard.press("]")
-            assert int(page.text_content("#brush-size")) > 44
-            page.keyboard.press("[")
-            assert page.text_content("#brush-size") == "44"
-            page.mouse.move(*to_screen(image, 330, 120))
-            assert page.is_visible("#brush-cursor")
-            page.screenshot(path=str(SHOTS / "page-mask.png"))
+        # A second, larger stroke over the house; undo and redo it with the keyboard.
+        one_stroke = page.evaluate(PAINTED_PIXELS)
+        page.evaluate(SET_RANGE, ["brush", 44])
+        stroke(page, to_screen(image, 226, 150), (to_screen(image, 254, 172), 6),
+               (to_screen(image, 236, 186), 4))
+        two_strokes = page.evaluate(PAINTED_PIXELS)
+        assert two_strokes > one_stroke + 44 * 44
+        # (Undo replays the strokes kept: antialiased joints may differ by a few pixels.)
+        page.keyboard.press("Control+z")
+        assert abs(page.evaluate(PAINTED_PIXELS) - one_stroke) <= 0.02 * one_stroke
+        page.keyboard.press("Control+Shift+z")
+        assert abs(page.evaluate(PAINTED_PIXELS) - two_strokes) <= 0.02 * two_strokes
+        page.keyboard.press("]")
+        assert int(page.text_content("#brush-size")) > 44
+        page.keyboard.press("[")
+        assert page.text_content("#brush-size") == "44"
+        page.mouse.move(*to_screen(image, 330, 120))
+        assert page.is_visible("#brush-cursor")
+        page.screenshot(path=str(SHOTS / "page-mask.png"))
 
-            # The API's refusals are shown from its JSON detail.
-            page.select_option("#preset", "custom")
-            assert page.input_value("#sampler") == "repaint"
-            for field, value in {"param-steps": "1000", "param-jump-length": "1", "param-jump-n-sample": "100"}.items():
-                page.fill(f"#{field}", value)
-            assert "99,901 network evaluations" in page.text_content("#cost")
+        # The API's refusals are shown from its JSON detail.
+        page.select_option("#preset", "custom")
+        assert page.input_value("#sampler") == "repaint"
+        for field, value in {"param-steps": "1000", "param-jump-length": "1", "param-jump-n-sample": "100"}.items():
+            page.fill(f"#{field}", value)
+        assert "99,901 network evaluations" in page.text_content("#cost")
+        page.click("#submit")
+        page.wait_for_selector("#error:not([hidden])")
+        refusal = page.text_content("#error")
+        assert "network evaluations per sample" in refusal and "limit" in refusal, refusal
+
+        # Running: progress in evaluations, and the live estimate in the image's box.
+        for field, value in RUNNING.items():
+            page.fill(f"#{field}", value)
+        assert "460 network evaluations per sample" in page.text_content("#cost")
+        page.mouse.move(*to_screen(image, 330, 120))  # the brush outline in the screenshot
+        with page.expect_response("**/inpaint") as submitted:
             page.click("#submit")
-            page.wait_for_selector("#error:not([hidden])")
-            refusal = page.text_content("#error")
-            assert "network evaluations per sample" in refusal and "limit" in refusal, refusal
+        assert submitted.value.status == 202
+        params = httpx.get(f"{service.url}/jobs/{submitted.value.json()['id']}").json()["params"]
+        assert params["sampler"] == "repaint", params
+        assert (params["steps"], params["jump_length"], params["jump_n_sample"]) == (100, 10, 5), params
+        page.wait_for_function("document.querySelector('#job-settings').textContent.includes('460')")
+        assert page.text_content("#job-settings").startswith("repaint · steps 100 · jump length 10 · jump n sample 5 —")
+        page.wait_for_selector("#preview-image:not([hidden])", timeout=60_000)
+        page.wait_for_function("document.querySelector('#status-line').textContent.includes('evaluations')")
+        assert page.evaluate("document.querySelector('#progress').value") >= 1 / 3
+        assert_same_box(box(page, "#preview-image"), image)
+        preview = page.evaluate("[document.querySelector('#preview-image').naturalWidth,"
+                                " document.querySelector('#preview-image').naturalHeight]")
+        assert tuple(preview) == WIDE, f"the preview is {preview}, the upload {WIDE}"
+        page.screenshot(path=str(SHOTS / "page-running.png"))
 
-            # Running: progress in evaluations, and the live estimate in the image's box.
-            for field, value in RUNNING.items():
-                page.fill(f"#{field}", value)
-            assert "460 network evaluations per sample" in page.text_content("#cost")
-            page.mouse.move(*to_screen(image, 330, 120))  # the brush outline in the screenshot
-            with page.expect_response("**/inpaint") as submitted:
-                page.click("#submit")
-            assert submitted.value.status == 202
-            params = httpx.get(f"{service.url}/jobs/{submitted.value.json()['id']}").json()["params"]
-            assert params["sampler"] == "repaint", params
-            assert (params["steps"], params["jump_length"], params["jump_n_sample"]) == (100, 10, 5), params
-            page.wait_for_function("document.querySelector('#job-settings').textContent.includes('460')")
-            assert page.text_content("#job-settings").startswith("repaint · steps 100 · jump length 10 · jump n sample 5 —")
-            page.wait_for_selector("#preview-image:not([hidden])", timeout=60_000)
-            page.wait_for_function("document.querySelector('#status-line').textContent.includes('evaluations')")
-            assert page.evaluate("document.querySelector('#progress').value") >= 1 / 3
-            assert_same_box(box(page, "#preview-image"), image)
-            preview = page.evaluate("[document.querySelector('#preview-image').naturalWidth,"
-                                    " document.querySelector('#preview-image').naturalHeight]")
-            assert tuple(preview) == WIDE, f"the preview is {preview}, the upload {WIDE}"
-            page.screenshot(path=str(SHOTS / "page-running.png"))
+        # The result at the image's size, in the same box, with the before/after split half-way.
+        natural = shown_result_size(page)
+        assert tuple(natural) == WIDE
+        assert_same_box(box(page, "#result-image"), box(page, "#image-canvas"))
+        assert_same_box(box(page, "#result-image"), stage)
+        # Download: the bytes the API serves, under a readable name.
+        job_id = submitted.value.json()["id"]
+        assert page.get_attribute("#download", "href").startswith("blob:")
+        with page.expect_download() as download:
+            page.click("#download")
+        assert download.value.suggested_filename == f"repaint-{job_id[:8]}-1.png"
+        assert open(download.value.path(), "rb").read() == httpx.get(f"{service.url}/jobs/{job_id}/result").content
+        page.evaluate(SET_RANGE, ["compare", 50])
+        line = box(page, "#compare-line")
+        assert abs(line["x"] - (image["x"] + image["width"] / 2)) <= 3, line
+        assert "50%" in page.evaluate("getComputedStyle(document.querySelector('#result-image')).clipPath")
+        page.mouse.move(image["x"] + image["width"] * 0.8, image["y"] + 10)  # off the handle
+        page.screenshot(path=str(SHOTS / "page-result.png"))
+        page.keyboard.press("b")
+        assert page.get_attribute("#toggle", "aria-pressed") == "true"
+        page.keyboard.press("b")
+        assert page.evaluate("document.querySelector('#compare').value") == "50"
 
-            # The result at the image's size, in the same box, with the before/after split half-way.
-            natural = shown_result_size(page)
-            assert tuple(natural) == WIDE
-            assert_same_box(box(page, "#result-image"), box(page, "#image-canvas"))
-            assert_same_box(box(page, "#result-image"), stage)
-            # Download: the bytes the API serves, under a readable name.
-            job_id = submitted.value.json()["id"]
-            assert page.get_attribute("#download", "href").startswith("blob:")
-            with page.expect_download() as download:
-                page.click("#download")
-            assert download.value.suggested_filename == f"repaint-{job_id[:8]}-1.png"
-            assert open(download.value.path(), "rb").read() == httpx.get(f"{service.url}/jobs/{job_id}/result").content
-            page.evaluate(SET_RANGE, ["compare", 50])
-            line = box(page, "#compare-line")
-            assert abs(line["x"] - (image["x"] + image["width"] / 2)) <= 3, line
-            assert "50%" in page.evaluate("getComputedStyle(document.querySelector('#result-image')).clipPath")
-            page.mouse.move(image["x"] + image["width"] * 0.8, image["y"] + 10)  # off the handle
-            page.screenshot(path=str(SHOTS / "page-result.png"))
-            page.keyboard.press("b")
-            assert page.get_attribute("#toggle", "aria-pressed") == "true"
-            page.keyboard.press("b")
-            assert page.evaluate("document.querySelector('#compare').value") == "50"
+        # Zoomed: buttons, then Ctrl+wheel; the box keeps its place, the image grows inside it.
+        page.click("#zoom-in")
+        page.click("#zoom-in")
+        zoomed = box(page, "#content")
+        assert abs(zoomed["width"] / stage["width"] - 2.25) < 0.02, zoomed
+        page.mouse.move(stage["x"] + stage["width"] / 2, stage["y"] + stage["height"] / 2)
+        page.keyboard.down("Control")
+        page.mouse.wheel(0, -120)
+        page.keyboard.up("Control")
+        page.wait_for_function(f"document.querySelector('#content').getBoundingClientRect().width > {zoomed['width'] + 1}")
+        assert_same_box(box(page, "#stage"), stage)
+        assert_same_box(box(page, "#result-image"), box(page, "#image-canvas"))
+        # Panning: a plain drag on the result scrolls it.
+        before = page.evaluate("document.querySelector('#viewport').scrollLeft")
+        stroke(page, (stage["x"] + stage["width"] * 0.7, stage["y"] + stage["height"] * 0.5),
+               ((stage["x"] + stage["width"] * 0.5, stage["y"] + stage["height"] * 0.5), 4))
+        assert page.evaluate("document.querySelector('#viewport').scrollLeft") > before + 50
+        page.screenshot(path=str(SHOTS / "page-zoomed.png"))
+        page.click("#zoom-fit")
+        assert_same_box(box(page, "#content"), stage)
 
-            # Zoomed: buttons, then Ctrl+wheel; the box keeps its place, the image grows inside it.
-            page.click("#zoom-in")
-            page.click("#zoom-in")
-            zoomed = box(page, "#content")
-            assert abs(zoomed["width"] / stage["width"] - 2.25) < 0.02, zoomed
-            page.mouse.move(stage["x"] + stage["width"] / 2, stage["y"] + stage["height"] / 2)
-            page.keyboard.down("Control")
-            page.mouse.wheel(0, -120)
-            page.keyboard.up("Control")
-            page.wait_for_function(f"document.querySelector('#content').getBoundingClientRect().width > {zoomed['width'] + 1}")
-            assert_same_box(box(page, "#stage"), stage)
-            assert_same_box(box(page, "#result-image"), box(page, "#image-canvas"))
-            # Panning: a plain drag on the result scrolls it.
-            before = page.evaluate("document.querySelector('#viewport').scrollLeft")
-            stroke(page, (stage["x"] + stage["width"] * 0.7, stage["y"] + stage["height"] * 0.5),
-                   ((stage["x"] + stage["width"] * 0.5, stage["y"] + stage["height"] * 0.5), 4))
-            assert page.evaluate("document.querySelector('#viewport').scrollLeft") > before + 50
-            page.screenshot(path=str(SHOTS / "page-zoomed.png"))
-            page.click("#zoom-fit")
-            assert_same_box(box(page, "#content"), stage)
-
-            # A tall image: the box takes its aspect ratio too.
-            page.set_input_files("#file", str(tmp_path / "tall.png"))
-            page.wait_for_function("document.querySelector('#image-canvas').width === 240")
-            tall = box(page, "#stage")
-            assert abs(tall["width"] / tall["height"] - 0.5) < 0.01, tall
-            assert_same_box(box(page, "#image-canvas"), tall)
-            assert page.is_hidden("#result-image") and page.get_attribute("#view-edit", "aria-selected") == "true"
-            # Without API keys on the server, nothing about keys shows.
-            assert page.is_hidden("#key-panel") and page.is_hidden("#key-status")
-            assert not errors, errors
-        finally:
-            browser.close()
+        # A tall image: the box takes its aspect ratio too.
+        page.set_input_files("#file", str(tmp_path / "tall.png"))
+        page.wait_for_function("document.querySelector('#image-canvas').width === 240")
+        tall = box(page, "#stage")
+        assert abs(tall["width"] / tall["height"] - 0.5) < 0.01, tall
+        assert_same_box(box(page, "#image-canvas"), tall)
+        assert page.is_hidden("#result-image") and page.get_attribute("#view-edit", "aria-selected") == "true"
+        # Without API keys on the server, nothing about keys shows.
+        assert page.is_hidden("#key-panel") and page.is_hidden("#key-status")
+        assert not errors, errors
 
 
 def test_the_page_asks_for_an_api_key_and_sends_it_everywhere(keyed_service, tmp_path):
@@ -303,114 +323,108 @@ def test_the_page_asks_for_an_api_key_and_sends_it_everywhere(keyed_service, tmp
     SHOTS.mkdir(parents=True, exist_ok=True)
     landscape().save(tmp_path / "wide.png")
     api = httpx.Client(base_url=keyed_service.url, headers={"Authorization": f"Bearer {PAGE_KEY}"}, timeout=30)
-    with playwright.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=chromium_path(), args=["--no-sandbox", "--disable-gpu"])
-        try:
-            page = browser.new_page(viewport={"width": 1280, "height": 820})
-            errors, responses, saved = [], [], [False]
-            page.on("pageerror", lambda e: errors.append(str(e)))
-            page.on("response", lambda r: responses.append(
-                {"path": r.url.removeprefix(keyed_service.url), "status": r.status, "saved": saved[0],
-                 "auth": r.request.headers.get("authorization")}))
-            # The first event stream ends early, as a dropped connection would: the page opens it again.
-            event_streams = []
+    with browser_page(playwright) as (page, errors):
+        responses, saved = [], [False]
+        page.on("response", lambda r: responses.append(
+            {"path": r.url.removeprefix(keyed_service.url), "status": r.status, "saved": saved[0],
+             "auth": r.request.headers.get("authorization")}))
+        # The first event stream ends early, as a dropped connection would: the page opens it again.
+        event_streams = []
 
-            def drop_first_stream(route):
-                event_streams.append(route.request.headers.get("authorization"))
-                if len(event_streams) == 1:
-                    route.fulfill(status=200, headers={"Content-Type": "text/event-stream"},
-                                  body='id: 1\nevent: status\ndata: {"status":"queued","position":0}\n\n')
-                else:
-                    route.continue_()
+        def drop_first_stream(route):
+            event_streams.append(route.request.headers.get("authorization"))
+            if len(event_streams) == 1:
+                route.fulfill(status=200, headers={"Content-Type": "text/event-stream"},
+                              body='id: 1\nevent: status\ndata: {"status":"queued","position":0}\n\n')
+            else:
+                route.continue_()
 
-            page.route("**/jobs/*/events", drop_first_stream)
-            page.goto(keyed_service.url + "/")
+        page.route("**/jobs/*/events", drop_first_stream)
+        page.goto(keyed_service.url + "/")
 
-            # The first 401 (the models) brings up the key field; nothing else about keys shows yet.
-            page.wait_for_selector("#key-panel:not([hidden])")
-            first_401 = next(r for r in responses if r["status"] == 401)
-            assert first_401["path"] == "/models" and first_401["auth"] is None, first_401
-            assert "needs an API key" in page.text_content("#key-why")
-            assert "localStorage" in page.text_content("#key-note")
-            assert page.get_attribute("#api-key", "type") == "password"
-            assert page.is_hidden("#key-status")
+        # The first 401 (the models) brings up the key field; nothing else about keys shows yet.
+        page.wait_for_selector("#key-panel:not([hidden])")
+        first_401 = next(r for r in responses if r["status"] == 401)
+        assert first_401["path"] == "/models" and first_401["auth"] is None, first_401
+        assert "needs an API key" in page.text_content("#key-why")
+        assert "localStorage" in page.text_content("#key-note")
+        assert page.get_attribute("#api-key", "type") == "password"
+        assert page.is_hidden("#key-status")
 
-            # Paint and submit without a key: refused, and the submission waits for one.
-            page.set_input_files("#file", str(tmp_path / "wide.png"))
-            page.wait_for_selector("#stage:not(.empty)")
-            image = box(page, "#image-canvas")
-            page.evaluate(SET_RANGE, ["brush", 44])
-            stroke(page, to_screen(image, 226, 150), (to_screen(image, 254, 172), 6))
-            with page.expect_response("**/inpaint") as refused:
-                page.click("#submit")
-            assert refused.value.status == 401
-            assert page.is_visible("#key-panel") and page.is_disabled("#submit")
-            page.fill("#api-key", "not-the-key")
-            page.mouse.move(*to_screen(image, 330, 120))
-            page.screenshot(path=str(SHOTS / "page-api-key.png"))
+        # Paint and submit without a key: refused, and the submission waits for one.
+        page.set_input_files("#file", str(tmp_path / "wide.png"))
+        page.wait_for_selector("#stage:not(.empty)")
+        image = box(page, "#image-canvas")
+        page.evaluate(SET_RANGE, ["brush", 44])
+        stroke(page, to_screen(image, 226, 150), (to_screen(image, 254, 172), 6))
+        with page.expect_response("**/inpaint") as refused:
+            page.click("#submit")
+        assert refused.value.status == 401
+        assert page.is_visible("#key-panel") and page.is_disabled("#submit")
+        page.fill("#api-key", "not-the-key")
+        page.mouse.move(*to_screen(image, 330, 120))
+        page.screenshot(path=str(SHOTS / "page-api-key.png"))
 
-            # A wrong key is refused in turn, and the field says so.
-            page.press("#api-key", "Enter")
-            page.wait_for_function("document.querySelector('#key-why').textContent.includes('refused')")
-            assert page.is_visible("#key-panel") and page.is_disabled("#submit")
-            assert any(r["status"] == 401 and r["auth"] == "Bearer not-the-key" for r in responses), responses
-            page.fill("#api-key", PAGE_KEY)
+        # A wrong key is refused in turn, and the field says so.
+        page.press("#api-key", "Enter")
+        page.wait_for_function("document.querySelector('#key-why').textContent.includes('refused')")
+        assert page.is_visible("#key-panel") and page.is_disabled("#submit")
+        assert any(r["status"] == 401 and r["auth"] == "Bearer not-the-key" for r in responses), responses
+        page.fill("#api-key", PAGE_KEY)
 
-            # Saved: the models load and the job is sent again, with the quality the form then shows.
-            with page.expect_response(lambda r: r.url.endswith("/inpaint") and r.status == 202) as submitted:
-                saved[0] = True
-                page.click("#key-form button[type=submit]")
-            job_id = submitted.value.json()["id"]
-            assert page.is_hidden("#key-panel") and page.is_visible("#key-status")
-            assert page.evaluate("localStorage.getItem('repaint.apiKey')") == PAGE_KEY
-            params = api.get(f"/jobs/{job_id}").json()["params"]
-            balanced = api.get("/models").json()["presets"]["balanced"]
-            assert params["preset"] == "balanced" and params["sampler"] == balanced["sampler"], params
-            assert {k: params[k] for k in balanced["settings"]} == balanced["settings"], params
-            assert params["evaluations_per_sample"] == balanced["evaluations"], params
+        # Saved: the models load and the job is sent again, with the quality the form then shows.
+        with page.expect_response(lambda r: r.url.endswith("/inpaint") and r.status == 202) as submitted:
+            saved[0] = True
+            page.click("#key-form button[type=submit]")
+        job_id = submitted.value.json()["id"]
+        assert page.is_hidden("#key-panel") and page.is_visible("#key-status")
+        assert page.evaluate("localStorage.getItem('repaint.apiKey')") == PAGE_KEY
+        params = api.get(f"/jobs/{job_id}").json()["params"]
+        balanced = api.get("/models").json()["presets"]["balanced"]
+        assert params["preset"] == "balanced" and params["sampler"] == balanced["sampler"], params
+        assert {k: params[k] for k in balanced["settings"]} == balanced["settings"], params
+        assert params["evaluations_per_sample"] == balanced["evaluations"], params
 
-            # Followed live through the key-carrying stream: progress and the live estimate.
-            page.wait_for_selector("#preview-image:not([hidden])", timeout=60_000)
-            page.wait_for_function("document.querySelector('#status-line').textContent.includes('evaluations')")
-            assert len(event_streams) >= 2 and all(a == f"Bearer {PAGE_KEY}" for a in event_streams), event_streams
-            assert page.evaluate("document.querySelector('#preview-image').src").startswith("blob:")
+        # Followed live through the key-carrying stream: progress and the live estimate.
+        page.wait_for_selector("#preview-image:not([hidden])", timeout=60_000)
+        page.wait_for_function("document.querySelector('#status-line').textContent.includes('evaluations')")
+        assert len(event_streams) >= 2 and all(a == f"Bearer {PAGE_KEY}" for a in event_streams), event_streams
+        assert page.evaluate("document.querySelector('#preview-image').src").startswith("blob:")
 
-            # The result at full size, and its download.
-            natural = shown_result_size(page)
-            assert tuple(natural) == WIDE
-            assert_same_box(box(page, "#result-image"), box(page, "#image-canvas"))
-            assert page.text_content("#status-line") == "Done."
-            with page.expect_download() as download:
-                page.click("#download")
-            assert download.value.suggested_filename == f"repaint-{job_id[:8]}-1.png"
-            assert open(download.value.path(), "rb").read() == api.get(f"/jobs/{job_id}/result").content
+        # The result at full size, and its download.
+        natural = shown_result_size(page)
+        assert tuple(natural) == WIDE
+        assert_same_box(box(page, "#result-image"), box(page, "#image-canvas"))
+        assert page.text_content("#status-line") == "Done."
+        with page.expect_download() as download:
+            page.click("#download")
+        assert download.value.suggested_filename == f"repaint-{job_id[:8]}-1.png"
+        assert open(download.value.path(), "rb").read() == api.get(f"/jobs/{job_id}/result").content
 
-            # Reloaded: the key is remembered, nothing asks for it.
-            page.reload()
-            page.wait_for_function("document.querySelector('#model-notes').textContent.includes('worker')")
-            assert page.is_hidden("#key-panel") and page.is_visible("#key-status")
+        # Reloaded: the key is remembered, nothing asks for it.
+        page.reload()
+        page.wait_for_function("document.querySelector('#model-notes').textContent.includes('worker')")
+        assert page.is_hidden("#key-panel") and page.is_visible("#key-status")
 
-            # The model's example comes with the key too.
-            page.wait_for_selector("#try-example:not([hidden])")
-            page.click("#try-example")
-            page.wait_for_function("document.querySelector('#image-canvas').width === 128")
-            assert page.evaluate(PAINTED_PIXELS) > 0 and page.is_enabled("#submit")
+        # The model's example comes with the key too.
+        page.wait_for_selector("#try-example:not([hidden])")
+        page.click("#try-example")
+        page.wait_for_function("document.querySelector('#image-canvas').width === 128")
+        assert page.evaluate(PAINTED_PIXELS) > 0 and page.is_enabled("#submit")
 
-            after = [r for r in responses if r["saved"]]
-            assert not [r for r in after if r["status"] == 401], after
-            for path in ("/models", "/models/tiny/example", "/inpaint", f"/jobs/{job_id}", f"/jobs/{job_id}/preview",
-                         f"/jobs/{job_id}/result"):
-                hits = [r for r in after if r["path"].split("?")[0] == path]
-                assert hits and all(r["auth"] == f"Bearer {PAGE_KEY}" for r in hits), (path, hits)
+        after = [r for r in responses if r["saved"]]
+        assert not [r for r in after if r["status"] == 401], after
+        for path in ("/models", "/models/tiny/example", "/inpaint", f"/jobs/{job_id}", f"/jobs/{job_id}/preview",
+                     f"/jobs/{job_id}/result"):
+            hits = [r for r in after if r["path"].split("?")[0] == path]
+            assert hits and all(r["auth"] == f"Bearer {PAGE_KEY}" for r in hits), (path, hits)
 
-            # Forgotten: the next request is refused and the field comes back.
-            page.click("#forget-key")
-            page.wait_for_selector("#key-panel:not([hidden])")
-            assert page.is_hidden("#key-status")
-            assert page.evaluate("localStorage.getItem('repaint.apiKey')") is None
-            assert not errors, errors
-        finally:
-            browser.close()
+        # Forgotten: the next request is refused and the field comes back.
+        page.click("#forget-key")
+        page.wait_for_selector("#key-panel:not([hidden])")
+        assert page.is_hidden("#key-status")
+        assert page.evaluate("localStorage.getItem('repaint.apiKey')") is None
+        assert not errors, errors
 
 
 # Settings whose evaluation counts the page computes as models/schedule.py does.
@@ -431,70 +445,63 @@ def test_the_page_runs_a_custom_sampler_and_shows_its_settings(service, tmp_path
     landscape().save(tmp_path / "wide.png")
     listing = httpx.get(f"{service.url}/models").json()
     ddnm = next(s for s in listing["samplers"] if s["name"] == "ddnm")
-    with playwright.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=chromium_path(), args=["--no-sandbox", "--disable-gpu"])
-        try:
-            page = browser.new_page(viewport={"width": 1280, "height": 820})
-            errors = []
-            page.on("pageerror", lambda e: errors.append(str(e)))
-            page.goto(service.url + "/")
-            page.wait_for_function("document.querySelector('#model-notes').textContent.includes('worker')")
+    with browser_page(playwright) as (page, errors):
+        page.goto(service.url + "/")
+        page.wait_for_function("document.querySelector('#model-notes').textContent.includes('worker')")
 
-            # The page counts evaluations as the service does.
-            for settings in SCHEDULES:
-                steps = settings["steps"]
-                expected = count_model_evaluations(jump_schedule(steps, **{k: v for k, v in settings.items() if k != "steps"}))
-                assert page.evaluate("(s) => scheduleEvaluations(s.steps, s)", settings) == expected, settings
+        # The page counts evaluations as the service does.
+        for settings in SCHEDULES:
+            steps = settings["steps"]
+            expected = count_model_evaluations(jump_schedule(steps, **{k: v for k, v in settings.items() if k != "steps"}))
+            assert page.evaluate("(s) => scheduleEvaluations(s.steps, s)", settings) == expected, settings
 
-            page.set_input_files("#file", str(tmp_path / "wide.png"))
-            page.wait_for_selector("#stage:not(.empty)")
-            image = box(page, "#image-canvas")
-            page.evaluate(SET_RANGE, ["brush", 44])
-            stroke(page, to_screen(image, 226, 150), (to_screen(image, 254, 172), 6))
+        page.set_input_files("#file", str(tmp_path / "wide.png"))
+        page.wait_for_selector("#stage:not(.empty)")
+        image = box(page, "#image-canvas")
+        page.evaluate(SET_RANGE, ["brush", 44])
+        stroke(page, to_screen(image, 226, 150), (to_screen(image, 254, 172), 6))
 
-            # Custom: the RePaint form has the model's defaults, its rare parameters folded under "more".
-            page.select_option("#preset", "custom")
-            assert page.input_value("#param-steps") == "250" and page.input_value("#param-jump-length") == "10"
-            assert page.is_hidden("#param-start-resampling")
-            page.click("#more-params summary")
-            assert page.is_visible("#param-start-resampling")
-            assert "2,410 network evaluations per sample" in page.text_content("#cost")
+        # Custom: the RePaint form has the model's defaults, its rare parameters folded under "more".
+        page.select_option("#preset", "custom")
+        assert page.input_value("#param-steps") == "250" and page.input_value("#param-jump-length") == "10"
+        assert page.is_hidden("#param-start-resampling")
+        page.click("#more-params summary")
+        assert page.is_visible("#param-start-resampling")
+        assert "2,410 network evaluations per sample" in page.text_content("#cost")
 
-            # DDNM: its own parameters from GET /models, with their descriptions; an out-of-range value is named.
-            page.select_option("#sampler", "ddnm")
-            names = page.eval_on_selector_all("#custom input", "is => is.map(i => i.name)")
-            assert names == [param["name"] for param in ddnm["parameters"]], names
-            eta = next(param for param in ddnm["parameters"] if param["name"] == "eta")
-            assert page.input_value("#param-eta") == str(eta["default"])
-            assert eta["description"] in page.get_attribute("#param-eta", "data-hint")
-            page.fill("#param-eta", "1.5")
-            assert page.text_content("#cost") == "eta must be at most 1."
-            assert page.get_attribute("#param-eta", "aria-invalid") == "true"
-            page.fill("#param-steps", "10")
-            page.fill("#param-eta", "0.5")
-            assert page.text_content("#cost") == "ddnm: 10 network evaluations per sample."
-            page.focus("#param-eta")
-            assert eta["description"] in page.text_content("#param-hint")
-            page.screenshot(path=str(SHOTS / "page-sampler.png"))
+        # DDNM: its own parameters from GET /models, with their descriptions; an out-of-range value is named.
+        page.select_option("#sampler", "ddnm")
+        names = page.eval_on_selector_all("#custom input", "is => is.map(i => i.name)")
+        assert names == [param["name"] for param in ddnm["parameters"]], names
+        eta = next(param for param in ddnm["parameters"] if param["name"] == "eta")
+        assert page.input_value("#param-eta") == str(eta["default"])
+        assert eta["description"] in page.get_attribute("#param-eta", "data-hint")
+        page.fill("#param-eta", "1.5")
+        assert page.text_content("#cost") == "eta must be at most 1."
+        assert page.get_attribute("#param-eta", "aria-invalid") == "true"
+        page.fill("#param-steps", "10")
+        page.fill("#param-eta", "0.5")
+        assert page.text_content("#cost") == "ddnm: 10 network evaluations per sample."
+        page.focus("#param-eta")
+        assert eta["description"] in page.text_content("#param-hint")
+        page.screenshot(path=str(SHOTS / "page-sampler.png"))
 
-            # Sent: the sampler and its own fields only; the job runs them and the page says so.
-            fields = page.evaluate("async () => [...(await jobForm()).keys()]")
-            assert fields == ["image", "mask", "model", "sampler", "steps", "eta", "travel_length", "travel_repeat",
-                              "num_samples"], fields
-            with page.expect_response("**/inpaint") as submitted:
-                page.click("#submit")
-            assert submitted.value.status == 202, submitted.value.text()
-            params = httpx.get(f"{service.url}/jobs/{submitted.value.json()['id']}").json()["params"]
-            assert (params["sampler"], params["steps"], params["eta"]) == ("ddnm", 10, 0.5), params
-            assert "preset" not in params and "jump_length" not in params, params
-            assert params["evaluations_per_sample"] == 10, params
-            page.wait_for_function("document.querySelector('#job-settings').textContent.includes('ddnm')")
-            assert page.text_content("#job-settings").startswith("ddnm · steps 10 · eta 0.5 · travel length 1 · "
-                                                                 "travel repeat 1 — 10 evaluations per sample")
-            shown_result_size(page)
-            assert not errors, errors
-        finally:
-            browser.close()
+        # Sent: the sampler and its own fields only; the job runs them and the page says so.
+        fields = page.evaluate("async () => [...(await jobForm()).keys()]")
+        assert fields == ["image", "mask", "model", "sampler", "steps", "eta", "travel_length", "travel_repeat",
+                          "num_samples"], fields
+        with page.expect_response("**/inpaint") as submitted:
+            page.click("#submit")
+        assert submitted.value.status == 202, submitted.value.text()
+        params = httpx.get(f"{service.url}/jobs/{submitted.value.json()['id']}").json()["params"]
+        assert (params["sampler"], params["steps"], params["eta"]) == ("ddnm", 10, 0.5), params
+        assert "preset" not in params and "jump_length" not in params, params
+        assert params["evaluations_per_sample"] == 10, params
+        page.wait_for_function("document.querySelector('#job-settings').textContent.includes('ddnm')")
+        assert page.text_content("#job-settings").startswith("ddnm · steps 10 · eta 0.5 · travel length 1 · "
+                                                             "travel repeat 1 — 10 evaluations per sample")
+        shown_result_size(page)
+        assert not errors, errors
 
 
 # ---------------------------------------------------------------- the drawing statistic
@@ -690,173 +697,151 @@ def test_the_page_says_what_each_model_knows_and_what_to_expect(faces32_service,
         picture.save(tmp_path / name)
     shutil.copy(ROCKET, tmp_path / "rocket.jpg")
     Image.open(ROCKET).resize((3000, 2000), Image.Resampling.LANCZOS).save(tmp_path / "large.jpg", quality=85)
-    with playwright.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=chromium_path(), args=["--no-sandbox", "--disable-gpu"])
-        try:
-            page = browser.new_page(viewport={"width": 1280, "height": 820})
-            errors = []
-            page.on("pageerror", lambda e: errors.append(str(e)))
-            page.goto(service.url + "/")
-            page.wait_for_function("document.querySelector('#model-notes').textContent.includes('worker')")
+    with browser_page(playwright) as (page, errors):
+        page.goto(service.url + "/")
+        page.wait_for_function("document.querySelector('#model-notes').textContent.includes('worker')")
 
-            # What the model knows and its size, in view; where its weights come from, one click away.
-            assert page.input_value("#model") == "faces32"
-            domain = page.text_content("#model-domain")
-            assert models["faces32"]["domain"] in domain and "Works at 32×32 px: it sees the whole picture" in domain
-            assert page.is_hidden("#model-provenance") and page.is_hidden("#model-licence")
-            page.click("#model-origin summary")
-            assert models["faces32"]["provenance"] in page.text_content("#model-provenance")
-            assert models["faces32"]["licence"] in page.text_content("#model-terms") and page.is_visible("#model-terms")
-            # A non-commercial licence is in view without a click or a hover.
-            page.select_option("#model", "places256")
-            assert page.is_visible("#model-licence") and "non-commercial use only" in page.text_content("#model-licence")
-            assert "Works at 256×256 px: it sees a square around the mask" in page.text_content("#model-domain")
-            page.select_option("#model", "faces32")
-            assert page.is_hidden("#model-licence")
-            page.wait_for_selector("#try-example:not([hidden])")
+        # What the model knows and its size, in view; where its weights come from, one click away.
+        assert page.input_value("#model") == "faces32"
+        domain = page.text_content("#model-domain")
+        assert models["faces32"]["domain"] in domain and "Works at 32×32 px: it sees the whole picture" in domain
+        assert page.is_hidden("#model-provenance") and page.is_hidden("#model-licence")
+        page.click("#model-origin summary")
+        assert models["faces32"]["provenance"] in page.text_content("#model-provenance")
+        assert models["faces32"]["licence"] in page.text_content("#model-terms") and page.is_visible("#model-terms")
+        # A non-commercial licence is in view without a click or a hover.
+        page.select_option("#model", "places256")
+        assert page.is_visible("#model-licence") and "non-commercial use only" in page.text_content("#model-licence")
+        assert "Works at 256×256 px: it sees a square around the mask" in page.text_content("#model-domain")
+        page.select_option("#model", "faces32")
+        assert page.is_hidden("#model-licence")
+        page.wait_for_selector("#try-example:not([hidden])")
 
-            # The page fits pictures to models as the worker does.
-            for width, height, (x0, y0, x1, y1), size, framing, strategy in PLANS:
-                fill = np.zeros((height, width), bool)
-                fill[y0:y1, x0:x1] = True
-                expected = plan(width, height, fill, size, strategy, framing)
-                got = page.evaluate("(a) => modelPlan(...a)", [size, framing, strategy, width, height,
-                                                               {"x0": x0, "y0": y0, "x1": x1, "y1": y1}])
-                assert (got["strategy"], got["side"]) == (expected.strategy, expected.side), (width, height, got, expected)
+        # The page fits pictures to models as the worker does.
+        for width, height, (x0, y0, x1, y1), size, framing, strategy in PLANS:
+            fill = np.zeros((height, width), bool)
+            fill[y0:y1, x0:x1] = True
+            expected = plan(width, height, fill, size, strategy, framing)
+            got = page.evaluate("(a) => modelPlan(...a)", [size, framing, strategy, width, height,
+                                                           {"x0": x0, "y0": y0, "x1": x1, "y1": y1}])
+            assert (got["strategy"], got["side"]) == (expected.strategy, expected.side), (width, height, got, expected)
 
-            # A held-out face at 4x: what faces32 knows, at the example's scale. Nothing to say.
-            page.set_input_files("#file", str(tmp_path / "face128.png"))
-            page.wait_for_function("document.querySelector('#image-canvas').width === 128")
-            for name in pictures:  # the page's statistic is the Python mirror's, to the last bit
-                page.set_input_files("#file", str(tmp_path / name))
-                page.wait_for_function(f"document.querySelector('#image-canvas').width === {pictures[name].width}")
-                assert page.evaluate(STATISTICS) == picture_statistics(np.asarray(pictures[name])), name
-                text = notices(page)
-                if name == "face128.png":
-                    assert text == "" and page.is_hidden("#notices")
-                elif name == "face256.png":  # no domain notice; drawn at 8x, so the size one
-                    assert "photograph" not in text and "one model pixel per 8.0×8.0 image pixels" in text, text
-                else:
-                    assert "This looks like a photograph" in text, text
-
-            # A photograph: the domain notice and the size notice, before anything runs.
-            page.set_input_files("#file", str(tmp_path / "rocket.jpg"))
-            page.wait_for_function("document.querySelector('#image-canvas').width === 640")
+        # A held-out face at 4x: what faces32 knows, at the example's scale. Nothing to say.
+        page.set_input_files("#file", str(tmp_path / "face128.png"))
+        page.wait_for_function("document.querySelector('#image-canvas').width === 128")
+        for name in pictures:  # the page's statistic is the Python mirror's, to the last bit
+            page.set_input_files("#file", str(tmp_path / name))
+            page.wait_for_function(f"document.querySelector('#image-canvas').width === {pictures[name].width}")
+            assert page.evaluate(STATISTICS) == picture_statistics(np.asarray(pictures[name])), name
             text = notices(page)
-            assert "This looks like a photograph. faces32 was not trained on photographs" in text, text
-            assert "noise-like colour" in text and "try the example" in text and "(45% of its smooth areas" in text
-            assert "Much larger than the model. faces32 works at 32×32 px and sees the whole picture: this 640×427 " \
-                   "image is scaled down and the fill scaled back up (one model pixel per 20×20 image pixels)" in text
-            assert page.is_enabled("#try-example")
-            # Over a lens flare, as the user who reported it did: the notice counts the mask's model pixels.
-            image = box(page, "#image-canvas")
-            scale = image["width"] / 640
-            page.evaluate(SET_RANGE, ["brush", 30])
-            stroke(page, (image["x"] + 360 * scale, image["y"] + 392 * scale),
-                   ((image["x"] + 372 * scale, image["y"] + 402 * scale), 3))
-            flare = page.evaluate("maskBox()")
-            longer = max(flare["x1"] - flare["x0"], flare["y1"] - flare["y0"])
-            assert f"your mask, {longer} px across, is filled with about 2 px of detail" in notices(page), notices(page)
-            # Right under the button (which stays where it was: nothing moves under the pointer).
-            submit, first = box(page, "#submit"), box(page, "#notices .notice:first-child")
-            assert 0 <= first["y"] - (submit["y"] + submit["height"]) <= 20, (first, submit)
-            page.set_viewport_size({"width": 1280, "height": 1100})  # the whole column: info and notices
-            page.mouse.move(10, 10)
-            page.screenshot(path=str(SHOTS / "page-model-info.png"))
-            page.set_viewport_size({"width": 1280, "height": 820})
-            page.keyboard.press("Control+z")
-            page.click("#model-origin summary")  # folded again
+            if name == "face128.png":
+                assert text == "" and page.is_hidden("#notices")
+            elif name == "face256.png":  # no domain notice; drawn at 8x, so the size one
+                assert "photograph" not in text and "one model pixel per 8.0×8.0 image pixels" in text, text
+            else:
+                assert "This looks like a photograph" in text, text
 
-            # Switched after the upload: the notices follow the model. tiny says nothing of its domain; a
-            # model of photographs has nothing to say of a photograph, only of its scale once there is a mask.
-            page.select_option("#model", "tiny")
-            assert notices(page) == ""
-            page.select_option("#model", "places256")
-            assert notices(page) == ""
-            image = box(page, "#image-canvas")
-            scale = image["width"] / 640
-            page.evaluate(SET_RANGE, ["brush", 40])
-            stroke(page, (image["x"] + 100 * scale, image["y"] + 150 * scale),
-                   ((image["x"] + 500 * scale, image["y"] + 150 * scale), 8))
-            painted = page.evaluate("maskBox()")
-            longer = max(painted["x1"] - painted["x0"], painted["y1"] - painted["y0"])
-            assert 435 <= longer <= 445, painted
-            # A 440 px mask: no square with context fits in 427 px, so the whole picture is scaled to 256 px.
-            text = notices(page)
-            assert "Much larger" not in text  # 640 / 256 = 2.5 image pixels per model pixel
-            page.select_option("#model", "faces32")
-            text = notices(page)
-            assert "This looks like a photograph." in text
-            assert f"your mask, {longer} px across, is filled with about {round(longer / 20)} px of detail" in text, text
-            page.keyboard.press("Control+z")
+        # A photograph: the domain notice and the size notice, before anything runs.
+        page.set_input_files("#file", str(tmp_path / "rocket.jpg"))
+        page.wait_for_function("document.querySelector('#image-canvas').width === 640")
+        text = notices(page)
+        assert "This looks like a photograph. faces32 was not trained on photographs" in text, text
+        assert "noise-like colour" in text and "try the example" in text and "(45% of its smooth areas" in text
+        assert "Much larger than the model. faces32 works at 32×32 px and sees the whole picture: this 640×427 " \
+               "image is scaled down and the fill scaled back up (one model pixel per 20×20 image pixels)" in text
+        assert page.is_enabled("#try-example")
+        # Over a lens flare, as the user who reported it did: the notice counts the mask's model pixels.
+        flare = paint_line(page, 640, 30, (360, 392), (372, 402), steps=3)
+        longer = max(flare["x1"] - flare["x0"], flare["y1"] - flare["y0"])
+        assert f"your mask, {longer} px across, is filled with about 2 px of detail" in notices(page), notices(page)
+        # Right under the button (which stays where it was: nothing moves under the pointer).
+        submit, first = box(page, "#submit"), box(page, "#notices .notice:first-child")
+        assert 0 <= first["y"] - (submit["y"] + submit["height"]) <= 20, (first, submit)
+        page.set_viewport_size({"width": 1280, "height": 1100})  # the whole column: info and notices
+        page.mouse.move(10, 10)
+        page.screenshot(path=str(SHOTS / "page-model-info.png"))
+        page.set_viewport_size({"width": 1280, "height": 820})
+        page.keyboard.press("Control+z")
+        page.click("#model-origin summary")  # folded again
 
-            # A large picture: the scale, from the whole-picture rule of faces32.
-            page.set_input_files("#file", str(tmp_path / "large.jpg"))
-            page.wait_for_function("document.querySelector('#image-canvas').width === 3000")
-            text = notices(page)
-            assert "this 3,000×2,000 image is scaled down and the fill scaled back up (one model pixel per 94×94 " \
-                   "image pixels)" in text, text
-            # On a model of scenes, a large mask: a crop around it, scaled down to 256 px.
-            page.select_option("#model", "places256")
-            image = box(page, "#image-canvas")
-            scale = image["width"] / 3000
-            page.evaluate(SET_RANGE, ["brush", 200])
-            stroke(page, (image["x"] + 1000 * scale, image["y"] + 1000 * scale),
-                   ((image["x"] + 1700 * scale, image["y"] + 1000 * scale), 8))
-            b = page.evaluate("maskBox()")
-            fill = np.zeros((2000, 3000), bool)
-            fill[b["y0"]:b["y1"], b["x0"]:b["x1"]] = True
-            expected = plan(3000, 2000, fill, 256, "auto", "region")
-            longer, per = max(b["x1"] - b["x0"], b["y1"] - b["y0"]), expected.side / 256
-            assert expected.strategy == "crop" and per > 4, expected
-            assert f"places256 works at 256×256 px: it crops a {expected.side:,} px square around the mask and scales " \
-                   f"it down, so your mask, {longer:,} px across, is filled with about {round(longer / per)} px of detail " \
-                   f"and scaled up (one model pixel per {per:.1f}×{per:.1f} image pixels)" in notices(page), notices(page)
-            page.select_option("#model", "faces32")
+        # Switched after the upload: the notices follow the model. tiny says nothing of its domain; a
+        # model of photographs has nothing to say of a photograph, only of its scale once there is a mask.
+        page.select_option("#model", "tiny")
+        assert notices(page) == ""
+        page.select_option("#model", "places256")
+        assert notices(page) == ""
+        painted = paint_line(page, 640, 40, (100, 150), (500, 150), steps=8)
+        longer = max(painted["x1"] - painted["x0"], painted["y1"] - painted["y0"])
+        assert 435 <= longer <= 445, painted
+        # A 440 px mask: no square with context fits in 427 px, so the whole picture is scaled to 256 px.
+        text = notices(page)
+        assert "Much larger" not in text  # 640 / 256 = 2.5 image pixels per model pixel
+        page.select_option("#model", "faces32")
+        text = notices(page)
+        assert "This looks like a photograph." in text
+        assert f"your mask, {longer} px across, is filled with about {round(longer / 20)} px of detail" in text, text
+        page.keyboard.press("Control+z")
 
-            # Try an example: the picture and its mask, exactly as the API gives them; nothing to warn of.
-            page.click("#try-example")
-            page.wait_for_function("document.querySelector('#image-canvas').width === 128")
-            mask = np.asarray(data_url_image(example["mask"])) > 127
-            assert page.evaluate(PAINTED_MASK) == "".join("1" if v else "0" for v in mask.ravel())
-            assert page.evaluate(STATISTICS) == picture_statistics(np.asarray(data_url_image(example["image"]).convert("RGB")))
-            assert notices(page) == ""
-            note = page.text_content("#example-note")
-            assert page.is_visible("#example-note") and note.startswith("Example for faces32: a held-out procedural face")
-            assert "the mask hides the eye on the left of the picture" in note and "strategy=resize" in note
-            assert page.is_enabled("#submit") and page.is_enabled("#undo")
-            page.mouse.move(10, 10)
-            page.screenshot(path=str(SHOTS / "page-example.png"))
-            # On a model of photographs, a drawing gets a milder note, and the example's fields stay home.
-            page.select_option("#model", "places256")
-            assert notices(page).startswith("This looks like a flat-coloured drawing. places256 was trained on photographs")
-            assert page.locator("#notices .notice.mild").count() == 1
-            assert "Made for faces32, not for places256." in page.text_content("#example-note")
-            assert "strategy" not in page.evaluate("async () => [...(await jobForm()).keys()]")
-            page.select_option("#model", "faces32")
+        # A large picture: the scale, from the whole-picture rule of faces32.
+        page.set_input_files("#file", str(tmp_path / "large.jpg"))
+        page.wait_for_function("document.querySelector('#image-canvas').width === 3000")
+        text = notices(page)
+        assert "this 3,000×2,000 image is scaled down and the fill scaled back up (one model pixel per 94×94 " \
+               "image pixels)" in text, text
+        # On a model of scenes, a large mask: a crop around it, scaled down to 256 px.
+        page.select_option("#model", "places256")
+        b = paint_line(page, 3000, 200, (1000, 1000), (1700, 1000), steps=8)
+        fill = np.zeros((2000, 3000), bool)
+        fill[b["y0"]:b["y1"], b["x0"]:b["x1"]] = True
+        expected = plan(3000, 2000, fill, 256, "auto", "region")
+        longer, per = max(b["x1"] - b["x0"], b["y1"] - b["y0"]), expected.side / 256
+        assert expected.strategy == "crop" and per > 4, expected
+        assert f"places256 works at 256×256 px: it crops a {expected.side:,} px square around the mask and scales " \
+               f"it down, so your mask, {longer:,} px across, is filled with about {round(longer / per)} px of detail " \
+               f"and scaled up (one model pixel per {per:.1f}×{per:.1f} image pixels)" in notices(page), notices(page)
+        page.select_option("#model", "faces32")
 
-            # It runs, with the example's fields (cheap settings: DDNM, 10 steps).
-            page.select_option("#preset", "custom")
-            page.select_option("#sampler", "ddnm")
-            page.fill("#param-steps", "10")
-            fields = page.evaluate("async () => [...(await jobForm()).entries()].filter(([k]) => k !== 'image' && k !== 'mask')")
-            assert ["strategy", "resize"] in fields and ["model", "faces32"] in fields, fields
-            with page.expect_response("**/inpaint") as submitted:
-                page.click("#submit")
-            assert submitted.value.status == 202, submitted.value.text()
-            assert shown_result_size(page) == (128, 128)
-            job = httpx.get(f"{service.url}/jobs/{submitted.value.json()['id']}").json()
-            assert job["status"] == "succeeded" and job["plan"]["strategy"] == "resize", job
-            assert (job["params"]["sampler"], job["params"]["steps"]) == ("ddnm", 10)
+        # Try an example: the picture and its mask, exactly as the API gives them; nothing to warn of.
+        page.click("#try-example")
+        page.wait_for_function("document.querySelector('#image-canvas').width === 128")
+        mask = np.asarray(data_url_image(example["mask"])) > 127
+        assert page.evaluate(PAINTED_MASK) == "".join("1" if v else "0" for v in mask.ravel())
+        assert page.evaluate(STATISTICS) == picture_statistics(np.asarray(data_url_image(example["image"]).convert("RGB")))
+        assert notices(page) == ""
+        note = page.text_content("#example-note")
+        assert page.is_visible("#example-note") and note.startswith("Example for faces32: a held-out procedural face")
+        assert "the mask hides the eye on the left of the picture" in note and "strategy=resize" in note
+        assert page.is_enabled("#submit") and page.is_enabled("#undo")
+        page.mouse.move(10, 10)
+        page.screenshot(path=str(SHOTS / "page-example.png"))
+        # On a model of photographs, a drawing gets a milder note, and the example's fields stay home.
+        page.select_option("#model", "places256")
+        assert notices(page).startswith("This looks like a flat-coloured drawing. places256 was trained on photographs")
+        assert page.locator("#notices .notice.mild").count() == 1
+        assert "Made for faces32, not for places256." in page.text_content("#example-note")
+        assert "strategy" not in page.evaluate("async () => [...(await jobForm()).keys()]")
+        page.select_option("#model", "faces32")
 
-            # Another image is not the example: its fields are no longer sent.
-            page.set_input_files("#file", str(tmp_path / "face128.png"))
-            page.wait_for_function("document.querySelector('#example-note').hidden")
-            fields = page.evaluate("async () => [...(await jobForm()).keys()]")
-            assert "strategy" not in fields
-            assert not errors, errors
-        finally:
-            browser.close()
+        # It runs, with the example's fields (cheap settings: DDNM, 10 steps).
+        page.select_option("#preset", "custom")
+        page.select_option("#sampler", "ddnm")
+        page.fill("#param-steps", "10")
+        fields = page.evaluate("async () => [...(await jobForm()).entries()].filter(([k]) => k !== 'image' && k !== 'mask')")
+        assert ["strategy", "resize"] in fields and ["model", "faces32"] in fields, fields
+        with page.expect_response("**/inpaint") as submitted:
+            page.click("#submit")
+        assert submitted.value.status == 202, submitted.value.text()
+        assert shown_result_size(page) == (128, 128)
+        job = httpx.get(f"{service.url}/jobs/{submitted.value.json()['id']}").json()
+        assert job["status"] == "succeeded" and job["plan"]["strategy"] == "resize", job
+        assert (job["params"]["sampler"], job["params"]["steps"]) == ("ddnm", 10)
+
+        # Another image is not the example: its fields are no longer sent.
+        page.set_input_files("#file", str(tmp_path / "face128.png"))
+        page.wait_for_function("document.querySelector('#example-note').hidden")
+        fields = page.evaluate("async () => [...(await jobForm()).keys()]")
+        assert "strategy" not in fields
+        assert not errors, errors
 
 
 def data_url_image(url: str) -> Image.Image:

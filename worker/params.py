@@ -58,6 +58,10 @@ def count_evaluations(steps: int, jump_length: int, jump_n_sample: int) -> int:
     return steps + (jump_n_sample - 1) * jump_length * stretches
 
 
+# The RePaint paper's setting (250 steps, jumps of 10, 10 resamplings): what images per hour are quoted in.
+PAPER_EVALUATIONS = count_evaluations(250, 10, 10)  # 2,410
+
+
 @dataclass(frozen=True)
 class JobParams:
     """What a job asks for, as the API resolved it (seed always set)."""
