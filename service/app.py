@@ -12,9 +12,9 @@ from fastapi import FastAPI, Request
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
-from redis import Redis
+from redis import BlockingConnectionPool, Redis
 
-from worker.ledger import Ledger
+from worker.ledger import Ledger, LedgerContention
 from worker.webhooks_policy import WebhookPolicy
 
 from .api_docs import install_docs
@@ -23,6 +23,7 @@ from .http_limits import RequestLimits
 from .metrics import HttpMetrics, HttpMetricsMiddleware, RedisJobCollector
 from .routes import events, health, inpaint, jobs, models
 from .settings import ApiSettings
+from .uploads import PixelBudget
 
 log = logging.getLogger("repaint.api")
 
@@ -47,8 +48,14 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
     app = FastAPI(title="repaint-server", version="0.1.0", description=DESCRIPTION, lifespan=lifespan,
                   docs_url=None, redoc_url=None)  # served from packaged assets by install_docs, no CDN
     app.state.settings = settings
-    app.state.redis = Redis.from_url(settings.redis_url, socket_timeout=10, socket_connect_timeout=5,
-                                     health_check_interval=30)
+    # A bounded pool: a request waits (up to its timeout) for a free connection, so the Redis
+    # connections of one API process follow REPAINT_REDIS_MAX_CONNECTIONS, not the traffic.
+    pool = BlockingConnectionPool.from_url(settings.redis_url, max_connections=settings.redis_max_connections,
+                                           timeout=10, socket_timeout=10, socket_connect_timeout=5,
+                                           health_check_interval=30)
+    app.state.redis = Redis(connection_pool=pool)
+    app.state.keyring = settings.keyring()
+    app.state.pixels = PixelBudget(settings.pixel_budget)
     app.state.ledger = Ledger(app.state.redis, result_ttl=settings.result_ttl)  # one per app: scripts load once
     app.state.webhooks = WebhookPolicy.from_settings(settings.webhook_allowed_hosts, settings.webhook_secret)
     if app.state.webhooks.entries and not app.state.webhooks.enabled:
@@ -88,6 +95,25 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
         outage_logged[0] = now
         return JSONResponse({"detail": "the job store (Redis) is unavailable; retry shortly"}, status_code=503,
                             headers={"Retry-After": "5"})
+
+    @app.exception_handler(redis.exceptions.ResponseError)
+    async def redis_refused(request: Request, exc: redis.exceptions.ResponseError) -> JSONResponse:
+        # Redis answers but refuses: full (maxmemory with noeviction: every write is refused, so a
+        # transaction aborts), read-only (a replica during a failover), or a contended transition.
+        text = str(exc)
+        if isinstance(exc, redis.exceptions.OutOfMemoryError) or "OOM" in text or "maxmemory" in text:
+            log.warning("redis is full: %s", text)
+            return JSONResponse({"detail": "the job store (Redis) is full; retry once jobs have finished"},
+                                status_code=507, headers={"Retry-After": "60"})
+        log.error("redis refused a command: %s", text)
+        return JSONResponse({"detail": f"the job store (Redis) refused the request ({text.split(':')[0]}); "
+                                       "retry shortly"}, status_code=503, headers={"Retry-After": "5"})
+
+    @app.exception_handler(LedgerContention)
+    async def contended(request: Request, exc: LedgerContention) -> JSONResponse:
+        log.warning("%s", exc)
+        return JSONResponse({"detail": "the job is being changed by others right now; retry shortly"},
+                            status_code=503, headers={"Retry-After": "1"})
 
     return app
 

@@ -27,7 +27,7 @@ from .client import ApiError, RepaintClient
 
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, what shells report for a command stopped with Ctrl-C
 
-# What the service decodes (service.uploads.ACCEPTED_FORMATS), told apart by extension here.
+# What the service decodes (worker.decoding.ACCEPTED_FORMATS), told apart by extension here.
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
 OUTPUT_SUFFIXES = {"png": ".png", "jpeg": ".jpg", "webp": ".webp"}
 

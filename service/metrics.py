@@ -16,7 +16,7 @@ from starlette.middleware.base import BaseHTTPMiddleware
 from starlette.requests import Request
 from starlette.routing import Mount
 
-from worker import jobs
+from worker import fairness, jobs
 
 from . import jobstore
 
@@ -29,6 +29,7 @@ class RedisJobCollector:
     def __init__(self, redis: Redis, settings):
         self.redis = redis
         self.settings = settings
+        self.keyring = settings.keyring()
 
     def collect(self):
         depth = GaugeMetricFamily("repaint_queue_depth", "Jobs waiting in a model's queue", labels=["model"])
@@ -46,8 +47,27 @@ class RedisJobCollector:
         forward = HistogramMetricFamily("repaint_forward_seconds",
                                         "Duration of one batched sampler step (forward pass and update)",
                                         labels=["model"])
+        waiting = GaugeMetricFamily("repaint_tenant_jobs_waiting", "Jobs of an API key waiting (queued or "
+                                    "parked at its running limit), all models", labels=["tenant"])
+        tenant_running = GaugeMetricFamily("repaint_tenant_samples_running", "Samples of an API key running at once",
+                                           labels=["model", "tenant"])
+        reserved = GaugeMetricFamily("repaint_redis_reserved_bytes", "Bytes of Redis kept free for the results of "
+                                     "accepted, unfinished jobs (memory admission)")
+        reserved.add_metric([], float(self.redis.get(fairness.reserved_key()) or 0))
         running.add_metric([], self.redis.scard(jobs.running_key()))
+        # Tenants are the configured key names: a bounded label set, never the keys themselves.
+        tenants = self.keyring.names
+        with self.redis.pipeline(transaction=False) as pipe:
+            for tenant in tenants:
+                pipe.zcount(fairness.waiting_key(tenant), time.time(), "+inf")
+            for tenant, count in zip(tenants, pipe.execute()):
+                waiting.add_metric([tenant], count)
         for model in sorted(jobstore.served_models(self.redis, self.settings)):
+            with self.redis.pipeline(transaction=False) as pipe:
+                for tenant in tenants:
+                    pipe.hvals(fairness.running_key(model, tenant))
+                for tenant, samples in zip(tenants, pipe.execute()):
+                    tenant_running.add_metric([model, tenant], sum(int(v) for v in samples))
             queue = jobstore.queue_for(self.redis, model)
             depth.add_metric([model], queue.count)
             workers.add_metric([model], Worker.count(connection=self.redis, queue=queue))
@@ -62,7 +82,8 @@ class RedisJobCollector:
                 buckets = [(str(b), raw.get(f"{name}_bucket:{b}", 0.0)) for b in bounds]
                 buckets.append(("+Inf", raw.get(f"{name}_count", 0.0)))
                 family.add_metric([model], buckets, raw.get(f"{name}_sum", 0.0))
-        yield from (depth, workers, running, finished, evaluations, waits, runs, batch, forward)
+        yield from (depth, workers, running, finished, evaluations, waits, runs, batch, forward, waiting,
+                    tenant_running, reserved)
 
 
 class HttpMetrics:

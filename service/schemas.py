@@ -46,7 +46,10 @@ class JobPublic(BaseModel):
     id: str
     status: str = Field(description="queued | running | succeeded | failed | canceled")
     model: str
-    position: int | None = Field(None, description="0-based place in the model's queue while queued")
+    tenant: str = Field(description="the name of the API key that created the job ('anonymous' on a service "
+                        "without keys)")
+    position: int | None = Field(None, description="0-based place in the model's queue while queued (null "
+                                 "while the job waits for its tenant's running limit)")
     progress: Progress | None = None
     created_at: str
     started_at: str | None = None

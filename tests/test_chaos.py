@@ -39,7 +39,7 @@ def submit_poison(redis) -> str:
     mask.paste(255, (20, 20, 40, 40))
     params = JobParams(seed=0, sampler=RePaintSettings(steps=20, jump_length=5, jump_n_sample=1), strategy="crop", output_format="webp",
                        image={"width": 16500, "height": 64, "mode": "RGB"})
-    job_id, _ = Ledger(redis).create(job_id=new_job_id(), model="tiny", params=params, image_png=png_bytes(image),
+    job_id, _ = Ledger(redis).create(job_id=new_job_id(), model="tiny", params=params, image=png_bytes(image),
                                      mask_png=png_bytes(mask), timeout=600, input_ttl=3600, max_attempts=3)
     return job_id
 

@@ -21,6 +21,9 @@ def test_compose_runs_redis_with_aof_api_worker_prometheus_and_grafana_serving_f
     services = compose["services"]
     assert {"redis", "api", "worker", "prometheus", "grafana"} <= set(services)
     assert "--appendonly" in services["redis"]["command"]
+    # A bounded Redis that refuses writes rather than evicting jobs (the API answers 507 before it fills).
+    command = services["redis"]["command"]
+    assert command[command.index("--maxmemory-policy") + 1] == "noeviction" and "--maxmemory" in command
     assert all("healthcheck" in services[name] for name in ("redis", "api", "worker"))
     # Out of the box: the shipped demo model, on whatever device there is (no GPU required).
     for name in ("api", "worker"):

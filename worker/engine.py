@@ -43,6 +43,12 @@ log = logging.getLogger(__name__)
 REDIS_ERRORS = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
 
 
+def redis_is_full(exc: BaseException) -> bool:
+    """Whether Redis refused a write for want of memory (maxmemory with noeviction). Inside a
+    transaction the refusal arrives as EXECABORT naming the OOM error."""
+    return isinstance(exc, redis.exceptions.OutOfMemoryError) or "OOM" in str(exc) or "maxmemory" in str(exc)
+
+
 def error_of(exc: BaseException, runtime: Runtime | None = None) -> dict:
     """The `{"type", "message"}` a job record shows for an exception."""
     if isinstance(exc, JobInputError):
@@ -99,6 +105,7 @@ class BatchEngine:
         self._peers_checked = 0.0
         self._idle_peer = False
         self._stop_seen: float | None = None
+        self._full_logged = 0.0
 
     # ---- what the heartbeat thread needs ---------------------------------------------------------
 
@@ -396,15 +403,40 @@ class BatchEngine:
             return
         # Ledger first, leave last: if Redis fails half-way, the job stays in flight and this
         # runs again once Redis is back (the transaction applied all or nothing).
-        outcome = self.ledger.succeed(lease, pngs, evaluations=flight.total * len(flight.samples),
-                                      seconds_per_pass=self.scheduler.seconds_per_pass)
+        try:
+            outcome = self.ledger.succeed(lease, pngs, evaluations=flight.total * len(flight.samples),
+                                          seconds_per_pass=self.scheduler.seconds_per_pass)
+        except redis.exceptions.ResponseError as exc:
+            if not redis_is_full(exc):
+                raise
+            outcome = self._succeed_in_a_full_redis(flight, lease, pngs, exc)
         self.scheduler.remove(flight)
         if outcome == Outcome.OK:
             self.webhooks.notify(flight.webhook, flight.job_id, "completed", {
                 "status": "succeeded",
                 "results": [f"/jobs/{flight.job_id}/result?index={i}" for i in range(len(pngs))]})
-        else:
+        elif outcome != Outcome.FAILED:  # FAILED: stored nowhere, already reported by _fail
             log.warning("job %s finished but was not ours to record (%s)", flight.job_id, outcome.value)
+
+    def _succeed_in_a_full_redis(self, flight: Flight, lease: Lease, pngs: list[bytes], exc: Exception) -> Outcome:
+        """Redis refused the results (full: maxmemory with noeviction refuses every write, so the
+        whole transaction). Admission keeps room for accepted jobs' results, so this is a Redis
+        shared with something else, or settings changed: never wait on it with the batch. The
+        job's upload and preview are no longer needed (the result is made), so they go first
+        (deletes are allowed in a full Redis) and the results are tried once more; if they still
+        do not fit, the job fails with `storage_full`, which frees its reservation."""
+        log.error("job %s: redis is full (%s): freeing its upload and trying its results once more", flight.job_id, exc)
+        self.redis.delete(jobs.input_key(flight.job_id, "image"), jobs.input_key(flight.job_id, "mask"),
+                          jobs.preview_key(flight.job_id))
+        try:
+            return self.ledger.succeed(lease, pngs, evaluations=flight.total * len(flight.samples),
+                                       seconds_per_pass=self.scheduler.seconds_per_pass)
+        except redis.exceptions.ResponseError as again:
+            if not redis_is_full(again):
+                raise
+        error = {"type": "storage_full", "message": "the job store (Redis) had no room for this job's results"}
+        self._fail(lease, flight.webhook, error, retryable=False)
+        return Outcome.FAILED
 
     def _fail(self, lease: Lease, webhook: dict | None, error: dict, *, retryable: bool) -> None:
         outcome = self.ledger.fail(lease, error, retryable=retryable)
@@ -446,7 +478,16 @@ class BatchEngine:
                         "eta_seconds": None if eta is None else round(eta, 1), "updated_at": now_}
             updates.append((Lease(flight.job_id, flight.token), progress))
             self.webhooks.notify(flight.webhook, flight.job_id, "progress", progress)
-        owned = self.ledger.progress(updates, self._previews(now_, flights))
+        try:
+            owned = self.ledger.progress(updates, self._previews(now_, flights))
+        except redis.exceptions.ResponseError as exc:
+            if not redis_is_full(exc):
+                raise
+            # Progress is a nicety: a full Redis must not stop the batch that will free it.
+            if now_ - self._full_logged > 60:
+                self._full_logged = now_
+                log.error("redis is full (%s): progress not written; the batch carries on", exc)
+            return
         self.mark_lost(Lease(f.job_id, f.token) for f, ok in zip(flights, owned) if not ok)
         self._flush_stats()
 

@@ -26,17 +26,18 @@ from __future__ import annotations
 import enum
 import json
 import logging
+import random
 import time
 import uuid
 from dataclasses import dataclass
 from typing import Callable
 
 from redis import Redis
-from redis.exceptions import WatchError
+from redis.exceptions import RedisError, WatchError
 from rq.job import JobStatus as RQStatus
 
-from . import jobs, rqside
-from .jobs import JobStatus
+from . import fairness, jobs, rqside
+from .jobs import ANONYMOUS, JobStatus
 from .params import JobParams
 
 log = logging.getLogger(__name__)
@@ -55,10 +56,46 @@ class Outcome(str, enum.Enum):
     CANCELED = "canceled"      # `start` found a cancel request: the job is now canceled
     FAILED = "failed"          # `start` found the job unrunnable (inputs expired): now failed
     REQUEUED = "requeued"      # `fail`/`abandon`: the job was put back for another attempt
+    PARKED = "parked"          # `start`: its tenant is at its running limit; the job waits aside
 
 
 class IdempotencyConflict(Exception):
     """An Idempotency-Key reused with a different upload or parameters."""
+
+
+class Refused(Exception):
+    """`create` refused the job: nothing was written. `limit` names the bound, `current` where it stands."""
+
+    def __init__(self, reason: str, current: int, limit: int, reserved: int = 0):
+        super().__init__(reason)
+        self.reason, self.current, self.limit, self.reserved = reason, current, limit, reserved
+
+
+class LedgerContention(RedisError):
+    """A transition kept losing its optimistic transaction to concurrent writers of the same
+    job (a bounded number of tries with backoff): the caller may try again later."""
+
+
+@dataclass(frozen=True)
+class Admission:
+    """What `create` checks and records for the job's tenant (service settings, per request)."""
+
+    tenant: str = ANONYMOUS
+    weight: float = 1.0               # share of the workers against other tenants with waiting work
+    max_queue: int = 10**9            # waiting jobs in the model's queue
+    tenant_max_queued: int = 10**9    # waiting jobs of this tenant, all models
+    tenant_max_running: int = 0       # samples of this tenant running at once on this model (0: no limit)
+    admit_fraction: float = 1.0       # share of Redis's maxmemory that admitted work may fill
+    reserve_bytes: int = 0            # the job's expected results, kept free until it finishes
+
+
+# Bytes counted per job beyond its uploads: the record, RQ's hash, the events stream, the lease.
+RECORD_OVERHEAD = 16 * 1024
+
+# Optimistic transactions: tries before LedgerContention, and the backoff between them.
+MAX_TRIES = 25
+BACKOFF_BASE = 0.002
+BACKOFF_CAP = 0.1
 
 
 @dataclass(frozen=True)
@@ -93,15 +130,17 @@ end
 return 0
 """
 
-# KEYS: record, events channel, preview. ARGV: token, progress JSON, progress event JSON,
-# preview PNG ('' for none), preview event JSON, preview TTL. Returns 1, or 0 (not owned: nothing written).
-_PROGRESS = """
+# KEYS: record, events stream, preview. ARGV: token, progress JSON, progress event JSON,
+# preview PNG ('' for none), preview event JSON, preview TTL, events channel, stream maxlen,
+# stream TTL. Each event goes to the job's stream and its channel as `jobs.publish` writes it.
+# Returns 1, or 0 (not owned: nothing written).
+_PROGRESS = jobs.EVENT_LUA + """
 if redis.call('hget', KEYS[1], 'status') == 'running' and redis.call('hget', KEYS[1], 'owner') == ARGV[1] then
   redis.call('hset', KEYS[1], 'progress', ARGV[2])
-  redis.call('publish', KEYS[2], ARGV[3])
+  append_event(KEYS[2], KEYS[1], ARGV[7], ARGV[3], ARGV[8], ARGV[9])
   if ARGV[4] ~= '' then
     redis.call('set', KEYS[3], ARGV[4], 'EX', ARGV[6])
-    redis.call('publish', KEYS[2], ARGV[5])
+    append_event(KEYS[2], KEYS[1], ARGV[7], ARGV[5], ARGV[8], ARGV[9])
   end
   return 1
 end
@@ -129,15 +168,20 @@ class Ledger:
         self._heartbeat = redis.register_script(_HEARTBEAT)
         self._progress = redis.register_script(_PROGRESS)
         self._webhook_state = redis.register_script(_WEBHOOK_STATE)
+        self._create = redis.register_script(fairness.CREATE)
+        self._advance = redis.register_script(fairness.ADVANCE)
+        self._unpark = redis.register_script(fairness.UNPARK)
+        self._front = redis.register_script(fairness.FRONT)
 
     # ---- the transaction helper ----------------------------------------------------------------
 
     def _transact(self, keys: list[str], body: Callable):
         """Run `body(pipe)` under WATCH `keys`: it reads (executed at once), calls `pipe.multi()`
         and buffers its writes; EXEC applies them all or none. Starts over when a watched key
-        changed meanwhile. A body that returns without `multi()` changed nothing."""
+        changed meanwhile, with backoff, at most MAX_TRIES times (then LedgerContention). A body
+        that returns without `multi()` changed nothing."""
         with self.redis.pipeline() as pipe:
-            while True:
+            for attempt in range(MAX_TRIES):
                 try:
                     pipe.watch(*keys)
                     result = body(pipe)
@@ -145,9 +189,12 @@ class Ledger:
                         pipe.execute()
                     return result
                 except WatchError:
-                    continue
+                    # Another writer changed the job meanwhile: back off (jittered, growing) so that
+                    # contending writers spread out instead of retrying in lock step.
+                    time.sleep(random.uniform(0, min(BACKOFF_CAP, BACKOFF_BASE * 2 ** attempt)))
                 finally:
                     pipe.reset()
+        raise LedgerContention(f"a transition on {keys[0]} lost {MAX_TRIES} tries to concurrent writers")
 
     @staticmethod
     def _record(pipe, job_id: str) -> dict:
@@ -155,11 +202,15 @@ class Ledger:
 
     # ---- the API's transitions -----------------------------------------------------------------
 
-    def create(self, *, job_id: str, model: str, params: JobParams, image_png: bytes, mask_png: bytes,
-               timeout: int, input_ttl: int, max_attempts: int,
+    def create(self, *, job_id: str, model: str, params: JobParams, image: bytes, mask_png: bytes,
+               timeout: int, input_ttl: int, max_attempts: int, admission: Admission = Admission(),
                idempotency: tuple[str, str, int] | None = None) -> tuple[str, bool]:
-        """Store the upload and record and enqueue the job, all or nothing.
+        """Admit, store and enqueue the job, all or nothing, in one script (worker.fairness.CREATE).
 
+        Admission: the model's queue and the tenant's waiting jobs below their limits, and Redis's
+        memory (if it has a maxmemory) with room for this job's uploads and the reserved results
+        of every accepted job; a refusal raises `Refused` and writes nothing. The job takes its
+        fair place in the model's RQ queue among the tenants' waiting jobs.
         `idempotency` is (key, fingerprint, ttl): the same key with the same fingerprint returns
         the job it created (replayed=True); with another fingerprint it raises IdempotencyConflict.
         Returns (job_id, replayed).
@@ -168,35 +219,40 @@ class Ledger:
         # The record and RQ's job outlive the upload, so that a job whose upload expired before
         # any worker came is still there to fail with that reason when one does.
         keep = input_ttl + timeout + self.result_ttl + RECORD_MARGIN
-        idem_key = jobs.idempotency_key(idempotency[0]) if idempotency else None
-
-        def body(pipe):
-            if pipe.exists(jobs.job_key(job_id)):
-                return job_id, False  # our own earlier run of this body was applied
-            if idem_key is not None:
-                raw = pipe.get(idem_key)
-                if raw is not None:
-                    stored = json.loads(raw)
-                    if stored["fingerprint"] != idempotency[1]:
-                        raise IdempotencyConflict(idempotency[0])
-                    return stored["job_id"], True
-            rq_job = rqside.new_job(queue, jobs.TASK_PATH, job_id, timeout=timeout, ttl=keep,
-                                    result_ttl=self.result_ttl, description=f"inpaint {model} {job_id}")
-            pipe.multi()
-            if idem_key is not None:
-                pipe.set(idem_key, jobs.dumps({"job_id": job_id, "fingerprint": idempotency[1]}), ex=idempotency[2])
-            pipe.set(jobs.input_key(job_id, "image"), image_png, ex=input_ttl)
-            pipe.set(jobs.input_key(job_id, "mask"), mask_png, ex=input_ttl)
-            key = jobs.job_key(job_id)
-            pipe.hset(key, mapping={
-                "status": JobStatus.QUEUED.value, "model": model, "params": jobs.dumps(params.to_record()),
-                "created_at": time.time(), "num_samples": params.num_samples, "attempts": 0, "failures": 0,
-                "max_attempts": max_attempts, "timeout": timeout})
-            pipe.expire(key, keep)
-            rqside.enqueue(pipe, queue, rq_job)
+        rq_job = rqside.new_job(queue, jobs.TASK_PATH, job_id, timeout=timeout, ttl=keep,
+                                result_ttl=self.result_ttl, description=f"inpaint {model} {job_id}")
+        tenant = admission.tenant
+        record = {
+            "status": JobStatus.QUEUED.value, "model": model, "tenant": tenant,
+            "params": jobs.dumps(params.to_record()), "created_at": repr(time.time()),
+            "num_samples": params.num_samples, "attempts": 0, "failures": 0, "max_attempts": max_attempts,
+            "timeout": timeout, "reserved": admission.reserve_bytes, "max_running": admission.tenant_max_running}
+        rq_fields = rqside.enqueue_fields(queue, rq_job)
+        encode = self.redis.get_encoder().encode  # as HSET would write each value
+        pairs = [v for fields in (record, rq_fields) for k, val in fields.items() for v in (k, encode(val))]
+        cost = params.num_samples * params.evaluations / admission.weight
+        idem_key = jobs.idempotency_key(idempotency[0]) if idempotency else jobs.idempotency_key("-")
+        answer = self._create(
+            keys=[jobs.job_key(job_id), jobs.input_key(job_id, "image"), jobs.input_key(job_id, "mask"), idem_key,
+                  rq_job.key, queue.redis_queues_keys, queue.key, fairness.order_key(model),
+                  fairness.clock_key(model), fairness.waiting_key(tenant), fairness.reserved_key()],
+            args=[job_id, tenant, image, mask_png, input_ttl, keep, idempotency[1] if idempotency else "",
+                  idempotency[2] if idempotency else 0, admission.max_queue, admission.tenant_max_queued,
+                  repr(admission.admit_fraction), len(image) + len(mask_png) + RECORD_OVERHEAD,
+                  admission.reserve_bytes, repr(cost), repr(time.time()), queue.key,
+                  len(record), len(rq_fields), *pairs])
+        kind = answer[0].decode() if isinstance(answer[0], bytes) else answer[0]
+        if kind == "ok":
             return job_id, False
-
-        return self._transact([jobs.job_key(job_id), *([idem_key] if idem_key else [])], body)
+        if kind == "replay":
+            return answer[1].decode(), True
+        if kind == "conflict":
+            raise IdempotencyConflict(idempotency[0] if idempotency else "")
+        if kind == "queue_full":
+            raise Refused(kind, int(answer[1]), admission.max_queue)
+        if kind == "tenant_full":
+            raise Refused(kind, int(answer[1]), admission.tenant_max_queued)
+        raise Refused(kind, int(answer[1]), int(answer[3]), reserved=int(answer[2]))
 
     def replay(self, key: str, fingerprint: str) -> str | None:
         """The job an Idempotency-Key already created with this fingerprint (None: the key is
@@ -281,7 +337,26 @@ class Ledger:
                 return Started(Outcome.FAILED, record={**record, "error": error})
             started = time.time()
             keep = int(record.get("timeout", 0)) + self.result_ttl + RECORD_MARGIN
+            model, tenant = record["model"], record.get("tenant", ANONYMOUS)
+            running_key = fairness.running_key(model, tenant)
+            limit = int(record.get("max_running") or 0)
+            if limit:
+                pipe.watch(running_key)  # a job of this tenant leaving meanwhile makes this start again
+                running = sum(int(v) for v in pipe.hvals(running_key))
+                if running and running + record["num_samples"] > limit:
+                    # Its tenant already runs its share: the job waits aside until one of them leaves.
+                    pipe.multi()
+                    rqside.dropped_delivery(pipe, self.redis, queue_name, job_id)
+                    pipe.zrem(fairness.order_key(model), job_id)
+                    parked = fairness.parked_key(model, tenant)
+                    pipe.lrem(parked, 0, job_id)
+                    pipe.rpush(parked, job_id)
+                    pipe.expire(parked, keep)
+                    return Started(Outcome.PARKED, record=record)
             pipe.multi()
+            pipe.hset(running_key, job_id, record["num_samples"])
+            pipe.expire(running_key, keep)
+            self._left_waiting(pipe, job_id, record, started=True)
             rqside.start(pipe, rq_job, token, worker_name, lease_ttl, keep)
             lease = Lease(job_id, token)
             pipe.hset(key, mapping={"status": JobStatus.RUNNING.value, "owner": token,
@@ -318,11 +393,11 @@ class Ledger:
             for lease, progress in updates:
                 job_id = lease.job_id
                 png, step = previews.get(job_id, (b"", None))
-                preview_event = {"event": "preview", "data": {"url": f"/jobs/{job_id}/preview", "step": step}}
-                self._progress(keys=[jobs.job_key(job_id), jobs.events_channel(job_id), jobs.preview_key(job_id)],
-                               args=[lease.token, jobs.dumps(progress),
-                                     jobs.dumps({"event": "progress", "data": progress}),
-                                     png, jobs.dumps(preview_event), self.result_ttl], client=pipe)
+                preview_event = jobs.event_json("preview", {"url": f"/jobs/{job_id}/preview", "step": step})
+                self._progress(keys=[jobs.job_key(job_id), jobs.events_key(job_id), jobs.preview_key(job_id)],
+                               args=[lease.token, jobs.dumps(progress), jobs.event_json("progress", progress),
+                                     png, preview_event, self.result_ttl, jobs.events_channel(job_id),
+                                     jobs.EVENTS_MAXLEN, jobs.EVENTS_TTL], client=pipe)
             return [bool(v) for v in pipe.execute()]
 
     def webhook_delivered(self, job_id: str, state: dict) -> bool:
@@ -490,6 +565,11 @@ class Ledger:
             pipe.hdel(key, "owner", "progress", "started_at")
             pipe.expire(key, keep)
             self._drop_lease(pipe, lease)
+            self._left_running(pipe, job_id, record)
+            tenant = record.get("tenant", ANONYMOUS)
+            pipe.zadd(fairness.waiting_key(tenant), {job_id: time.time() + keep})
+            self._front(keys=[fairness.order_key(record["model"]), fairness.clock_key(record["model"])],
+                        args=[job_id], client=pipe)
             rqside.requeued(pipe, self.redis, queue_name, job_id, lease.token, record.get("worker"), keep)
             jobs.publish(pipe, job_id, "status", {"status": JobStatus.QUEUED.value, "last_error": err})
             return Outcome.REQUEUED
@@ -501,6 +581,27 @@ class Ledger:
         """RQ's side of a final transition: the execution (if any) ends, the job joins the registry."""
         rqside.final(pipe, self.redis, queue_name, job_id, lease.token if lease else None,
                      (record or {}).get("worker"), self.result_ttl, status)
+
+    def _left_waiting(self, pipe, job_id: str, record: dict, *, started: bool) -> None:
+        """The job no longer waits (a worker started it, or it ended from the queue): out of the
+        fair order (a start moves the queue's virtual time to its tag), its tenant's waiting set
+        and parked list."""
+        model, tenant = record["model"], record.get("tenant", ANONYMOUS)
+        if started:
+            self._advance(keys=[fairness.order_key(model), fairness.clock_key(model)], args=[job_id], client=pipe)
+        else:
+            pipe.zrem(fairness.order_key(model), job_id)
+        pipe.zrem(fairness.waiting_key(tenant), job_id)
+        pipe.lrem(fairness.parked_key(model, tenant), 0, job_id)
+
+    def _left_running(self, pipe, job_id: str, record: dict) -> None:
+        """The job stopped running: its samples no longer count against its tenant's limit, and as
+        many of the tenant's parked jobs go back to the queue as it freed samples."""
+        model, tenant = record["model"], record.get("tenant", ANONYMOUS)
+        pipe.hdel(fairness.running_key(model, tenant), job_id)
+        queue = rqside.queue_for(self.redis, jobs.queue_name(model))
+        self._unpark(keys=[fairness.order_key(model), fairness.clock_key(model), queue.key,
+                           fairness.parked_key(model, tenant)], args=[record.get("num_samples", 1)], client=pipe)
 
     @staticmethod
     def _drop_lease(pipe, lease: Lease) -> None:
@@ -522,6 +623,12 @@ class Ledger:
         pipe.delete(jobs.input_key(job_id, "image"), jobs.input_key(job_id, "mask"))
         if lease is not None:
             self._drop_lease(pipe, lease)
+        if record["status"] == JobStatus.RUNNING.value:
+            self._left_running(pipe, job_id, record)
+        else:
+            self._left_waiting(pipe, job_id, record, started=False)
+        if record.get("reserved"):
+            pipe.decrby(fairness.reserved_key(), record["reserved"])  # its results are written, or never will be
         pipe.hincrby(jobs.metrics_key(record["model"]), f"jobs_{status.value}_total", 1)
         if record.get("started_at") is not None:
             jobs.record_duration(pipe, record["model"], "run", finished - float(record["started_at"]))

@@ -69,13 +69,15 @@ class BatchWorker(SimpleWorker):
             super().handle_job_failure(job, queue, started_job_registry, exc_string, execution)
 
 
-def build_webhooks(settings: WorkerSettings, ledger: Ledger) -> WebhookSender:
-    """One sender for the process's life (the RQ worker may be rebuilt after a Redis outage)."""
+def build_webhooks(settings: WorkerSettings, redis: Redis, ledger: Ledger) -> WebhookSender:
+    """One sender for the process's life (the RQ worker may be rebuilt after a Redis outage). It
+    keeps pending `started`/`completed` deliveries in Redis, and takes over those of a worker that
+    died (this one before a restart included) once they are due."""
     policy = WebhookPolicy.from_settings(settings.webhook_allowed_hosts, settings.webhook_secret)
     if policy.entries and not policy.enabled:
         log.error("webhooks are OFF: %s; jobs' webhooks will not be called", policy.disabled_reason)
     retry = RetryPolicy(max_attempts=settings.webhook_max_attempts, window=settings.webhook_retry_window)
-    return WebhookSender(policy, ledger.webhook_delivered, retry=retry, timeout=settings.webhook_timeout)
+    return WebhookSender(policy, ledger.webhook_delivered, redis=redis, retry=retry, timeout=settings.webhook_timeout)
 
 
 def build_worker(settings: WorkerSettings, redis: Redis, runtime: Runtime, webhooks: WebhookSender) -> BatchWorker:
@@ -107,7 +109,7 @@ def main(settings: WorkerSettings | None = None) -> None:
         log.exception("the model's self-test forward pass failed: this worker takes no job")
         sys.exit(DEFUNCT_EXIT_CODE)
     describe = runtime.describe()
-    webhooks = build_webhooks(settings, Ledger(redis, result_ttl=settings.result_ttl))
+    webhooks = build_webhooks(settings, redis, Ledger(redis, result_ttl=settings.result_ttl))
     delay = 1.0
     while True:
         try:

@@ -201,3 +201,20 @@ def check_output_size(output_format: str, width: int, height: int) -> None:
     if max(width, height) > limit:
         raise ParamError(f"{output_format} results can be at most {limit} pixels wide and high; this image is "
                          f"{width}x{height}: choose output_format=png")
+
+
+# Bytes per pixel and channel that a result may take, by format: PNG at worst about the raw
+# pixels (noise does not compress), JPEG (quality 95) and WebP (quality 92) well under half of
+# them for photographs. Measured figures are in docs/deployment.md (sizing).
+RESULT_BYTES_PER_VALUE = {"png": 1.0, "jpeg": 0.4, "webp": 0.4}
+CHANNELS = {"L": 1, "LA": 2, "I": 2, "I;16": 2, "P": 3, "RGB": 3, "RGBA": 4}
+
+
+def expected_result_bytes(output_format: str, width: int, height: int, mode: str, num_samples: int,
+                          model_size: int) -> int:
+    """Room a job's results (and its preview) may take in Redis: what admission keeps free for it
+    until it finishes, so that an accepted job can always store what it made."""
+    values = width * height * CHANNELS.get(mode, 3)
+    per_result = int(values * RESULT_BYTES_PER_VALUE[output_format]) + 4096
+    preview = model_size * model_size * 3 + 4096
+    return num_samples * per_result + preview

@@ -39,8 +39,12 @@ def new_job(queue: Queue, func: str, job_id: str, *, timeout: int, ttl: int, res
                             result_ttl=result_ttl, failure_ttl=result_ttl, description=description)
 
 
-def enqueue(pipe: "Pipeline", queue: Queue, job: Job) -> None:
-    queue.enqueue_job(job, pipeline=pipe)
+def enqueue_fields(queue: Queue, job: Job) -> dict:
+    """The fields RQ's enqueue writes to a queued job's hash (origin, enqueued_at, status, data,
+    ...), for the ledger's create script, which writes them, adds the queue to RQ's set of
+    queues (`queue.redis_queues_keys`) and puts the id into the queue's list (`queue.key`)."""
+    queue._prepare_for_queue(job)
+    return job.to_dict()
 
 
 def _job(redis: "Redis", queue_name: str, job_id: str) -> Job:

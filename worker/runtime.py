@@ -16,7 +16,7 @@ from PIL import Image
 
 import models
 
-from . import blending, compiling, encoding, geometry, speed
+from . import blending, compiling, decoding, encoding, geometry, speed
 from .cuda_graphs import GraphedNetwork
 from .imaging import from_model_range, to_model_range
 from .params import JobParams, ParamError, check_for_model, check_output_size
@@ -109,12 +109,12 @@ class Runtime:
 
     # ---- one job's data ----------------------------------------------------------------------
 
-    def prepare(self, image_png: bytes, mask_png: bytes, params: JobParams) -> PreparedJob:
-        """Decode the stored upload and plan the model's square view of it (any size and mode)."""
+    def prepare(self, image_bytes: bytes, mask_png: bytes, params: JobParams) -> PreparedJob:
+        """Decode the stored upload (the bytes the client sent, decoded as the API checked them)
+        and plan the model's square view of it (any size and mode)."""
         try:
-            original = Image.open(io.BytesIO(image_png))
-            original.load()
-            fill = np.asarray(Image.open(io.BytesIO(mask_png)).convert("L")) >= 128  # white = to fill
+            original = decoding.decode(image_bytes)
+            fill = np.asarray(Image.open(io.BytesIO(mask_png), formats=["PNG"]).convert("L")) >= 128  # white = fill
         except Exception as exc:
             raise JobInputError(f"stored upload is unreadable: {exc}") from exc
         if fill.shape != (original.height, original.width):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import secrets
 from typing import Annotated, Literal
 
@@ -11,14 +12,18 @@ from fastapi import APIRouter, Depends, File, Form, Header, HTTPException, Reque
 
 from models.sampler_settings import SETTINGS, all_parameter_names
 from worker.jobs import JobStatus
-from worker.ledger import IdempotencyConflict, new_job_id
-from worker.params import JobParams, ParamError, check_class_label, check_output_size, resolve_sampling
+from worker.ledger import Admission, IdempotencyConflict, Refused, new_job_id
+from worker.params import (JobParams, ParamError, check_class_label, check_output_size, expected_result_bytes,
+                           resolve_sampling)
 from worker.webhooks_policy import EVENTS as WEBHOOK_EVENTS
 from worker.webhooks_policy import WebhookPolicy, WebhookRefused
 
 from .. import jobstore, uploads
-from ..deps import ApiKey, LedgerDep, PrincipalDep, RedisDep, SettingsDep
+from ..deps import ApiKey, CallerDep, LedgerDep, RedisDep, SettingsDep
 from ..schemas import ErrorBody, JobCreated, Links
+from ..tenancy import Tenant
+
+log = logging.getLogger("repaint.api")
 
 router = APIRouter(tags=["jobs"], dependencies=[ApiKey])
 
@@ -55,7 +60,11 @@ async def refuse_unknown_fields(request: Request) -> None:
     responses={401: {"model": ErrorBody, "description": "missing or wrong API key"},
                404: {"model": ErrorBody, "description": "unknown model"},
                409: {"model": ErrorBody, "description": "Idempotency-Key reused with a different upload"},
-               429: {"model": ErrorBody, "description": "the model's queue is full; see Retry-After"},
+               429: {"model": ErrorBody, "description": "the model's queue, or the API key's waiting jobs, "
+                                                        "are at their limit; see Retry-After"},
+               503: {"model": ErrorBody, "description": "busy decoding other uploads, or Redis unavailable; "
+                                                        "see Retry-After"},
+               507: {"model": ErrorBody, "description": "the job store (Redis) is full; see Retry-After"},
                413: {"model": ErrorBody, "description": "upload or image too large"},
                415: {"model": ErrorBody, "description": "not a PNG, JPEG or WebP"},
                422: {"model": ErrorBody, "description": "invalid image, mask or parameter"}},
@@ -66,7 +75,7 @@ def create_inpaint_job(
     redis: RedisDep,
     ledger: LedgerDep,
     settings: SettingsDep,
-    principal: PrincipalDep,
+    tenant: CallerDep,
     request: Request,
     response: Response,
     image: Annotated[UploadFile, File(description="PNG, JPEG or WebP image")],
@@ -122,6 +131,24 @@ def create_inpaint_job(
                       "jump3_n_sample": jump3_n_sample, "start_resampling": start_resampling, "eta": eta,
                       "travel_length": travel_length, "travel_repeat": travel_repeat}
     model = model or settings.default_model
+    # Decoding is what costs the API memory: the request holds its pixels (read from the files'
+    # headers, nothing decoded yet) in the process's budget until it is done.
+    pixels = min(uploads.header_pixels(image.file) + (0 if mask is None else uploads.header_pixels(mask.file)),
+                 2 * settings.max_image_pixels)
+    try:
+        with request.app.state.pixels.hold(pixels, settings.pixel_budget_wait):
+            return _create(redis, ledger, settings, tenant, request, response, image, mask, requested_model, model,
+                           sampler_fields, seed, num_samples, preset, sampler, class_label, classifier_scale, strategy,
+                           blend, mask_dilate, output_format, webhook, webhook_events, idempotency_key)
+    except uploads.BudgetBusy:
+        raise HTTPException(503, f"the service is decoding {settings.pixel_budget} pixels of other uploads; "
+                                 "retry shortly", headers={"Retry-After": "2"}) from None
+
+
+def _create(redis, ledger, settings, tenant: Tenant, request: Request, response: Response, image: UploadFile,
+            mask: UploadFile | None, requested_model, model, sampler_fields, seed, num_samples, preset, sampler,
+            class_label, classifier_scale, strategy, blend, mask_dilate, output_format, webhook, webhook_events,
+            idempotency_key) -> JobCreated:
     # The files first: their size limits hold for every request, and a replay needs their bytes.
     image_bytes = uploads.read_limited(image.file, settings.max_upload_bytes, "image")
     mask_bytes = b"" if mask is None else uploads.read_limited(mask.file, settings.max_upload_bytes, "mask")
@@ -136,8 +163,8 @@ def create_inpaint_job(
         digest = hashlib.sha256(image_bytes)
         digest.update(hashlib.sha256(mask_bytes).digest())
         digest.update(json.dumps(request_fields, sort_keys=True).encode())
-        # Keys are scoped to the caller's API key: one client cannot collide with another's.
-        idempotency = (f"{principal}:{idempotency_key}", digest.hexdigest(), settings.idempotency_ttl)
+        # Keys are scoped to the caller's tenant: one client cannot collide with another's.
+        idempotency = (f"{tenant.name}:{idempotency_key}", digest.hexdigest(), settings.idempotency_ttl)
         # A retry of a request that was accepted gets its job back before any admission check:
         # a full queue or a changed setting must not turn a client's retry into an error.
         try:
@@ -162,14 +189,10 @@ def create_inpaint_job(
     hook = None if webhook is None else {"url": _checked_webhook(webhook, events, request.app.state.webhooks),
                                          "events": events}
 
-    queue = jobstore.queue_for(redis, model)
-    if queue.count >= settings.max_queue_length:
-        raise HTTPException(429, f"the queue of model {model} is full ({settings.max_queue_length} jobs); retry later",
-                            headers={"Retry-After": "30"})
-
     img = uploads.open_image(image_bytes, "image", settings.max_image_pixels)
     msk = None if mask is None else uploads.open_image(mask_bytes, "mask", settings.max_image_pixels)
-    prepared = uploads.prepare(img, msk)
+    prepared = uploads.prepare(image_bytes, img, msk)
+    del img, msk  # the pixels: only the bytes as sent and the small mask are kept
     try:
         check_output_size(output_format, prepared.width, prepared.height)
     except ParamError as exc:
@@ -180,14 +203,41 @@ def create_inpaint_job(
                        classifier_scale=classifier_scale, strategy=strategy, blend=blend,
                        mask_dilate=mask_dilate, output_format=output_format, preset=preset, webhook=hook,
                        image={"width": prepared.width, "height": prepared.height, "mode": prepared.mode})
+    admission = Admission(
+        tenant=tenant.name, weight=tenant.weight, max_queue=settings.max_queue_length,
+        tenant_max_queued=settings.tenant_max_queued, tenant_max_running=settings.tenant_max_running,
+        admit_fraction=settings.redis_admit_fraction,
+        reserve_bytes=expected_result_bytes(output_format, prepared.width, prepared.height, prepared.mode,
+                                            num_samples, int(info.get("image_size", 256))))
     try:
         job_id, replayed = ledger.create(
-            job_id=new_job_id(), model=model, params=params, image_png=prepared.image_png,
+            job_id=new_job_id(), model=model, params=params, image=prepared.image_bytes,
             mask_png=prepared.mask_png, timeout=jobstore.job_timeout(redis, settings, model, params.evaluations),
-            input_ttl=settings.input_ttl, max_attempts=settings.max_attempts, idempotency=idempotency)
+            input_ttl=settings.input_ttl, max_attempts=settings.max_attempts, admission=admission,
+            idempotency=idempotency)
     except IdempotencyConflict:
         raise HTTPException(409, "this Idempotency-Key was used for a different upload or parameters") from None
+    except Refused as exc:
+        raise _refusal(exc, model, tenant) from None
+    if not replayed:
+        log.info("job %s queued for tenant %s on model %s (%d bytes stored, %d reserved)", job_id, tenant.name,
+                 model, len(prepared.image_bytes) + len(prepared.mask_png), admission.reserve_bytes)
     return _created(response, job_id, replayed=replayed)
+
+
+def _refusal(exc: Refused, model: str, tenant: Tenant) -> HTTPException:
+    """The client's answer when admission refused a job: which bound, where it stands."""
+    if exc.reason == "queue_full":
+        return HTTPException(429, f"the queue of model {model} is full ({exc.limit} jobs, "
+                                  "REPAINT_MAX_QUEUE_LENGTH); retry later", headers={"Retry-After": "30"})
+    if exc.reason == "tenant_full":
+        return HTTPException(429, f"API key {tenant.name!r} has {exc.current} jobs waiting, its limit "
+                                  f"(REPAINT_TENANT_MAX_QUEUED={exc.limit}); retry when some have started",
+                             headers={"Retry-After": "30"})
+    return HTTPException(507, f"the job store is full: Redis holds {exc.current} bytes and {exc.reserved} are "
+                              f"reserved for the results of accepted jobs, of the {exc.limit} it may fill "
+                              "(REPAINT_REDIS_ADMIT_FRACTION of its maxmemory); retry once jobs have finished",
+                         headers={"Retry-After": "60"})
 
 
 def _checked_webhook(url: str, events: list[str], policy: WebhookPolicy) -> str:

@@ -9,12 +9,13 @@ from fastapi import APIRouter, HTTPException, Query, Response
 from worker.jobs import JobStatus
 
 from .. import jobstore
-from ..deps import ApiKey, LedgerDep, RedisDep
+from ..deps import ApiKey, CallerDep, LedgerDep, RedisDep, visible_job
+from ..tenancy import ANONYMOUS
 from ..schemas import ErrorBody, JobPublic, Links
 
 router = APIRouter(prefix="/jobs", tags=["jobs"], dependencies=[ApiKey])
 
-NOT_FOUND = {404: {"model": ErrorBody, "description": "unknown or expired job"}}
+NOT_FOUND = {404: {"model": ErrorBody, "description": "unknown or expired job, or another API key's job"}}
 
 
 def _links(job_id: str, record: dict) -> Links:
@@ -25,30 +26,25 @@ def _links(job_id: str, record: dict) -> Links:
     return links
 
 
-def _found(ledger, job_id: str) -> dict:
-    record = jobstore.read_job(ledger, job_id)
-    if record is None:
-        raise HTTPException(404, f"no job {job_id} (unknown, or expired after its results' lifetime)")
-    return record
-
-
 @router.get("/{job_id}", response_model=JobPublic, responses=NOT_FOUND, summary="Job status and progress")
-def get_job(job_id: str, ledger: LedgerDep) -> JobPublic:
-    return _public(job_id, _found(ledger, job_id))
+def get_job(job_id: str, ledger: LedgerDep, tenant: CallerDep) -> JobPublic:
+    return _public(job_id, visible_job(ledger, tenant, job_id))
 
 
 @router.delete("/{job_id}", response_model=JobPublic, responses=NOT_FOUND, summary="Cancel a job")
-def cancel_job(job_id: str, ledger: LedgerDep) -> JobPublic:
+def cancel_job(job_id: str, ledger: LedgerDep, tenant: CallerDep) -> JobPublic:
     """A queued job is canceled at once and never runs; a running one stops at its next step
-    (status stays `running` with `cancel_requested` until then). Finished jobs are unchanged."""
-    _found(ledger, job_id)
+    (status stays `running` with `cancel_requested` until then). Finished jobs are unchanged.
+    Only the API key that created the job (or an admin key) may cancel it."""
+    visible_job(ledger, tenant, job_id)
     ledger.cancel(job_id)
-    return _public(job_id, _found(ledger, job_id))
+    return _public(job_id, visible_job(ledger, tenant, job_id))
 
 
 def _public(job_id: str, r: dict) -> JobPublic:
     return JobPublic(
-        id=job_id, status=r["status"], model=r["model"], position=r.get("position"),
+        id=job_id, status=r["status"], model=r["model"], tenant=r.get("tenant", ANONYMOUS),
+        position=r.get("position"),
         progress=r.get("progress"), created_at=jobstore.iso(r["created_at"]),
         started_at=jobstore.iso(r.get("started_at")), finished_at=jobstore.iso(r.get("finished_at")),
         attempts=r.get("attempts", 0), failures=r.get("failures", 0),
@@ -59,9 +55,9 @@ def _public(job_id: str, r: dict) -> JobPublic:
 @router.get("/{job_id}/result", response_class=Response, summary="A finished job's image",
             responses={200: {"content": {"image/png": {}, "image/jpeg": {}, "image/webp": {}}}, **NOT_FOUND,
                        409: {"model": ErrorBody, "description": "the job has not succeeded (yet)"}})
-def get_result(job_id: str, redis: RedisDep, ledger: LedgerDep,
+def get_result(job_id: str, redis: RedisDep, ledger: LedgerDep, tenant: CallerDep,
                index: Annotated[int, Query(ge=0, description="which sample, for num_samples > 1")] = 0) -> Response:
-    r = _found(ledger, job_id)
+    r = visible_job(ledger, tenant, job_id)
     if r["status"] != JobStatus.SUCCEEDED.value:
         raise HTTPException(409, {"message": f"job {job_id} is {r['status']}, not succeeded", "status": r["status"]})
     count = r.get("result", {}).get("count", 1)

@@ -48,7 +48,9 @@ def test_api_keys_guard_everything_but_health(redis_server, redis_db, tiny_descr
         assert r.status_code == 202
         job_url = r.headers["location"]
         assert client.get(job_url).status_code == 401
-        assert client.get(job_url, headers={"Authorization": "Bearer k1"}).status_code == 200
+        assert client.get(job_url, headers={"Authorization": "Bearer k2"}).status_code == 200
+        # Another key's job does not exist for the caller (tests/service/test_tenants.py has the rest).
+        assert client.get(job_url, headers={"Authorization": "Bearer k1"}).status_code == 404
         assert client.get("/models").status_code == 401
         assert client.get("/healthz").status_code == 200
         assert client.get("/metrics").status_code == 200  # configurable, open by default

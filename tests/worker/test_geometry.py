@@ -213,7 +213,7 @@ def test_auto_shows_face_models_the_whole_face():
 def test_a_palette_image_with_a_transparent_colour_is_filled_opaque(runtime):
     """Filled pixels mapped to a palette could land on its transparent entry: such uploads
     are kept as RGBA, and the fill is opaque."""
-    from service.uploads import prepare
+    from service.uploads import open_image, prepare
 
     img = photo(64, 64).quantize(31)
     indices = np.array(img)
@@ -221,9 +221,12 @@ def test_a_palette_image_with_a_transparent_colour_is_filled_opaque(runtime):
     holed = Image.frombytes("P", img.size, indices.tobytes())
     holed.putpalette(img.getpalette()[:93] + [0, 0, 0])
     holed.info["transparency"] = 31
-    prepared = prepare(holed, None)  # no mask: the transparent pixels are the region to fill
+    sent = io.BytesIO()
+    holed.save(sent, format="PNG", transparency=31)
+    # No mask: the transparent pixels are the region to fill. The bytes are stored as sent.
+    prepared = prepare(sent.getvalue(), open_image(sent.getvalue(), "image", 10**6), None)
     assert prepared.mode == "RGBA"
     params = JobParams(seed=0, sampler=RePaintSettings(steps=5, jump_length=5, jump_n_sample=1))
     for seed in range(3):
-        (out_png,) = runtime.inpaint(prepared.image_png, prepared.mask_png, JobParams(**{**params.__dict__, "seed": seed}))
+        (out_png,) = runtime.inpaint(prepared.image_bytes, prepared.mask_png, JobParams(**{**params.__dict__, "seed": seed}))
         assert (np.asarray(Image.open(io.BytesIO(out_png)))[16:48, 16:48, 3] == 255).all()

@@ -12,7 +12,7 @@ from rq.registry import CanceledJobRegistry, FailedJobRegistry, FinishedJobRegis
 from tests.procs import job_keys_without_ttl
 from models.sampler_settings import RePaintSettings
 from worker import jobs, rqside
-from worker.ledger import IdempotencyConflict, Lease, Ledger, Outcome, new_job_id
+from worker.ledger import Admission, Refused, IdempotencyConflict, Lease, Ledger, Outcome, new_job_id
 from worker.params import JobParams
 
 MODEL = "tiny"
@@ -28,10 +28,11 @@ def queue(redis_db) -> Queue:
     return rqside.queue_for(redis_db, jobs.queue_name(MODEL))
 
 
-def create(ledger, *, max_attempts=3, idempotency=None, job_id=None) -> tuple[str, bool]:
-    return ledger.create(job_id=job_id or new_job_id(), model=MODEL, params=PARAMS, image_png=b"img",
+def create(ledger, *, max_attempts=3, idempotency=None, job_id=None, admission=Admission(),
+           params=PARAMS) -> tuple[str, bool]:
+    return ledger.create(job_id=job_id or new_job_id(), model=MODEL, params=params, image=b"img",
                          mask_png=b"mask", timeout=100, input_ttl=300, max_attempts=max_attempts,
-                         idempotency=idempotency)
+                         idempotency=idempotency, admission=admission)
 
 
 def dequeue(redis_db):
@@ -71,14 +72,23 @@ def test_create_stores_record_inputs_and_rq_job_together(ledger, redis_db):
 
 def test_create_is_all_or_nothing_when_redis_fails_before_exec(ledger, redis_db, monkeypatch):
     def broken(self, *args, **kwargs):
-        raise redis_lib.exceptions.ConnectionError("injected: connection lost before EXEC")
+        raise redis_lib.exceptions.ConnectionError("injected: connection lost before the script ran")
 
-    monkeypatch.setattr(redis_lib.client.Pipeline, "execute", broken)
+    monkeypatch.setattr(redis_lib.commands.core.Script, "__call__", broken)
     with pytest.raises(redis_lib.exceptions.ConnectionError):
         create(ledger, idempotency=("k1", "fp", 60))
     monkeypatch.undo()
     # No idempotency key that would replay a job that never ran, no record, nothing queued.
     assert redis_db.keys("repaint:*") == [] and queue(redis_db).count == 0
+
+
+def test_a_refused_create_writes_nothing(ledger, redis_db):
+    first, _ = create(ledger, admission=Admission(tenant="a", max_queue=1))
+    before = sorted(redis_db.keys("*"))
+    with pytest.raises(Refused) as refused:
+        create(ledger, idempotency=("k2", "fp", 60), admission=Admission(tenant="b", max_queue=1))
+    assert (refused.value.reason, refused.value.current, refused.value.limit) == ("queue_full", 1, 1)
+    assert sorted(redis_db.keys("*")) == before and queue(redis_db).get_job_ids() == [first]
 
 
 def test_idempotent_create_replays_and_refuses_other_data(ledger, redis_db):
@@ -344,7 +354,7 @@ def test_transitions_run_again_after_a_lost_reply_answer_what_they_did(ledger, r
     assert record(redis_db, job_id)["status"] == "succeeded"
     assert redis_db.hget(jobs.metrics_key(MODEL), "jobs_succeeded_total") == b"1"
     other, _ = create(ledger)
-    assert ledger.create(job_id=other, model=MODEL, params=PARAMS, image_png=b"i", mask_png=b"m", timeout=1,
+    assert ledger.create(job_id=other, model=MODEL, params=PARAMS, image=b"i", mask_png=b"m", timeout=1,
                          input_ttl=60, max_attempts=1) == (other, False)
     assert queue(redis_db).get_job_ids() == [other]  # not enqueued twice
 

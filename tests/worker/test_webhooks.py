@@ -4,10 +4,16 @@ test use an injected resolver: the system resolver cannot be pointed at will."""
 
 from __future__ import annotations
 
+import base64
+import collections
 import hashlib
 import hmac
 import json
+import logging
+import os
 import ssl
+import subprocess
+import sys
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -15,10 +21,14 @@ from urllib.parse import urlsplit
 
 import httpx
 import pytest
+from redis import Redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
-from tests.procs import wait_until
-from worker.webhooks import (PROGRESS_INTERVAL, ProgressThrottle, RetryPolicy, WebhookSender, certificate_rejected,
-                             parse_retry_after)
+from tests.procs import ROOT, free_port, wait_until
+from worker import jobs
+from worker.webhooks import (PROGRESS_INTERVAL, Delivery, PendingStore, ProgressThrottle, RetryPolicy, WebhookSender,
+                             certificate_rejected, parse_retry_after, standard_secret)
 from worker.webhooks_policy import WebhookPolicy, WebhookRefused, forbidden_reason, sign
 
 SECRET = "a-webhook-secret-of-some-length"
@@ -204,6 +214,23 @@ def listed(receiver: Receiver) -> str:
     return f"127.0.0.1:{receiver.port}"
 
 
+def verified_standard(call: dict, tolerance: float = 300) -> str:
+    """A receiver's check of the Standard Webhooks headers, as docs/security.md says: the key is
+    REPAINT_WEBHOOK_SECRET's UTF-8 bytes (what a library gets from `whsec_` + their base64), the
+    signed content `<webhook-id>.<webhook-timestamp>.<raw body>`. Returns the verified delivery id."""
+    headers = {name.lower(): value for name, value in call["headers"].items()}
+    delivery_id, timestamp = headers["webhook-id"], headers["webhook-timestamp"]
+    assert abs(time.time() - int(timestamp)) < tolerance  # a replayed old call is refused
+    key = base64.b64decode(standard_secret(SECRET).removeprefix("whsec_"))
+    assert key == SECRET.encode()
+    signed = f"{delivery_id}.{timestamp}.".encode() + call["body"]
+    expected = base64.b64encode(hmac.new(key, signed, hashlib.sha256).digest()).decode()
+    given = [s.split(",", 1)[1] for s in headers["webhook-signature"].split() if s.startswith("v1,")]
+    assert any(hmac.compare_digest(expected, s) for s in given), headers
+    assert json.loads(call["body"])["delivery_id"] == delivery_id
+    return delivery_id
+
+
 # ---- the sender ----------------------------------------------------------------------------------
 
 def test_deliveries_are_signed_and_go_to_the_checked_address_with_the_name_kept(receivers):
@@ -224,10 +251,13 @@ def test_deliveries_are_signed_and_go_to_the_checked_address_with_the_name_kept(
     for call in receiver.calls:
         expected = "sha256=" + hmac.new(SECRET.encode(), call["body"], hashlib.sha256).hexdigest()
         assert call["headers"]["X-Repaint-Signature"] == expected
+        assert verified_standard(call) == call["event"]["delivery_id"]
         assert call["headers"]["Host"] == f"hooks.test:{receiver.port}" and call["event"]["job_id"] == "job-1"
     assert lookups == ["hooks.test", "hooks.test"]  # one check per attempt, nothing resolved behind it
+    started, completed = (call["event"]["delivery_id"] for call in receiver.calls)
+    assert started != completed  # one id per event
     assert states.final("job-1") | {"at": 0} == {"event": "completed", "state": "delivered", "last_status": 204,
-                                                  "attempts": 1, "error": None, "at": 0}
+                                                  "attempts": 1, "error": None, "at": 0, "delivery_id": completed}
 
 
 def test_a_name_that_resolves_to_a_forbidden_address_at_delivery_is_refused(receivers):
@@ -273,8 +303,11 @@ def test_failures_are_retried_with_backoff_then_given_up(receivers):
     sender, states = sender_for(listed(flaky), listed(dead))
     sender.notify({"url": flaky.url(), **ALL_EVENTS}, "flaky", "completed", {})
     sender.notify({"url": dead.url(), **ALL_EVENTS}, "dead", "completed", {})
-    assert states.final("flaky") | {"at": 0} == {"event": "completed", "state": "delivered", "last_status": 204,
-                                                  "attempts": 2, "error": None, "at": 0}
+    delivered = states.final("flaky")
+    retried = {call["headers"]["webhook-id"] for call in flaky.calls}
+    assert len(flaky.calls) == 2 and len(retried) == 1  # every attempt of one event has one id
+    assert delivered | {"at": 0} == {"event": "completed", "state": "delivered", "last_status": 204,
+                                     "attempts": 2, "error": None, "at": 0, "delivery_id": retried.pop()}
     given_up = states.final("dead")
     assert given_up["state"] == "failed" and given_up["attempts"] == FAST_RETRY.max_attempts == len(dead.calls)
     assert given_up["last_status"] == 500 and [s["state"] for s in states.by_job["dead"]] == [
@@ -444,3 +477,154 @@ def test_a_rejected_certificate_is_not_retried():
         assert certificate_rejected(wrapped)
     assert not certificate_rejected(httpx.ConnectError("connection refused"))
     assert parse_retry_after("\u00b2") is None and parse_retry_after(" 7 ") == 7.0
+
+
+# ---- deliveries kept in Redis: restarts, takeovers, delivery ids -----------------------------------
+
+STORED_RETRY = RetryPolicy(max_attempts=3, window=30, base=0.05, cap=0.2, lease=0.6, poll=0.05)
+
+
+@pytest.fixture()
+def stored_senders(redis_db):
+    """Senders that keep their deliveries in the test's Redis; closed (taking nothing over) after."""
+    made: list[WebhookSender] = []
+
+    def make(*allowed: str, states: States | None = None, retry: RetryPolicy = STORED_RETRY, **kwargs):
+        states = states or States()
+        made.append(WebhookSender(WebhookPolicy(list(allowed), SECRET), states, redis=redis_db, retry=retry,
+                                  **kwargs))
+        return made[-1], states
+
+    yield make
+    for sender in made:
+        sender.close(5)
+
+
+def pending_ids(redis: Redis) -> list[str]:
+    return [i.decode() for i in redis.zrange(jobs.webhook_due_key(), 0, -1)]
+
+
+# A worker's sender in its own process: the test SIGKILLs it while its delivery waits for a retry.
+SENDER_PROCESS = """
+import sys, time
+from redis import Redis
+from worker.webhooks import RetryPolicy, WebhookSender
+from worker.webhooks_policy import WebhookPolicy
+redis_port, url, allowed, secret = sys.argv[1:]
+retry = RetryPolicy(max_attempts=5, window=30, base=2, cap=2, lease=0.6, poll=0.05)
+sender = WebhookSender(WebhookPolicy([allowed], secret), redis=Redis(port=int(redis_port)), retry=retry)
+sender.notify({"url": url, "events": ["completed"]}, "job-restart", "completed", {"status": "succeeded"})
+time.sleep(60)
+"""
+
+
+def test_a_pending_delivery_outlives_its_killed_sender_and_keeps_its_id(receivers, redis_server, redis_db,
+                                                                           stored_senders):
+    down = threading.Event()
+    down.set()
+    receiver = receivers(lambda handler, event: 503 if down.is_set() else 204)
+    proc = subprocess.Popen([sys.executable, "-c", SENDER_PROCESS, str(redis_server.port), receiver.url(),
+                             listed(receiver), SECRET], cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    try:
+        def failed_once():
+            ids = pending_ids(redis_db)
+            attempts = ids and redis_db.hget(jobs.webhook_delivery_key(ids[0]), "attempts")
+            return attempts == b"1" and ids[0]
+
+        delivery_id = wait_until(failed_once, 15, "a first attempt that failed, kept in Redis")
+    finally:
+        proc.kill()  # a worker dies: no goodbye, the retry it waits for is not made
+        proc.wait()
+    key = jobs.webhook_delivery_key(delivery_id)
+    pending = {k.decode(): v.decode() for k, v in redis_db.hgetall(key).items()}
+    assert pending | {"owner": "", "first_at": "", "due_at": ""} == {
+        "url": receiver.url(), "job_id": "job-restart", "event": "completed", "data": '{"status":"succeeded"}',
+        "attempts": "1", "owner": "", "first_at": "", "due_at": ""}
+    assert float(pending["first_at"]) < float(pending["due_at"])
+    assert 0 < redis_db.ttl(key) <= RetryPolicy(window=30, lease=0.6).record_ttl
+    assert verified_standard(receiver.calls[0]) == delivery_id
+
+    down.clear()  # the receiver recovers; a restarted worker's sender on the same Redis carries on
+    sender, states = stored_senders(listed(receiver))
+    state = states.final("job-restart", 15)
+    assert state | {"at": 0} == {"event": "completed", "state": "delivered", "last_status": 204,
+                                 "attempts": len(receiver.calls), "error": None, "at": 0, "delivery_id": delivery_id}
+    assert len(receiver.calls) >= 2 and {verified_standard(call) for call in receiver.calls} == {delivery_id}
+    assert [call["event"]["data"] for call in receiver.calls] == [{"status": "succeeded"}] * len(receiver.calls)
+    assert redis_db.exists(key) == 0 and pending_ids(redis_db) == []  # delivered: forgotten
+
+
+def test_two_live_senders_never_both_send_one_pending_delivery(receivers, redis_db, stored_senders, caplog):
+    caplog.set_level(logging.INFO, logger="worker.webhooks")
+    first_call = threading.Event()
+
+    def respond(handler, event):
+        # The first attempt outlasts a lease (0.6 s): its holder must renew its claim meanwhile.
+        slow = not first_call.is_set()
+        first_call.set()
+        time.sleep(1.5 if slow else 0.05)
+        return 204
+
+    receiver = receivers(respond)
+    # Accepted by a sender that died at once: nobody holds them once its lease ends.
+    orphans = [Delivery(receiver.url(), f"orphan-{i}", "completed", {"status": "succeeded"}) for i in range(10)]
+    dead = PendingStore(redis_db, RetryPolicy(lease=0.1), owner="a-dead-sender")
+    for delivery in orphans:
+        dead.add(delivery)
+    states = States()
+    stored_senders(listed(receiver), states=states)
+    stored_senders(listed(receiver), states=states)
+    for delivery in orphans:
+        assert states.final(delivery.job_id, 15)["delivery_id"] == delivery.delivery_id
+    time.sleep(STORED_RETRY.lease + 0.2)
+    sent = collections.Counter(verified_standard(call) for call in receiver.calls)
+    assert sent == {delivery.delivery_id: 1 for delivery in orphans}
+    assert not [r for r in caplog.records if "taken over by another sender" in r.getMessage()]  # none changed hands
+    assert pending_ids(redis_db) == [] and not list(redis_db.scan_iter(jobs.webhook_delivery_key("*")))
+
+
+def test_a_claim_is_taken_by_one_sender_and_taken_over_only_once_it_lapses(redis_db):
+    dead = PendingStore(redis_db, RetryPolicy(lease=0.01), owner="dead")
+    for i in range(50):
+        dead.add(Delivery("http://h.test/x", f"job-{i}", "completed", {}))
+    time.sleep(0.05)
+    retry = RetryPolicy(lease=0.5)
+    stores = [PendingStore(redis_db, retry, owner=f"live-{k}") for k in range(3)]
+    seen = [store.due_ids(limit=100) for store in stores]  # all three see every one due, then race
+    assert all(len(ids) == 50 for ids in seen)
+    claimed = [store.claim(ids) for store, ids in zip(stores, seen)]
+    holder, other, third = stores
+    held = claimed[0]
+    assert len(held) == 50 and claimed[1:] == [[], []]  # the first claim wins; nobody sends them twice
+    assert holder.hold(held) == [True] * 50
+    assert other.claim_due() == [] and other.hold(held[:1]) == [False]  # held: not due, and not the other's
+    time.sleep(retry.lease + 0.05)  # the holder stops renewing: its claims lapse
+    assert len(other.claim_due(limit=100)) == 50 and third.claim(seen[2]) == []  # taken over, once
+    assert holder.hold(held[:1]) == [False]  # and the old holder leaves them alone
+    assert 0 < redis_db.ttl(jobs.webhook_delivery_key(held[0].delivery_id)) <= retry.record_ttl
+
+
+def test_a_stored_delivery_is_written_when_accepted_and_forgotten_when_given_up(receivers, redis_db,
+                                                                                stored_senders):
+    release = threading.Event()
+    receiver = receivers(lambda handler, event: release.wait(10) and 410)
+    sender, states = stored_senders(listed(receiver), timeout=15)
+    hook = {"url": receiver.url(), **ALL_EVENTS}
+    sender.notify(hook, "job-16", "completed", {})
+    sender.notify(hook, "job-16", "progress", {"step": 1})  # best effort: never kept
+    [delivery_id] = pending_ids(redis_db)  # written by notify itself, before any attempt
+    assert redis_db.hget(jobs.webhook_delivery_key(delivery_id), "owner").decode() == sender.store.owner
+    release.set()
+    assert states.final("job-16")["state"] == "failed" and sender.close(10)
+    assert pending_ids(redis_db) == [] and redis_db.exists(jobs.webhook_delivery_key(delivery_id)) == 0
+
+
+def test_without_redis_deliveries_are_kept_in_memory_and_the_outage_logged_once(receivers, caplog):
+    receiver = receivers()
+    unreachable = Redis(port=free_port(), retry=Retry(NoBackoff(), 0))  # refused at once, not after retries
+    sender, states = sender_for(listed(receiver), redis=unreachable)
+    for i in range(3):
+        sender.notify({"url": receiver.url(), **ALL_EVENTS}, f"job-m{i}", "completed", {})
+    assert sender.close(10) and len(receiver.calls) == 3
+    assert all(states.final(f"job-m{i}")["state"] == "delivered" for i in range(3))
+    assert sum("kept in memory only" in r.getMessage() for r in caplog.records) == 1
