@@ -10,8 +10,8 @@ middle ninth. Memory is Redis's own count per key (MEMORY USAGE: values at their
 class, with key and encoding overhead):
 
   queued job   = inputs (the upload as sent, the 1-bit mask PNG) + record + RQ's job hash + events
-  finished job = results + record + RQ's job hash + events (the inputs are freed), and the last
-                 preview of a job that ran long enough to get one (kept for the result TTL)
+  finished job = results + record + RQ's job hash + events (the inputs and the preview are
+                 freed; the "preview left" column checks that none is)
 
 The API's peak RSS (VmHWM) is measured on a fresh process per row, for N concurrent uploads of
 the 4000x3000 JPEG at two REPAINT_PIXEL_BUDGET values (`--api-env` adds to those processes'
@@ -139,8 +139,8 @@ def tables(report: dict) -> str:
                        f"{q['total'] / MB:.2f} MB | {q['inputs'] / MB:.2f} MB | "
                        f"{(q['record'] + q['rq_hash'] + q['events']) / 1e3:.1f} kB |")
         out += ["", "Redis memory per finished job (results + record + RQ hash + events), by output format and "
-                    "num_samples, JPEG upload; and the last preview, kept with it when the job got one:", "",
-                "| image | " + " | ".join(f"{fmt.upper()} x{n}" for fmt, n in OUTPUTS) + " | last preview |",
+                    "num_samples, JPEG upload; and any preview left behind (none: freed with the inputs):", "",
+                "| image | " + " | ".join(f"{fmt.upper()} x{n}" for fmt, n in OUTPUTS) + " | preview left |",
                 "|---|" + "---|" * (len(OUTPUTS) + 1)]
         for w, h in report["sizes"]:
             cells = []

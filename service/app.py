@@ -14,9 +14,11 @@ from fastapi.staticfiles import StaticFiles
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from redis import BlockingConnectionPool, Redis
 
+from worker.acks import AckUnsupported, NotAcknowledged
 from worker.ledger import Ledger, LedgerContention
 from worker.webhooks_policy import WebhookPolicy
 
+from .allocator import return_large_blocks_to_os
 from .api_docs import install_docs
 from .deps import ApiKey
 from .http_limits import RequestLimits
@@ -39,9 +41,18 @@ Errors are JSON `{"detail": ...}` with a 4xx code."""
 
 def create_app(settings: ApiSettings | None = None) -> FastAPI:
     settings = settings or ApiSettings()
+    return_large_blocks_to_os()  # so that the pixel budget bounds the process's memory (service.allocator)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
+        try:
+            log.info("%s", app.state.ledger.check_ack())
+        except AckUnsupported as exc:
+            log.error("cannot start: %s", exc)
+            raise
+        except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
+            # Redis may come later (the API answers 503 meanwhile); the first job checks then.
+            log.warning("redis unavailable at start (%s): the acknowledgement mode is checked on the first job", exc)
         yield
         app.state.redis.close()
 
@@ -56,7 +67,8 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
     app.state.redis = Redis(connection_pool=pool)
     app.state.keyring = settings.keyring()
     app.state.pixels = PixelBudget(settings.pixel_budget)
-    app.state.ledger = Ledger(app.state.redis, result_ttl=settings.result_ttl)  # one per app: scripts load once
+    app.state.ledger = Ledger(app.state.redis, result_ttl=settings.result_ttl,
+                              ack=settings.acknowledgement())  # one per app: scripts load once
     app.state.webhooks = WebhookPolicy.from_settings(settings.webhook_allowed_hosts, settings.webhook_secret)
     if app.state.webhooks.entries and not app.state.webhooks.enabled:
         log.error("webhooks are OFF: %s; POST /inpaint refuses webhook URLs", app.state.webhooks.disabled_reason)
@@ -114,6 +126,21 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
         log.warning("%s", exc)
         return JSONResponse({"detail": "the job is being changed by others right now; retry shortly"},
                             status_code=503, headers={"Retry-After": "1"})
+
+    @app.exception_handler(NotAcknowledged)
+    async def not_acknowledged(request: Request, exc: NotAcknowledged) -> JSONResponse:
+        # The job was written but not confirmed as REPAINT_ACK promises: it is not accepted. It may
+        # still exist, so a retry with the same Idempotency-Key gets that job, not a second one.
+        log.warning("a write was not acknowledged (%s): %s", exc.mode.value, exc)
+        return JSONResponse({"detail": f"the job store did not confirm the job in time ({exc}); it is not "
+                                       "accepted: retry with the same Idempotency-Key"},
+                            status_code=503, headers={"Retry-After": "2"})
+
+    @app.exception_handler(AckUnsupported)
+    async def ack_unsupported(request: Request, exc: AckUnsupported) -> JSONResponse:
+        log.error("%s", exc)
+        return JSONResponse({"detail": f"the service is misconfigured: {exc}"}, status_code=503,
+                            headers={"Retry-After": "60"})
 
     return app
 

@@ -143,7 +143,8 @@ def refusal_without_mask(image: Path) -> str | None:
 
     try:
         # The pixel limit is the service's to apply (it knows its own); here only the rule matters.
-        prepare(open_image(image.read_bytes(), "image", max_pixels=1 << 62), None)
+        data = image.read_bytes()
+        prepare(data, open_image(data, "image", max_pixels=1 << 62), None)
     except HTTPException as exc:
         return f"no mask file, and the service refuses it alone: {exc.detail}"
     return None

@@ -41,10 +41,12 @@ log = logging.getLogger("repaint.api.events")
 POSITION_SECONDS = 2.0   # how often the queue positions of followed queued jobs are read
 LISTENER_QUEUE = 64      # messages a listener may have waiting before it must resync
 SUBSCRIBE_TIMEOUT = 10.0  # seconds a new listener waits for Redis to confirm its subscription
+PING_SECONDS = 5.0       # an idle pub/sub connection is PINGed this often; silent for twice as long, it is lost
 
 StreamId = tuple[int, int]  # a stream entry id `<ms>-<seq>`, ordered as Redis orders them
 
 _ID = re.compile(r"(\d{1,20})-(\d{1,20})")
+_MAX_PART = 2**64 - 1  # Redis's stream id parts are unsigned 64-bit
 
 
 def parse_id(text: str | bytes | None) -> StreamId | None:
@@ -52,7 +54,10 @@ def parse_id(text: str | bytes | None) -> StreamId | None:
     if isinstance(text, bytes):
         text = text.decode("latin-1")
     match = _ID.fullmatch(text.strip()) if text else None
-    return (int(match.group(1)), int(match.group(2))) if match else None
+    if not match:
+        return None
+    parts = (int(match.group(1)), int(match.group(2)))
+    return parts if max(parts) <= _MAX_PART else None  # beyond Redis's range: not one of its ids
 
 
 def format_id(stream_id: StreamId) -> str:
@@ -130,7 +135,8 @@ class EventHub:
         self._queue_size = queue_size
         self._position_seconds = position_seconds
         # No silent reconnects on the pub/sub connection: the hub must know of each, to resync.
-        self._client = aioredis.Redis.from_url(redis_url, retry=Retry(NoBackoff(), 0), socket_connect_timeout=5)
+        self._client = aioredis.Redis.from_url(redis_url, retry=Retry(NoBackoff(), 0), socket_connect_timeout=5,
+                                              socket_keepalive=True)
         self._pubsub = self._client.pubsub()
         pool = aioredis.BlockingConnectionPool.from_url(redis_url, max_connections=read_connections, timeout=10,
                                                         socket_timeout=10, socket_connect_timeout=5)
@@ -223,13 +229,28 @@ class EventHub:
 
     async def _read(self) -> None:
         """The pub/sub connection's reader: dispatches every message; reconnects after a loss."""
+        heard = self.loop.time()
         while True:
             try:
-                message = await self._pubsub.get_message(timeout=None)
+                message = await self._pubsub.get_message(timeout=PING_SECONDS)
+                if message is None:
+                    # Quiet: a half-open connection (Redis's host gone without a reset) is quiet
+                    # too, and would never fail. A PING's answer tells them apart.
+                    if not self._subscribed:
+                        heard = self.loop.time()
+                    elif self.loop.time() - heard > 2 * PING_SECONDS:
+                        raise ConnectionError(f"no answer to PING in {2 * PING_SECONDS:g}s")
+                    else:
+                        await self._pubsub.ping()
+                    continue
+                heard = self.loop.time()
             except Exception as exc:  # whatever broke the connection, listeners must resync on a fresh one
                 log.warning("event hub: pub/sub connection lost (%s); subscribing again", exc)
                 if not await self._reconnect():
                     return
+                heard = self.loop.time()
+                continue
+            if message["type"] == "pong":
                 continue
             if message is not None:
                 try:

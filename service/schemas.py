@@ -40,6 +40,8 @@ class WebhookState(BaseModel):
     attempts: int = Field(description="attempts made for this event")
     error: str | None = None
     at: float = Field(description="when this state was recorded (Unix time)")
+    delivery_id: str | None = Field(None, description="the delivery's id, the same on every attempt (the body's "
+                                    "`delivery_id` and the `webhook-id` header): receivers deduplicate on it")
 
 
 class JobPublic(BaseModel):

@@ -6,12 +6,14 @@ from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from models.registry import parse_model_refs
+from worker.acks import Ack, AckMode
 
 from .tenancy import Keyring
 
 
 class ApiSettings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="REPAINT_", extra="ignore")
+    # hide_input_in_errors: a refused setting must not echo API keys or secrets into the log.
+    model_config = SettingsConfigDict(env_prefix="REPAINT_", extra="ignore", hide_input_in_errors=True)
 
     redis_url: str = Field("redis://127.0.0.1:6379/0", description="Redis shared with the workers")
     model: str = Field("faces32", description="default model for POST /inpaint: a preset name, the path of a "
@@ -55,6 +57,14 @@ class ApiSettings(BaseSettings):
     events_redis_connections: int = Field(4, ge=1, le=64, description="Redis connections per API process that "
                                           "read job event streams for SSE (a replay after Last-Event-ID, the "
                                           "latest id), besides the one pub/sub connection all streams share")
+    ack: AckMode = Field(AckMode.MEMORY, description="what 202 promises: 'memory' (the job is in Redis's memory; "
+                         "a crash of Redis's host may lose about the last second) or 'disk' (fsynced to Redis's "
+                         "append-only file, WAITAOF: Redis >= 7.2 or Valkey)")
+    ack_timeout: float = Field(5.0, gt=0, le=8, description="seconds POST /inpaint waits for the acknowledgement "
+                               "REPAINT_ACK asks for before it answers 503 (the job may exist: retry with the "
+                               "same Idempotency-Key)")
+    max_event_streams: int = Field(2000, ge=1, description="open SSE streams per API process; beyond it "
+                                   "GET /jobs/<id>/events answers 503 with Retry-After")
     redis_admit_fraction: float = Field(0.85, gt=0, le=1, description="share of Redis's maxmemory that queued "
                                         "inputs and the reserved results of accepted jobs may fill; beyond it "
                                         "POST /inpaint answers 507")
@@ -83,6 +93,9 @@ class ApiSettings(BaseSettings):
             raise ValueError(f"REPAINT_PIXEL_BUDGET ({self.pixel_budget}) must be at least twice "
                              f"REPAINT_MAX_IMAGE_PIXELS ({self.max_image_pixels})")
         return self
+
+    def acknowledgement(self) -> Ack:
+        return Ack(mode=self.ack, timeout=self.ack_timeout)
 
     def keyring(self) -> Keyring:
         return Keyring(self.api_keys, self.admin_keys, self.tenant_weights)

@@ -33,7 +33,11 @@ class Tenant:
 
 
 def _bare_name(key: str) -> str:
-    return "key-" + hashlib.sha256(key.encode()).hexdigest()[:8]
+    """A stable name for a key given without one. Names are public (metric labels, logs), so the
+    digest is a slow one (PBKDF2, computed once at start): a name does not make guessing a weak
+    key offline any cheaper than guessing it against the API."""
+    digest = hashlib.pbkdf2_hmac("sha256", key.encode(), b"repaint-server tenant name", 200_000)
+    return "key-" + digest.hex()[:8]
 
 
 def parse_api_keys(value: str) -> dict[str, bytes]:

@@ -40,7 +40,11 @@ def service(redis_server, redis_db):
 def test_events_stream_in_order_with_previews(service):
     client = RepaintClient(service.url)
     job_id = client.submit(png_bytes(face_and_mask()[0]), png_bytes(face_and_mask()[1]), **LIVE)["id"]
-    events = list(client.events(job_id))
+    events, fetched = [], []
+    for event in client.events(job_id):
+        events.append(event)
+        if event[0] == "preview" and not fetched:  # while the job runs: a final job has no preview
+            fetched.append(client.http.get(event[1]["url"]))
     kinds = [e for e, _ in events]
     assert kinds[0] == "status" and events[-1] == ("status", {**events[-1][1], "status": "succeeded"})
     steps = [d["step"] for e, d in events if e == "progress"]
@@ -50,8 +54,10 @@ def test_events_stream_in_order_with_previews(service):
     previews = [d for e, d in events if e == "preview"]
     assert previews, kinds
     assert all(3 * p["step"] >= 460 for p in previews)  # none while the estimate is mostly noise
-    preview = client.http.get(previews[-1]["url"])
+    preview = fetched[0]
     assert preview.status_code == 200 and Image.open(io.BytesIO(preview.content)).size == (32, 32)
+    # Freed with the inputs once the job is final (its results replace it).
+    assert client.http.get(previews[-1]["url"]).status_code == 404
     # A finished job's stream is its final state at once.
     assert [e for e, _ in client.events(job_id)] == ["status", "progress"]
 
@@ -133,8 +139,9 @@ def test_webhooks_are_signed_throttled_retried_and_recorded_on_the_job(service):
         # The delivery's state is on the job, written by the worker through the ledger.
         webhook = wait_until(lambda: (w := client.http.get(f"/jobs/{job_id}").json()["webhook"])
                              and w["state"] == "delivered" and w, 10, "the delivered state")
+        delivery_id = next(e["delivery_id"] for _, _, _, e in Receiver.calls if e["event"] == "completed")
         assert webhook | {"at": 0} == {"event": "completed", "state": "delivered", "last_status": 204,
-                                       "attempts": 2, "error": None, "at": 0}
+                                       "attempts": 2, "error": None, "at": 0, "delivery_id": delivery_id}
     finally:
         server.shutdown()
 

@@ -159,6 +159,11 @@ def confirm(client: Redis | Pipeline, ack: Ack) -> None:
                               mode=ack.mode)
     try:
         # No health check, no retry: either would answer for a new connection with no writes.
+        # First a write of its own: WAITAOF waits for the connection's last write that changed
+        # something, and a script that found its work already done (a create retried after a
+        # lost reply, an idempotent replay) changed nothing; this one covers everything before it.
+        connection.send_command("SET", PROBE_KEY, 1, "PX", 60_000, check_health=False)
+        connection.read_response()
         connection.send_command("WAITAOF", 1, 0, ack.timeout_ms, check_health=False)
         local, _replicas = connection.read_response()
     except (ConnectionError, TimeoutError) as exc:

@@ -426,8 +426,8 @@ class BatchEngine:
         (deletes are allowed in a full Redis) and the results are tried once more; if they still
         do not fit, the job fails with `storage_full`, which frees its reservation."""
         log.error("job %s: redis is full (%s): freeing its upload and trying its results once more", flight.job_id, exc)
-        self.redis.delete(jobs.input_key(flight.job_id, "image"), jobs.input_key(flight.job_id, "mask"),
-                          jobs.preview_key(flight.job_id))
+        if not self.ledger.free_inputs(lease):
+            return Outcome.NOT_OWNER  # reaped meanwhile: the job is another execution's now
         try:
             return self.ledger.succeed(lease, pngs, evaluations=flight.total * len(flight.samples),
                                        seconds_per_pass=self.scheduler.seconds_per_pass)

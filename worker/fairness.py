@@ -49,8 +49,21 @@ def waiting_key(tenant: str) -> str:
 
 
 def reserved_key() -> str:
-    """Bytes reserved in Redis for the results of accepted, unfinished jobs (memory admission)."""
+    """Bytes reserved in Redis for the results of accepted, unfinished jobs (memory admission):
+    the sum of reserved_jobs_key's amounts."""
     return f"{PREFIX}:reserved"
+
+
+def reserved_jobs_key() -> str:
+    """Sorted set: each reservation's job -> when its record expires. A job whose record expires
+    unfinished (no worker came for its model) is pruned by time, and its bytes given back, so a
+    reservation can never outlive its job."""
+    return f"{PREFIX}:reserved:jobs"
+
+
+def reserved_bytes_key() -> str:
+    """Hash: each reservation's job -> its bytes."""
+    return f"{PREFIX}:reserved:bytes"
 
 
 # Lua: put `job`, already tagged in the order set, into the RQ list before the first job with a
@@ -76,6 +89,27 @@ if tag then
   if tonumber(tag) > now then redis.call('hset', KEYS[2], '~now', tag) end
 end
 return 1
+"""
+
+# Lua: give back the reservations whose jobs' records have expired (KEYS total, jobs, bytes).
+PRUNE_RESERVED = """
+local function prune_reserved(total, members, amounts, now)
+  for _, job in ipairs(redis.call('zrangebyscore', members, '-inf', now, 'LIMIT', 0, 100)) do
+    redis.call('decrby', total, tonumber(redis.call('hget', amounts, job) or '0'))
+    redis.call('hdel', amounts, job)
+    redis.call('zrem', members, job)
+  end
+end
+"""
+
+# KEYS: reserved total, reserved jobs, reserved bytes. ARGV: job id. The job is final: its
+# reservation (if it still has one) is given back, once. Returns the bytes given back.
+RELEASE = """
+if redis.call('zrem', KEYS[2], ARGV[1]) == 0 then return 0 end
+local bytes = tonumber(redis.call('hget', KEYS[3], ARGV[1]) or '0')
+redis.call('hdel', KEYS[3], ARGV[1])
+redis.call('decrby', KEYS[1], bytes)
+return bytes
 """
 
 # KEYS: order, clock, RQ list, parked list. ARGV: how many to put back. Parked jobs return to the
@@ -106,14 +140,15 @@ return 1
 # Admission and enqueue of a new job, all or nothing, in one script: the queue and tenant limits
 # and the memory check see every earlier create (no window between check and write).
 # KEYS: 1 record, 2 image, 3 mask, 4 idempotency key, 5 RQ job hash, 6 RQ queues set,
-#       7 RQ queue list, 8 order, 9 clock, 10 tenant waiting, 11 reserved bytes
+#       7 RQ queue list, 8 order, 9 clock, 10 tenant waiting, 11 reserved total,
+#       12 reserved jobs, 13 reserved bytes per job
 # ARGV: 1 job id, 2 tenant, 3 image bytes, 4 mask bytes, 5 input ttl, 6 keep ttl,
 #       7 idempotency fingerprint ('' = none), 8 idempotency ttl, 9 queue limit, 10 tenant limit,
 #       11 admit fraction of maxmemory, 12 bytes stored now, 13 bytes to reserve, 14 cost (virtual),
 #       15 now (unix s), 16 RQ queue key, 17 record pairs n, 18 RQ job pairs m, 19.. the pairs
 # Returns {'ok', id} | {'replay', id} | {'conflict'} | {'queue_full', n} | {'tenant_full', n} |
 #         {'memory', used, reserved, limit}
-CREATE = PLACE + """
+CREATE = PLACE + PRUNE_RESERVED + """
 local job = ARGV[1]
 if redis.call('exists', KEYS[1]) == 1 then return {'ok', job} end
 if ARGV[7] ~= '' then
@@ -131,6 +166,7 @@ local waiting = redis.call('zcard', KEYS[10])
 if waiting >= tonumber(ARGV[10]) then return {'tenant_full', tostring(waiting)} end
 local info = redis.call('info', 'memory')
 local maxmemory = tonumber(string.match(info, 'maxmemory:(%d+)'))
+prune_reserved(KEYS[11], KEYS[12], KEYS[13], ARGV[15])
 if maxmemory > 0 then
   local used = tonumber(string.match(info, 'used_memory:(%d+)'))
   local reserved = tonumber(redis.call('get', KEYS[11]) or '0')
@@ -155,6 +191,8 @@ redis.call('zadd', KEYS[8], start, job)
 place(KEYS[8], KEYS[7], job)
 redis.call('zadd', KEYS[10], tonumber(ARGV[15]) + tonumber(ARGV[6]), job)
 redis.call('incrby', KEYS[11], ARGV[13])
+redis.call('zadd', KEYS[12], tonumber(ARGV[15]) + tonumber(ARGV[6]), job)
+redis.call('hset', KEYS[13], job, ARGV[13])
 if ARGV[7] ~= '' then
   redis.call('set', KEYS[4], cjson.encode({job_id = job, fingerprint = ARGV[7]}), 'EX', ARGV[8])
 end

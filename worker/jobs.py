@@ -40,6 +40,11 @@ def queue_name(model: str) -> str:
     return f"inpaint-{model}"
 
 
+def model_of_queue(name: str) -> str:
+    """The model whose queue is `name` (queue_name's inverse)."""
+    return name.removeprefix("inpaint-")
+
+
 def job_key(job_id: str) -> str:
     """Hash with the job's record: status, parameters, timestamps, progress, error."""
     return f"{PREFIX}:job:{job_id}"

@@ -36,7 +36,7 @@ from redis import Redis
 from redis.exceptions import RedisError, WatchError
 from rq.job import JobStatus as RQStatus
 
-from . import fairness, jobs, rqside
+from . import acks, fairness, jobs, rqside
 from .jobs import ANONYMOUS, JobStatus
 from .params import JobParams
 
@@ -89,8 +89,10 @@ class Admission:
     reserve_bytes: int = 0            # the job's expected results, kept free until it finishes
 
 
-# Bytes counted per job beyond its uploads: the record, RQ's hash, the events stream, the lease.
-RECORD_OVERHEAD = 16 * 1024
+# Bytes counted per job beyond its uploads: the record and RQ's hash (about 3 kB, bench.sizing),
+# the events stream (capped near jobs.EVENTS_MAXLEN entries of under 200 bytes, with Redis's
+# approximate trimming up to half as many again: about 50 kB at most) and the lease.
+RECORD_OVERHEAD = 64 * 1024
 
 # Optimistic transactions: tries before LedgerContention, and the backoff between them.
 MAX_TRIES = 25
@@ -162,9 +164,11 @@ return 0
 class Ledger:
     """Job transitions on one Redis. `result_ttl`: seconds finished records and results live."""
 
-    def __init__(self, redis: Redis, *, result_ttl: int = 24 * 3600):
+    def __init__(self, redis: Redis, *, result_ttl: int = 24 * 3600, ack: acks.Ack = acks.Ack()):
         self.redis = redis
         self.result_ttl = result_ttl
+        self.ack = ack  # what `create`'s return promises about the job's writes (REPAINT_ACK)
+        self._ack_checked: str | None = None
         self._heartbeat = redis.register_script(_HEARTBEAT)
         self._progress = redis.register_script(_PROGRESS)
         self._webhook_state = redis.register_script(_WEBHOOK_STATE)
@@ -172,6 +176,7 @@ class Ledger:
         self._advance = redis.register_script(fairness.ADVANCE)
         self._unpark = redis.register_script(fairness.UNPARK)
         self._front = redis.register_script(fairness.FRONT)
+        self._release = redis.register_script(fairness.RELEASE)
 
     # ---- the transaction helper ----------------------------------------------------------------
 
@@ -213,8 +218,11 @@ class Ledger:
         fair place in the model's RQ queue among the tenants' waiting jobs.
         `idempotency` is (key, fingerprint, ttl): the same key with the same fingerprint returns
         the job it created (replayed=True); with another fingerprint it raises IdempotencyConflict.
-        Returns (job_id, replayed).
+        Returns (job_id, replayed) once the writes are acknowledged as `self.ack` asks
+        (acks.NotAcknowledged if not in time: the job may exist; a retry with the same idempotency
+        key finds it).
         """
+        self.check_ack()
         queue = rqside.queue_for(self.redis, jobs.queue_name(model))
         # The record and RQ's job outlive the upload, so that a job whose upload expired before
         # any worker came is still there to fail with that reason when one does.
@@ -232,16 +240,21 @@ class Ledger:
         pairs = [v for fields in (record, rq_fields) for k, val in fields.items() for v in (k, encode(val))]
         cost = params.num_samples * params.evaluations / admission.weight
         idem_key = jobs.idempotency_key(idempotency[0]) if idempotency else jobs.idempotency_key("-")
-        answer = self._create(
-            keys=[jobs.job_key(job_id), jobs.input_key(job_id, "image"), jobs.input_key(job_id, "mask"), idem_key,
-                  rq_job.key, queue.redis_queues_keys, queue.key, fairness.order_key(model),
-                  fairness.clock_key(model), fairness.waiting_key(tenant), fairness.reserved_key()],
-            args=[job_id, tenant, image, mask_png, input_ttl, keep, idempotency[1] if idempotency else "",
-                  idempotency[2] if idempotency else 0, admission.max_queue, admission.tenant_max_queued,
-                  repr(admission.admit_fraction), len(image) + len(mask_png) + RECORD_OVERHEAD,
-                  admission.reserve_bytes, repr(cost), repr(time.time()), queue.key,
-                  len(record), len(rq_fields), *pairs])
-        kind = answer[0].decode() if isinstance(answer[0], bytes) else answer[0]
+        with acks.pinned(self.redis, self.ack) as client:
+            answer = self._create(
+                keys=[jobs.job_key(job_id), jobs.input_key(job_id, "image"), jobs.input_key(job_id, "mask"),
+                      idem_key, rq_job.key, queue.redis_queues_keys, queue.key, fairness.order_key(model),
+                      fairness.clock_key(model), fairness.waiting_key(tenant), fairness.reserved_key(),
+                      fairness.reserved_jobs_key(), fairness.reserved_bytes_key()],
+                args=[job_id, tenant, image, mask_png, input_ttl, keep, idempotency[1] if idempotency else "",
+                      idempotency[2] if idempotency else 0, admission.max_queue, admission.tenant_max_queued,
+                      repr(admission.admit_fraction), len(image) + len(mask_png) + RECORD_OVERHEAD,
+                      admission.reserve_bytes, repr(cost), repr(time.time()), queue.key,
+                      len(record), len(rq_fields), *pairs],
+                client=client)
+            kind = answer[0].decode() if isinstance(answer[0], bytes) else answer[0]
+            if kind in ("ok", "replay"):  # a replay's job may be one whose first answer was a timeout
+                acks.confirm(client, self.ack)
         if kind == "ok":
             return job_id, False
         if kind == "replay":
@@ -254,6 +267,13 @@ class Ledger:
             raise Refused(kind, int(answer[1]), admission.tenant_max_queued)
         raise Refused(kind, int(answer[1]), int(answer[3]), reserved=int(answer[2]))
 
+    def check_ack(self) -> str:
+        """Check once that Redis can give `self.ack` (acks.check_server; raises AckUnsupported);
+        returns the line that says what 202 promises."""
+        if self._ack_checked is None:
+            self._ack_checked = acks.check_server(self.redis, self.ack)
+        return self._ack_checked
+
     def replay(self, key: str, fingerprint: str) -> str | None:
         """The job an Idempotency-Key already created with this fingerprint (None: the key is
         new); IdempotencyConflict if it created one from a different request. A read: `create`
@@ -265,6 +285,10 @@ class Ledger:
         stored = json.loads(raw)
         if stored["fingerprint"] != fingerprint:
             raise IdempotencyConflict(key)
+        # Its first answer may have been a 503 because the job was not yet acknowledged: this one
+        # is a 202, so it waits for the same acknowledgement.
+        with acks.pinned(self.redis, self.ack) as client:
+            acks.confirm(client, self.ack)
         return stored["job_id"]
 
     def read(self, job_id: str) -> dict | None:
@@ -318,6 +342,7 @@ class Ledger:
             if not record:
                 pipe.multi()
                 self._rq_final(pipe, queue_name, job_id, RQStatus.FAILED)
+                pipe.zrem(fairness.order_key(jobs.model_of_queue(queue_name)), job_id)  # its record expired
                 return Started(Outcome.MISSING)
             status = JobStatus(record["status"])
             if status.final or status == JobStatus.RUNNING:
@@ -350,8 +375,13 @@ class Ledger:
                     pipe.zrem(fairness.order_key(model), job_id)
                     parked = fairness.parked_key(model, tenant)
                     pipe.lrem(parked, 0, job_id)
-                    pipe.rpush(parked, job_id)
+                    # A job parked before keeps its turn among its tenant's parked jobs (the head);
+                    # a new one queues behind them.
+                    (pipe.lpush if record.get("parked_at") else pipe.rpush)(parked, job_id)
                     pipe.expire(parked, keep)
+                    # Written, so that a concurrent transition on the record (a recovery of the
+                    # same delivery) starts again instead of acting on the queued state.
+                    pipe.hset(key, "parked_at", repr(time.time()))
                     return Started(Outcome.PARKED, record=record)
             pipe.multi()
             pipe.hset(running_key, job_id, record["num_samples"])
@@ -404,6 +434,22 @@ class Ledger:
         """The last webhook delivery's state (`webhook` on the job), written by the worker's sender.
         Not a status transition: it may arrive after the job is final, and it never changes one."""
         return bool(self._webhook_state(keys=[jobs.job_key(job_id)], args=[jobs.dumps(state)]))
+
+    def free_inputs(self, lease: Lease) -> bool:
+        """Delete the job's upload and preview before its end, if `lease` still owns it (a worker
+        whose results are made, in a full Redis: deletes are allowed there, writes are not). A
+        reaped owner must not take the upload from the execution that now runs the job."""
+        job_id = lease.job_id
+
+        def body(pipe):
+            _record, refusal = self._owned(pipe, lease)
+            if refusal:
+                return False
+            pipe.multi()
+            pipe.delete(jobs.input_key(job_id, "image"), jobs.input_key(job_id, "mask"), jobs.preview_key(job_id))
+            return True
+
+        return self._transact([jobs.job_key(job_id)], body)
 
     def set_plan(self, lease: Lease, plan: dict, used: dict | None = None) -> bool:
         """The worker's plan for the job, and the parameters it resolved (the `blend` a job left
@@ -593,6 +639,13 @@ class Ledger:
             pipe.zrem(fairness.order_key(model), job_id)
         pipe.zrem(fairness.waiting_key(tenant), job_id)
         pipe.lrem(fairness.parked_key(model, tenant), 0, job_id)
+        if not started and int(record.get("max_running") or 0):
+            # It may have been unparked to take a freed share and then ended without running
+            # (canceled, upload expired): pass that share on, or its tenant's parked jobs would
+            # wait for a running job that is not there. One that must still wait parks again.
+            queue = rqside.queue_for(self.redis, jobs.queue_name(model))
+            self._unpark(keys=[fairness.order_key(model), fairness.clock_key(model), queue.key,
+                               fairness.parked_key(model, tenant)], args=[record.get("num_samples", 1)], client=pipe)
 
     def _left_running(self, pipe, job_id: str, record: dict) -> None:
         """The job stopped running: its samples no longer count against its tenant's limit, and as
@@ -620,15 +673,18 @@ class Ledger:
         if lease is not None:
             pipe.hset(key, "closed_by", f"{lease.token}:{op}")
         pipe.expire(key, self.result_ttl)
-        pipe.delete(jobs.input_key(job_id, "image"), jobs.input_key(job_id, "mask"))
+        # The preview goes with the inputs: a final job has its results (or none to show), and a
+        # preview kept for the result TTL would hold up to an upload's size that no reserve counts.
+        pipe.delete(jobs.input_key(job_id, "image"), jobs.input_key(job_id, "mask"), jobs.preview_key(job_id))
         if lease is not None:
             self._drop_lease(pipe, lease)
         if record["status"] == JobStatus.RUNNING.value:
             self._left_running(pipe, job_id, record)
         else:
             self._left_waiting(pipe, job_id, record, started=False)
-        if record.get("reserved"):
-            pipe.decrby(fairness.reserved_key(), record["reserved"])  # its results are written, or never will be
+        if record.get("reserved"):  # its results are written, or never will be
+            self._release(keys=[fairness.reserved_key(), fairness.reserved_jobs_key(), fairness.reserved_bytes_key()],
+                          args=[job_id], client=pipe)
         pipe.hincrby(jobs.metrics_key(record["model"]), f"jobs_{status.value}_total", 1)
         if record.get("started_at") is not None:
             jobs.record_duration(pipe, record["model"], "run", finished - float(record["started_at"]))

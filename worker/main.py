@@ -27,6 +27,7 @@ from models.checkpoints import CheckpointError
 from models.config import ConfigError
 
 from . import jobs, rqside
+from .acks import Ack, AckUnsupported
 from .engine import BatchEngine
 from .ledger import Ledger, Outcome
 from .liveness import DEFUNCT_EXIT_CODE, Heartbeats, register_model
@@ -86,7 +87,7 @@ def build_worker(settings: WorkerSettings, redis: Redis, runtime: Runtime, webho
     worker = BatchWorker([queue], connection=redis, serializer=rqside.SERIALIZER, name=name,
                          worker_ttl=settings.heartbeat_ttl)
     worker.heartbeat_ttl = settings.heartbeat_ttl
-    worker.ledger = Ledger(redis, result_ttl=settings.result_ttl)
+    worker.ledger = Ledger(redis, result_ttl=settings.result_ttl, ack=Ack(mode=settings.ack))
     worker.engine = BatchEngine(worker, runtime, worker.ledger, settings, max_batch=runtime.max_batch,
                                 webhooks=webhooks)
     return worker
@@ -114,6 +115,11 @@ def main(settings: WorkerSettings | None = None) -> None:
     while True:
         try:
             worker = build_worker(settings, redis, runtime, webhooks)
+            try:
+                log.info("%s", worker.ledger.check_ack())
+            except AckUnsupported as exc:
+                log.error("cannot serve: %s", exc)
+                sys.exit(CONFIG_EXIT_CODE)
             register_model(redis, describe)
             redis.delete(jobs.defunct_key(worker.name))
         except (RedisConnectionError, RedisTimeoutError) as exc:

@@ -7,9 +7,12 @@ from typing import Literal
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from .acks import AckMode
+
 
 class WorkerSettings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="REPAINT_", extra="ignore")
+    # hide_input_in_errors: a refused setting must not echo API keys or secrets into the log.
+    model_config = SettingsConfigDict(env_prefix="REPAINT_", extra="ignore", hide_input_in_errors=True)
 
     redis_url: str = Field("redis://127.0.0.1:6379/0", description="Redis shared with the API")
     model: str = Field("faces32", description="the model this worker serves: a preset name, the path of a "
@@ -37,6 +40,8 @@ class WorkerSettings(BaseSettings):
     compile: bool | None = Field(None, description="torch.compile the UNet in the background while the eager "
                                  "one serves (default: on for CUDA, off on CPU)")
     result_ttl: int = Field(24 * 3600, ge=60, description="seconds results and finished jobs are kept")
+    ack: AckMode = Field(AckMode.MEMORY, description="the acknowledgement mode the API runs with "
+                         "(REPAINT_ACK): the worker refuses to start where Redis cannot give it")
     progress_interval: float = Field(0.5, gt=0, le=1.0, description="seconds between progress writes")
     heartbeat_ttl: int = Field(30, ge=10, description="seconds without a heartbeat before a worker's jobs "
                                "count as abandoned and are handed to another worker")

@@ -74,7 +74,13 @@ async def job_events(job_id: str, request: Request, ledger: LedgerDep, tenant: C
     and `preview` ({url, step}), in order; the stream ends after a final status. Each event's `id`
     is its entry in the job's event stream; with `Last-Event-ID` the stream resumes after it."""
     await run_in_threadpool(visible_job, ledger, tenant, job_id)  # 404 unless the caller's (or an admin's)
-    follower = _Follower(hub_for(request.app), ledger, job_id)
+    hub = hub_for(request.app)
+    limit = request.app.state.settings.max_event_streams
+    if hub.listeners() >= limit:  # each open stream holds a socket, a task and a listener
+        raise HTTPException(503, f"this API process serves its limit of {limit} open event streams "
+                                 "(REPAINT_MAX_EVENT_STREAMS); retry shortly, or poll GET /jobs/<id>",
+                            headers={"Retry-After": "5"})
+    follower = _Follower(hub, ledger, job_id)
     return StreamingResponse(follower.stream(parse_id(last_event_id)), media_type="text/event-stream",
                              headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
@@ -177,11 +183,13 @@ class _Follower:
 
 @router.get("/{job_id}/preview", response_class=Response, summary="The latest estimate of a running job",
             responses={200: {"content": {"image/png": {}}},
-                       404: {"model": ErrorBody, "description": "unknown job or no preview yet"}})
+                       404: {"model": ErrorBody, "description": "unknown job, no preview yet, or "
+                                                                            "the job is final (see its results)"}})
 def job_preview(job_id: str, redis: RedisDep, ledger: LedgerDep, tenant: CallerDep) -> Response:
     """The current x0 estimate (the model's view of the job, first sample) as a PNG."""
     visible_job(ledger, tenant, job_id)
     data = redis.get(jobs.preview_key(job_id))
     if data is None:
-        raise HTTPException(404, f"job {job_id} has no preview yet")
+        raise HTTPException(404, f"job {job_id} has no preview: none yet, or the job is final (its results "
+                                 "replace it)")
     return Response(content=data, media_type="image/png", headers={"Cache-Control": "no-store"})

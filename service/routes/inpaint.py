@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import logging
 import secrets
@@ -131,18 +132,9 @@ def create_inpaint_job(
                       "jump3_n_sample": jump3_n_sample, "start_resampling": start_resampling, "eta": eta,
                       "travel_length": travel_length, "travel_repeat": travel_repeat}
     model = model or settings.default_model
-    # Decoding is what costs the API memory: the request holds its pixels (read from the files'
-    # headers, nothing decoded yet) in the process's budget until it is done.
-    pixels = min(uploads.header_pixels(image.file) + (0 if mask is None else uploads.header_pixels(mask.file)),
-                 2 * settings.max_image_pixels)
-    try:
-        with request.app.state.pixels.hold(pixels, settings.pixel_budget_wait):
-            return _create(redis, ledger, settings, tenant, request, response, image, mask, requested_model, model,
-                           sampler_fields, seed, num_samples, preset, sampler, class_label, classifier_scale, strategy,
-                           blend, mask_dilate, output_format, webhook, webhook_events, idempotency_key)
-    except uploads.BudgetBusy:
-        raise HTTPException(503, f"the service is decoding {settings.pixel_budget} pixels of other uploads; "
-                                 "retry shortly", headers={"Retry-After": "2"}) from None
+    return _create(redis, ledger, settings, tenant, request, response, image, mask, requested_model, model,
+                   sampler_fields, seed, num_samples, preset, sampler, class_label, classifier_scale, strategy,
+                   blend, mask_dilate, output_format, webhook, webhook_events, idempotency_key)
 
 
 def _create(redis, ledger, settings, tenant: Tenant, request: Request, response: Response, image: UploadFile,
@@ -189,10 +181,7 @@ def _create(redis, ledger, settings, tenant: Tenant, request: Request, response:
     hook = None if webhook is None else {"url": _checked_webhook(webhook, events, request.app.state.webhooks),
                                          "events": events}
 
-    img = uploads.open_image(image_bytes, "image", settings.max_image_pixels)
-    msk = None if mask is None else uploads.open_image(mask_bytes, "mask", settings.max_image_pixels)
-    prepared = uploads.prepare(image_bytes, img, msk)
-    del img, msk  # the pixels: only the bytes as sent and the small mask are kept
+    prepared = _decoded(request, settings, image, mask, image_bytes, mask_bytes)
     try:
         check_output_size(output_format, prepared.width, prepared.height)
     except ParamError as exc:
@@ -223,6 +212,24 @@ def _create(redis, ledger, settings, tenant: Tenant, request: Request, response:
         log.info("job %s queued for tenant %s on model %s (%d bytes stored, %d reserved)", job_id, tenant.name,
                  model, len(prepared.image_bytes) + len(prepared.mask_png), admission.reserve_bytes)
     return _created(response, job_id, replayed=replayed)
+
+
+def _decoded(request: Request, settings, image: UploadFile, mask: UploadFile | None, image_bytes: bytes,
+             mask_bytes: bytes) -> uploads.PreparedUpload:
+    """The upload checked and its mask made, inside the process's pixel budget: decoding is what
+    costs the API memory, so the request holds its pixels (read from the files' headers, nothing
+    decoded yet) in the budget while it decodes, and only then."""
+    pixels = min(uploads.header_pixels(io.BytesIO(image_bytes))
+                 + (0 if mask is None else uploads.header_pixels(io.BytesIO(mask_bytes))),
+                 2 * settings.max_image_pixels)
+    try:
+        with request.app.state.pixels.hold(pixels, settings.pixel_budget_wait):
+            img = uploads.open_image(image_bytes, "image", settings.max_image_pixels)
+            msk = None if mask is None else uploads.open_image(mask_bytes, "mask", settings.max_image_pixels)
+            return uploads.prepare(image_bytes, img, msk)  # the bytes as sent and the small mask: no pixels
+    except uploads.BudgetBusy:
+        raise HTTPException(503, f"the service is decoding {settings.pixel_budget} pixels of other uploads; "
+                                 "retry shortly", headers={"Retry-After": "2"}) from None
 
 
 def _refusal(exc: Refused, model: str, tenant: Tenant) -> HTTPException:

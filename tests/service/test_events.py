@@ -325,3 +325,37 @@ def test_a_listener_that_falls_behind_is_told_to_resync_instead_of_queueing_more
     # Full at the 5th and the 9th event: what waited is dropped, and the stream reads it back.
     first, second, third = asyncio.run(run())
     assert first is RESYNC and second.data == {"step": 9} and third is None
+
+
+def test_a_last_event_id_beyond_redis_range_counts_as_none():
+    from service.event_hub import parse_id
+
+    assert parse_id("1700000000000-3") == (1700000000000, 3)
+    assert parse_id(f"{2**64}-0") is None and parse_id("99999999999999999999-1") is None
+    assert parse_id("not-an-id") is None and parse_id("") is None
+
+
+def test_open_streams_are_bounded_per_process(redis_server, redis_db):
+    api = ApiProcess(redis_server.url, REPAINT_MAX_EVENT_STREAMS="1")
+    try:
+        job_id = queued_jobs(api, 1)[0]
+        with httpx.Client(base_url=api.url, timeout=30) as client:
+            with client.stream("GET", f"/jobs/{job_id}/events") as first:
+                assert first.status_code == 200
+                lines = first.iter_lines()  # kept: a dropped iterator closes the connection
+                next(lines)  # the stream is open: its listener has joined
+                second = client.get(f"/jobs/{job_id}/events")
+                assert second.status_code == 503 and "REPAINT_MAX_EVENT_STREAMS" in second.json()["detail"]
+                assert second.headers["Retry-After"]
+            # Closed: its place is free again.
+            wait_until(lambda: client.get(f"/jobs/{job_id}", timeout=5).status_code == 200, 5, "the API")
+            r = None
+            for _ in range(50):
+                with client.stream("GET", f"/jobs/{job_id}/events") as again:
+                    r = again.status_code
+                    if r == 200:
+                        break
+                time.sleep(0.1)
+            assert r == 200
+    finally:
+        api.stop()

@@ -140,18 +140,19 @@ def test_canceling_a_parked_job_takes_it_out_of_every_list(ledger, redis_db):
 
 def test_memory_admission_keeps_room_for_the_results_of_accepted_jobs(ledger, redis_db):
     used = int(redis_db.info("memory")["used_memory"])
-    redis_db.config_set("maxmemory", used + 2_000_000)
+    redis_db.config_set("maxmemory", used + 3_000_000)
     try:
-        accepted = create(ledger, "t", reserve_bytes=1_000_000)
+        accepted = create(ledger, "t", reserve_bytes=1_500_000)
         with pytest.raises(Refused) as refused:
-            create(ledger, "t", reserve_bytes=1_000_000)
-        assert refused.value.reason == "memory" and refused.value.reserved == 1_000_000
+            create(ledger, "t", reserve_bytes=1_500_000)
+        assert refused.value.reason == "memory" and refused.value.reserved == 1_500_000
         _, started = start_next(ledger, redis_db)
         # The accepted job can always store its result; its reservation is then released.
         assert ledger.succeed(Lease(accepted, started.token), [b"x" * 900_000], evaluations=1) == Outcome.OK
         assert int(redis_db.get(fairness.reserved_key())) == 0
+    assert redis_db.zcard(fairness.reserved_jobs_key()) == 0 and redis_db.hlen(fairness.reserved_bytes_key()) == 0
         redis_db.delete(jobs.result_key(accepted, 0))  # results expire; room comes back
-        create(ledger, "t", reserve_bytes=1_000_000)
+        create(ledger, "t", reserve_bytes=1_500_000)
     finally:
         redis_db.config_set("maxmemory", 0)
 
@@ -177,3 +178,55 @@ def test_transitions_keep_no_bookkeeping_of_finished_jobs(ledger, redis_db):
         assert redis_db.hlen(fairness.running_key(MODEL, tenant)) == 0
         assert redis_db.llen(fairness.parked_key(MODEL, tenant)) == 0
     assert int(redis_db.get(fairness.reserved_key())) == 0
+    assert redis_db.zcard(fairness.reserved_jobs_key()) == 0 and redis_db.hlen(fairness.reserved_bytes_key()) == 0
+
+
+def test_an_unparked_job_that_ends_unstarted_passes_its_turn_on(ledger, redis_db):
+    """A runs; B and C wait aside. A ends and B comes back, but B is canceled before a worker
+    takes it: C must come back too, not wait for a running job that is not there."""
+    first = create(ledger, "t", tenant_max_running=1)
+    second = create(ledger, "t", tenant_max_running=1)
+    third = create(ledger, "t", tenant_max_running=1)
+    _, started = start_next(ledger, redis_db)
+    assert start_next(ledger, redis_db)[1].outcome == Outcome.PARKED
+    assert start_next(ledger, redis_db)[1].outcome == Outcome.PARKED
+    assert ledger.succeed(Lease(first, started.token), [b"png"], evaluations=1) == Outcome.OK
+    assert queue(redis_db).get_job_ids() == [second]
+    assert ledger.cancel(second) == Outcome.CANCELED
+    assert queue(redis_db).get_job_ids() == [third]
+    job_id, started = start_next(ledger, redis_db)
+    assert (job_id, started.outcome) == (third, Outcome.OK)
+
+
+def test_a_job_parked_again_keeps_its_turn_among_its_tenants_parked_jobs(ledger, redis_db):
+    first = create(ledger, "t", tenant_max_running=1)
+    second = create(ledger, "t", tenant_max_running=1)
+    third = create(ledger, "t", tenant_max_running=1)
+    start_next(ledger, redis_db)
+    start_next(ledger, redis_db), start_next(ledger, redis_db)  # both parked, second first
+    redis_db.rpush(queue(redis_db).key, second)  # a stray redelivery of the second, parked again
+    redis_db.lrem(fairness.parked_key(MODEL, "t"), 0, second)
+    assert start_next(ledger, redis_db)[1].outcome == Outcome.PARKED
+    assert [j.decode() for j in redis_db.lrange(fairness.parked_key(MODEL, "t"), 0, -1)] == [second, third]
+    assert ledger.read(first)["status"] == "running"
+
+
+def test_a_reservation_never_outlives_its_job(ledger, redis_db):
+    """A model no worker ever came for: its jobs' records expire unfinished, and their reserved
+    bytes are given back, or admission would refuse every job for good."""
+    job_id = create(ledger, "t", reserve_bytes=5_000)
+    assert int(redis_db.get(fairness.reserved_key())) == 5_000
+    # As if its record's time had passed: the reservation is due.
+    redis_db.zadd(fairness.reserved_jobs_key(), {job_id: 1})
+    redis_db.delete(jobs.job_key(job_id))
+    create(ledger, "t", reserve_bytes=7)
+    assert int(redis_db.get(fairness.reserved_key())) == 7
+    assert redis_db.hget(fairness.reserved_bytes_key(), job_id) is None
+
+
+def test_a_reservation_is_given_back_once(ledger, redis_db):
+    job_id = create(ledger, "t", reserve_bytes=5_000)
+    create(ledger, "t", reserve_bytes=100)
+    assert ledger.cancel(job_id) == Outcome.CANCELED
+    assert ledger.cancel(job_id) == Outcome.FINAL
+    assert int(redis_db.get(fairness.reserved_key())) == 100

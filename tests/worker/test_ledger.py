@@ -402,3 +402,17 @@ def test_a_job_whose_cancel_was_requested_ends_canceled_when_its_worker_dies(led
     ledger.cancel(job_id)
     assert ledger.abandon(lapse(redis_db, lease)) == Outcome.CANCELED
     assert record(redis_db, job_id)["status"] == "canceled" and queue(redis_db).count == 0
+
+
+def test_only_the_owner_frees_the_inputs_early(ledger, redis_db):
+    """A worker in a full Redis frees its job's upload before storing results, but a reaped one
+    must not take the upload from the execution that now runs the job."""
+    create(ledger)
+    old = started(ledger, redis_db)
+    lapse(redis_db, old)
+    assert ledger.abandon(old) == Outcome.REQUEUED
+    new = started(ledger, redis_db, worker="w2")
+    assert ledger.free_inputs(old) is False
+    assert redis_db.exists(jobs.input_key(old.job_id, "image"), jobs.input_key(old.job_id, "mask")) == 2
+    assert ledger.free_inputs(new) is True
+    assert redis_db.exists(jobs.input_key(old.job_id, "image"), jobs.input_key(old.job_id, "mask")) == 0
