@@ -362,6 +362,7 @@ def test_a_redis_crash_loses_no_job_older_than_the_fsync_window():
     crash_run(mode="memory", crash="process", kills=1, load_seconds=(2, 3))
 
 
+@pytest.mark.slow  # the CI run keeps the process crash and the disk mode's host crash
 def test_a_host_crash_loses_at_most_the_fsync_window_in_memory_mode():
     crash_run(mode="memory", crash="host", kills=1, load_seconds=(2, 3))
 
