@@ -12,8 +12,8 @@ from fastapi import FastAPI, Request
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
-from redis import BlockingConnectionPool, Redis
 
+from worker import redis_url
 from worker.acks import AckUnsupported, NotAcknowledged
 from worker.ledger import Ledger, LedgerContention
 from worker.webhooks_policy import WebhookPolicy
@@ -61,10 +61,10 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
     app.state.settings = settings
     # A bounded pool: a request waits (up to its timeout) for a free connection, so the Redis
     # connections of one API process follow REPAINT_REDIS_MAX_CONNECTIONS, not the traffic.
-    pool = BlockingConnectionPool.from_url(settings.redis_url, max_connections=settings.redis_max_connections,
-                                           timeout=10, socket_timeout=10, socket_connect_timeout=5,
-                                           health_check_interval=30)
-    app.state.redis = Redis(connection_pool=pool)
+    # (With Sentinel, the pool asks the sentinels for the primary again after a failover.)
+    app.state.redis = redis_url.connect(settings.redis_url, max_connections=settings.redis_max_connections,
+                                        pool_timeout=10, socket_timeout=10, socket_connect_timeout=5,
+                                        health_check_interval=30)
     app.state.keyring = settings.keyring()
     app.state.pixels = PixelBudget(settings.pixel_budget)
     app.state.ledger = Ledger(app.state.redis, result_ttl=settings.result_ttl,

@@ -29,12 +29,12 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from anyio import to_thread
-from redis import asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
 from worker import jobs
+from worker.redis_url import connect_async
 
 log = logging.getLogger("repaint.api.events")
 
@@ -135,12 +135,11 @@ class EventHub:
         self._queue_size = queue_size
         self._position_seconds = position_seconds
         # No silent reconnects on the pub/sub connection: the hub must know of each, to resync.
-        self._client = aioredis.Redis.from_url(redis_url, retry=Retry(NoBackoff(), 0), socket_connect_timeout=5,
-                                              socket_keepalive=True)
+        self._client = connect_async(redis_url, retry=Retry(NoBackoff(), 0), socket_connect_timeout=5,
+                                     socket_keepalive=True)
         self._pubsub = self._client.pubsub()
-        pool = aioredis.BlockingConnectionPool.from_url(redis_url, max_connections=read_connections, timeout=10,
-                                                        socket_timeout=10, socket_connect_timeout=5)
-        self._reads = aioredis.Redis(connection_pool=pool)
+        self._reads = connect_async(redis_url, max_connections=read_connections, pool_timeout=10,
+                                    socket_timeout=10, socket_connect_timeout=5)
         self._jobs: dict[str, _Followed] = {}
         self._subscribed: set[str] = set()   # jobs whose SUBSCRIBE was sent (and no UNSUBSCRIBE since)
         self._acks_due: dict[str, int] = {}  # SUBSCRIBEs sent per job whose confirmation has not come

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from models.registry import parse_model_refs
+from worker import redis_url
 from worker.acks import Ack, AckMode
 
 from .tenancy import Keyring
@@ -15,7 +16,14 @@ class ApiSettings(BaseSettings):
     # hide_input_in_errors: a refused setting must not echo API keys or secrets into the log.
     model_config = SettingsConfigDict(env_prefix="REPAINT_", extra="ignore", hide_input_in_errors=True)
 
-    redis_url: str = Field("redis://127.0.0.1:6379/0", description="Redis shared with the workers")
+    redis_url: str = Field("redis://127.0.0.1:6379/0", description="Redis shared with the workers: redis://, "
+                           "rediss://, unix:// or redis+sentinel://host:26379,.../<service>/<db> (Sentinel)")
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_url_is_readable(cls, value: str) -> str:
+        redis_url.check(value)  # a RedisUrlError (ValueError) names what is wrong, never the password
+        return value
     model: str = Field("faces32", description="default model for POST /inpaint: a preset name, the path of a "
                        "diffusers model folder, or name=path")
     models: str = Field("", description="comma-separated further models to accept jobs for, whether or not "
@@ -57,9 +65,11 @@ class ApiSettings(BaseSettings):
     events_redis_connections: int = Field(4, ge=1, le=64, description="Redis connections per API process that "
                                           "read job event streams for SSE (a replay after Last-Event-ID, the "
                                           "latest id), besides the one pub/sub connection all streams share")
-    ack: AckMode = Field(AckMode.MEMORY, description="what 202 promises: 'memory' (the job is in Redis's memory; "
-                         "a crash of Redis's host may lose about the last second) or 'disk' (fsynced to Redis's "
-                         "append-only file, WAITAOF: Redis >= 7.2 or Valkey)")
+    ack: AckMode = Field(AckMode.MEMORY, description="what 202 (and a final status) promises: 'memory' (the job "
+                         "is in Redis's memory; a crash of Redis's host may lose about the last second), 'disk' "
+                         "(fsynced to Redis's append-only file, WAITAOF: Redis >= 7.2 or Valkey) or 'replica' (on "
+                         "REPAINT_ACK_REPLICAS replicas, WAIT: survives a failover)")
+    ack_replicas: int = Field(1, ge=1, description="replica mode: replicas that must have a write before it counts")
     ack_timeout: float = Field(5.0, gt=0, le=8, description="seconds POST /inpaint waits for the acknowledgement "
                                "REPAINT_ACK asks for before it answers 503 (the job may exist: retry with the "
                                "same Idempotency-Key)")
@@ -95,7 +105,7 @@ class ApiSettings(BaseSettings):
         return self
 
     def acknowledgement(self) -> Ack:
-        return Ack(mode=self.ack, timeout=self.ack_timeout)
+        return Ack(mode=self.ack, timeout=self.ack_timeout, replicas=self.ack_replicas)
 
     def keyring(self) -> Keyring:
         return Keyring(self.api_keys, self.admin_keys, self.tenant_weights)

@@ -61,3 +61,23 @@ def test_grafana_dashboard_queries_metrics_the_api_exports(redis_server, redis_d
     used = {name for panel in dashboard["panels"] for target in panel["targets"]
             for name in re.findall(r"repaint_[a-z_]+", target["expr"])}
     assert used and used <= exported, used - exported
+
+
+def test_the_ha_override_runs_a_replica_three_sentinels_and_points_the_service_at_them():
+    from worker.redis_url import parse_sentinel_url
+
+    ha = yaml.safe_load((ROOT / "docker-compose.ha.yml").read_text())["services"]
+    replica = ha["redis-replica"]["command"]
+    assert replica[replica.index("--replicaof") + 1: replica.index("--replicaof") + 3] == ["redis", "6379"]
+    for server in ("redis", "redis-replica"):  # both as the single Redis is shipped: AOF, bounded, noeviction
+        command = ha[server]["command"]
+        assert "--appendonly" in command and command[command.index("--maxmemory-policy") + 1] == "noeviction"
+    sentinels = [name for name in ha if name.startswith("sentinel-")]
+    assert len(sentinels) == 3
+    script = ha["sentinel-1"]["command"][-1]
+    assert "sentinel monitor repaint redis 6379 2" in script and "--sentinel" in script
+    for name in ("api", "worker"):
+        env = ha[name]["environment"]
+        url = parse_sentinel_url(env["REPAINT_REDIS_URL"])
+        assert url.service == "repaint" and sorted(h for h, _ in url.sentinels) == sorted(sentinels)
+        assert _default(env["REPAINT_ACK"]) == "replica"

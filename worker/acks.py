@@ -10,7 +10,11 @@ by the API and the workers).
   not the loss of its disk. Each acknowledgement waits for the next fsync (up to a second with
   `everysec`).
 
-(Issue 24 adds `replica`: acknowledged once a replica has the write, `WAIT n <timeout>`.)
+- `replica`: a write is acknowledged once `replicas` replicas (default 1) have it (`WAIT n
+  <timeout>`), so it survives the loss of the primary and a Sentinel failover to a replica that
+  confirmed it (Sentinel promotes the replica with the most of the primary's stream). It is in
+  the replica's memory, not yet on its disk: losing the primary and that replica at once can
+  still lose it.
 
 WAITAOF waits only for the writes of the connection that sends it, and a client's connection
 goes back to its pool after every command or pipeline. So a write that must be confirmed runs on
@@ -40,6 +44,7 @@ class AckMode(str, enum.Enum):
 
     MEMORY = "memory"  # applied by Redis: in its memory
     DISK = "disk"  # in the append-only file, fsynced (WAITAOF)
+    REPLICA = "replica"  # on `replicas` replicas too (WAIT)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -48,11 +53,14 @@ class Ack:
 
     mode: AckMode = AckMode.MEMORY
     timeout: float = 5.0
+    replicas: int = 1  # replica mode: how many replicas must have the write
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "mode", AckMode(self.mode))
         if not self.timeout > 0:  # WAITAOF's 0 means "wait forever"
             raise ValueError(f"the acknowledgement timeout must be positive seconds, not {self.timeout!r}")
+        if self.replicas < 1:
+            raise ValueError(f"replica acknowledgements need at least one replica, not {self.replicas!r}")
 
     @property
     def timeout_ms(self) -> int:
@@ -91,6 +99,8 @@ def check_server(redis: Redis, ack: Ack) -> str:
                 + ("keeps an append-only file)" if aof else "has no append-only file: a restart loses every job)"))
 
     name = server_name(redis)
+    if ack.mode is AckMode.REPLICA:
+        return _check_replicas(redis, ack, name, where)
     needed = "REPAINT_ACK=disk needs"
     try:
         redis.execute_command("WAITAOF", 0, 0, 1)  # asks for nothing: answers at once where it exists
@@ -164,15 +174,22 @@ def confirm(client: Redis | Pipeline, ack: Ack) -> None:
         # lost reply, an idempotent replay) changed nothing; this one covers everything before it.
         connection.send_command("SET", PROBE_KEY, 1, "PX", 60_000, check_health=False)
         connection.read_response()
-        connection.send_command("WAITAOF", 1, 0, ack.timeout_ms, check_health=False)
-        local, _replicas = connection.read_response()
+        if ack.mode is AckMode.REPLICA:
+            connection.send_command("WAIT", ack.replicas, ack.timeout_ms, check_health=False)
+            confirmed = int(connection.read_response())
+        else:
+            connection.send_command("WAITAOF", 1, 0, ack.timeout_ms, check_health=False)
+            confirmed, _replicas = connection.read_response()
     except (ConnectionError, TimeoutError) as exc:
-        raise NotAcknowledged(f"Redis went away before it confirmed the write was on disk ({exc})",
+        raise NotAcknowledged(f"Redis went away before the write was confirmed to {_WHERE[ack.mode]} ({exc})",
                               mode=ack.mode) from exc
-    except ResponseError as exc:  # e.g. appendonly switched off since start-up
-        raise NotAcknowledged(f"Redis refused to confirm the write was on disk ({exc})", mode=ack.mode) from exc
-    if int(local) < 1:
-        raise NotAcknowledged(f"the write did not reach the append-only file on disk within {ack.timeout:g}s",
+    except ResponseError as exc:  # e.g. appendonly switched off since start-up, or a demoted primary
+        raise NotAcknowledged(f"Redis refused to confirm that the write did {_WHERE[ack.mode]} ({exc})",
+                              mode=ack.mode) from exc
+    wanted = ack.replicas if ack.mode is AckMode.REPLICA else 1
+    if int(confirmed) < wanted:
+        raise NotAcknowledged(f"the write did not {_WHERE[ack.mode]} within {ack.timeout:g}s"
+                              + (f" ({confirmed} of {wanted} replicas)" if ack.mode is AckMode.REPLICA else ""),
                               mode=ack.mode)
 
 
@@ -190,6 +207,32 @@ def _confirms_before_fsync(redis: Redis) -> bool:
             local, _replicas = connection.read_response()
             client.set(PROBE_KEY, 2, px=60_000)
         return int(local) == 1
+
+
+_WHERE = {AckMode.DISK: "reach the append-only file on disk", AckMode.REPLICA: "reach a replica"}
+
+
+def _check_replicas(redis: Redis, ack: Ack, name: str, where: str) -> str:
+    """Replica mode needs a primary (WAIT on a replica answers nothing useful). Replicas that are
+    missing now are not a reason to refuse to start: they may be on their way, and meanwhile
+    every job is answered 503 rather than accepted unconfirmed."""
+    info = redis.info("replication")
+    if info.get("role") != "master":
+        raise AckUnsupported(f"REPAINT_ACK=replica needs the primary, and the server at {where} ({name}) is a "
+                             f"{info.get('role')}: point REPAINT_REDIS_URL at the primary, or at the sentinels "
+                             "(redis+sentinel://...), which always name it")
+    socket_timeout = redis.connection_pool.connection_kwargs.get("socket_timeout")
+    if socket_timeout is not None and socket_timeout <= ack.timeout:
+        raise AckUnsupported(
+            f"the Redis client's socket timeout ({socket_timeout:g}s) must be longer than REPAINT_ACK_TIMEOUT "
+            f"({ack.timeout:g}s), or waiting for a replica would read as Redis being unavailable.")
+    connected = int(info.get("connected_slaves", 0))
+    line = (f"acknowledgements: replica (a job is accepted once {ack.replicas} replica(s) of {name} at {where} "
+            f"have it; waiting at most {ack.timeout:g}s); {connected} replica(s) connected now")
+    if connected < ack.replicas:
+        line += (f": FEWER THAN {ack.replicas}, so POST /inpaint answers 503 until enough are connected "
+                 "(WARNING)")
+    return line
 
 
 PROBE_KEY = "repaint:ack:probe"

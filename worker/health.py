@@ -11,10 +11,10 @@ import json
 import socket
 import sys
 
-from redis import Redis
+
 from rq import Worker
 
-from . import jobs
+from . import jobs, redis_url
 from .settings import WorkerSettings
 
 
@@ -29,7 +29,7 @@ def main() -> int:
     settings = WorkerSettings()
     prefix = settings.worker_name or socket.gethostname()
     try:
-        redis = Redis.from_url(settings.redis_url, socket_timeout=5)
+        redis = redis_url.connect(settings.redis_url, socket_timeout=5)
         workers = [w for w in Worker.all(connection=redis) if w.name.startswith(prefix)]
         alive = [w.name for w in workers]
         defunct = {name: redis.get(jobs.defunct_key(name)) for name in alive}

@@ -94,6 +94,9 @@ class Admission:
 # approximate trimming up to half as many again: about 50 kB at most) and the lease.
 RECORD_OVERHEAD = 64 * 1024
 
+# A final status not yet acknowledged as REPAINT_ACK asks: readers confirm it before they tell it.
+ACK_PENDING = "ack_pending"
+
 # Optimistic transactions: tries before LedgerContention, and the backoff between them.
 MAX_TRIES = 25
 BACKOFF_BASE = 0.002
@@ -184,14 +187,22 @@ class Ledger:
         """Run `body(pipe)` under WATCH `keys`: it reads (executed at once), calls `pipe.multi()`
         and buffers its writes; EXEC applies them all or none. Starts over when a watched key
         changed meanwhile, with backoff, at most MAX_TRIES times (then LedgerContention). A body
-        that returns without `multi()` changed nothing."""
-        with self.redis.pipeline() as pipe:
+        that returns without `multi()` changed nothing.
+
+        A transition that ended a job (`_finish`, or one that found its own earlier run did) is
+        confirmed as `self.ack` asks before it returns (acks.NotAcknowledged if not in time: it is
+        applied, and a retry of it confirms it again), so nobody is told of a final status that a
+        crash or a failover could take back."""
+        with acks.pinned(self.redis, self.ack) as client, client.pipeline() as pipe:
             for attempt in range(MAX_TRIES):
+                pipe.ended_jobs = []  # filled by _finish and _owned (a final status to confirm)
                 try:
                     pipe.watch(*keys)
                     result = body(pipe)
                     if pipe.explicit_transaction:
                         pipe.execute()
+                    if pipe.ended_jobs:
+                        self._confirm_final(client, pipe.ended_jobs)
                     return result
                 except WatchError:
                     # Another writer changed the job meanwhile: back off (jittered, growing) so that
@@ -200,6 +211,27 @@ class Ledger:
                 finally:
                     pipe.reset()
         raise LedgerContention(f"a transition on {keys[0]} lost {MAX_TRIES} tries to concurrent writers")
+
+    def _confirm_final(self, client: Redis, job_ids: list[str]) -> None:
+        """Wait for the acknowledgement of the final statuses just written (through `client`, a
+        pinned one), then take their `ack_pending` mark off: readers trust them from then on."""
+        if self.ack.mode is acks.AckMode.MEMORY:
+            return
+        acks.confirm(client, self.ack)
+        with client.pipeline(transaction=False) as pipe:
+            for job_id in job_ids:
+                pipe.hdel(jobs.job_key(job_id), ACK_PENDING)
+            pipe.execute()
+
+    def confirmed(self, job_id: str, record: dict) -> dict:
+        """`record`, once its final status is acknowledged as `self.ack` asks: a status written by
+        a worker whose own confirmation did not come (or has not come yet) is confirmed here
+        before anyone is told of it (acks.NotAcknowledged if it cannot be: the caller answers 503)."""
+        if not record.get(ACK_PENDING) or self.ack.mode is acks.AckMode.MEMORY:
+            return record
+        with acks.pinned(self.redis, self.ack) as client:
+            self._confirm_final(client, [job_id])
+        return {k: v for k, v in record.items() if k != ACK_PENDING}
 
     @staticmethod
     def _record(pipe, job_id: str) -> dict:
@@ -296,6 +328,7 @@ class Ledger:
         record = jobs.decode_record(self.redis.hgetall(jobs.job_key(job_id)))
         if not record:
             return None
+        record = self.confirmed(job_id, record)
         if record["status"] == JobStatus.QUEUED.value:
             record["position"] = rqside.queue_for(self.redis, jobs.queue_name(record["model"])).get_job_position(job_id)
         return record
@@ -566,7 +599,10 @@ class Ledger:
             return record, Outcome.MISSING
         if record.get("closed_by") == f"{lease.token}:{op}" and record["status"] != JobStatus.RUNNING.value:
             # This very transition already ended this execution (an earlier run of it was
-            # applied and its reply lost): answer what that run did.
+            # applied and its reply, or its acknowledgement, lost): answer what that run did,
+            # once the status it wrote is confirmed.
+            if JobStatus(record["status"]).final and hasattr(pipe, "ended_jobs"):
+                pipe.ended_jobs.append(lease.job_id)
             return record, _CLOSED_AS[record["status"]]
         if JobStatus(record["status"]).final:
             return record, Outcome.FINAL
@@ -672,6 +708,10 @@ class Ledger:
         pipe.hdel(key, "owner")
         if lease is not None:
             pipe.hset(key, "closed_by", f"{lease.token}:{op}")
+        if self.ack.mode is not acks.AckMode.MEMORY:
+            pipe.hset(key, ACK_PENDING, 1)  # until the status is acknowledged (_confirm_final)
+        if hasattr(pipe, "ended_jobs"):
+            pipe.ended_jobs.append(job_id)
         pipe.expire(key, self.result_ttl)
         # The preview goes with the inputs: a final job has its results (or none to show), and a
         # preview kept for the result TTL would hold up to an upload's size that no reserve counts.

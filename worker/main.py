@@ -26,8 +26,8 @@ from rq.worker import WorkerStatus
 from models.checkpoints import CheckpointError
 from models.config import ConfigError
 
-from . import jobs, rqside
-from .acks import Ack, AckUnsupported
+from . import jobs, redis_url, rqside
+from .acks import AckUnsupported
 from .engine import BatchEngine
 from .ledger import Ledger, Outcome
 from .liveness import DEFUNCT_EXIT_CODE, Heartbeats, register_model
@@ -87,7 +87,7 @@ def build_worker(settings: WorkerSettings, redis: Redis, runtime: Runtime, webho
     worker = BatchWorker([queue], connection=redis, serializer=rqside.SERIALIZER, name=name,
                          worker_ttl=settings.heartbeat_ttl)
     worker.heartbeat_ttl = settings.heartbeat_ttl
-    worker.ledger = Ledger(redis, result_ttl=settings.result_ttl, ack=Ack(mode=settings.ack))
+    worker.ledger = Ledger(redis, result_ttl=settings.result_ttl, ack=settings.acknowledgement())
     worker.engine = BatchEngine(worker, runtime, worker.ledger, settings, max_batch=runtime.max_batch,
                                 webhooks=webhooks)
     return worker
@@ -96,7 +96,7 @@ def build_worker(settings: WorkerSettings, redis: Redis, runtime: Runtime, webho
 def main(settings: WorkerSettings | None = None) -> None:
     settings = settings or WorkerSettings()
     logging.basicConfig(level=settings.log_level, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    redis = Redis.from_url(settings.redis_url, socket_timeout=30, socket_connect_timeout=5,
+    redis = redis_url.connect(settings.redis_url, socket_timeout=30, socket_connect_timeout=5,
                            health_check_interval=15)
     try:
         runtime = Runtime(settings)  # before taking any job: a bad checkpoint or folder stops here, loudly

@@ -7,14 +7,22 @@ from typing import Literal
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from .acks import AckMode
+from . import redis_url
+from .acks import Ack, AckMode
 
 
 class WorkerSettings(BaseSettings):
     # hide_input_in_errors: a refused setting must not echo API keys or secrets into the log.
     model_config = SettingsConfigDict(env_prefix="REPAINT_", extra="ignore", hide_input_in_errors=True)
 
-    redis_url: str = Field("redis://127.0.0.1:6379/0", description="Redis shared with the API")
+    redis_url: str = Field("redis://127.0.0.1:6379/0", description="Redis shared with the API: redis://, "
+                           "rediss://, unix:// or redis+sentinel://host:26379,.../<service>/<db> (Sentinel)")
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_url_is_readable(cls, value: str) -> str:
+        redis_url.check(value)  # a RedisUrlError (ValueError) names what is wrong, never the password
+        return value
     model: str = Field("faces32", description="the model this worker serves: a preset name, the path of a "
                        "diffusers model folder, or name=path (the name the API and jobs use)")
     checkpoint: str | None = Field(None, description="path of the preset's UNet weights (not for diffusers folders: "
@@ -41,7 +49,14 @@ class WorkerSettings(BaseSettings):
                                  "one serves (default: on for CUDA, off on CPU)")
     result_ttl: int = Field(24 * 3600, ge=60, description="seconds results and finished jobs are kept")
     ack: AckMode = Field(AckMode.MEMORY, description="the acknowledgement mode the API runs with "
-                         "(REPAINT_ACK): the worker refuses to start where Redis cannot give it")
+                         "(REPAINT_ACK): the worker refuses to start where Redis cannot give it, and confirms each "
+                         "final status so before the job's clients and webhooks are told it")
+    ack_timeout: float = Field(5.0, gt=0, le=20, description="seconds a final status waits for its acknowledgement "
+                               "before the worker retries it")
+    ack_replicas: int = Field(1, ge=1, description="replica mode: replicas that must have a write before it counts")
+
+    def acknowledgement(self) -> Ack:
+        return Ack(mode=self.ack, timeout=self.ack_timeout, replicas=self.ack_replicas)
     progress_interval: float = Field(0.5, gt=0, le=1.0, description="seconds between progress writes")
     heartbeat_ttl: int = Field(30, ge=10, description="seconds without a heartbeat before a worker's jobs "
                                "count as abandoned and are handed to another worker")

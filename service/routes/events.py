@@ -122,6 +122,11 @@ class _Follower:
                         self.position = item.position
                         yield sse("status", {"status": self.status, "position": item.position}, None)
                 elif (chunk := self.event(item)) is not None:
+                    if self.status in FINAL:
+                        # Told only once it is acknowledged as REPAINT_ACK asks (the record read
+                        # confirms a pending one; NotAcknowledged ends the stream, and the
+                        # client's reconnect resumes from the record).
+                        await run_in_threadpool(self.ledger.read, self.job_id)
                     yield chunk
         except (RedisError, OSError) as exc:
             log.warning("events of %s: %s; the stream ends for the client to reconnect", self.job_id, exc)

@@ -82,12 +82,12 @@ def test_disk_needs_a_socket_timeout_longer_than_its_own(server):
 
 def test_the_mode_is_an_enum_and_the_timeout_positive():
     assert Ack().mode is AckMode.MEMORY and Ack(mode="disk").mode is AckMode.DISK
-    assert [m.value for m in AckMode] == ["memory", "disk"]
+    assert [m.value for m in AckMode] == ["memory", "disk", "replica"]
     assert Ack(mode="disk", timeout=0.0004).timeout_ms == 1
     with pytest.raises(ValueError):
         Ack(mode="disk", timeout=0)  # WAITAOF's 0 would wait forever
     with pytest.raises(ValueError):
-        Ack(mode="replica")  # not yet (issue 24)
+        Ack(mode="replica", replicas=0)
 
 
 def test_memory_mode_holds_no_connection_and_confirms_at_once(redis_db):
