@@ -171,6 +171,11 @@ class Ledger:
         self.redis = redis
         self.result_ttl = result_ttl
         self.ack = ack  # what `create`'s return promises about the job's writes (REPAINT_ACK)
+        # Final statuses are confirmed too in replica mode, where a confirmation is a round trip
+        # to a replica. In disk mode it would be a wait for the next fsync (up to a second with
+        # everysec) per finished job, on the worker's serving loop; there a crash may take back
+        # the last second of final statuses, and those jobs run again (docs/guarantees.md).
+        self._confirm_finals = ack.mode is acks.AckMode.REPLICA
         self._ack_checked: str | None = None
         self._heartbeat = redis.register_script(_HEARTBEAT)
         self._progress = redis.register_script(_PROGRESS)
@@ -215,7 +220,7 @@ class Ledger:
     def _confirm_final(self, client: Redis, job_ids: list[str]) -> None:
         """Wait for the acknowledgement of the final statuses just written (through `client`, a
         pinned one), then take their `ack_pending` mark off: readers trust them from then on."""
-        if self.ack.mode is acks.AckMode.MEMORY:
+        if not self._confirm_finals:
             return
         acks.confirm(client, self.ack)
         with client.pipeline(transaction=False) as pipe:
@@ -227,7 +232,7 @@ class Ledger:
         """`record`, once its final status is acknowledged as `self.ack` asks: a status written by
         a worker whose own confirmation did not come (or has not come yet) is confirmed here
         before anyone is told of it (acks.NotAcknowledged if it cannot be: the caller answers 503)."""
-        if not record.get(ACK_PENDING) or self.ack.mode is acks.AckMode.MEMORY:
+        if not record.get(ACK_PENDING) or not self._confirm_finals:
             return record
         with acks.pinned(self.redis, self.ack) as client:
             self._confirm_final(client, [job_id])
@@ -708,7 +713,7 @@ class Ledger:
         pipe.hdel(key, "owner")
         if lease is not None:
             pipe.hset(key, "closed_by", f"{lease.token}:{op}")
-        if self.ack.mode is not acks.AckMode.MEMORY:
+        if self._confirm_finals:
             pipe.hset(key, ACK_PENDING, 1)  # until the status is acknowledged (_confirm_final)
         if hasattr(pipe, "ended_jobs"):
             pipe.ended_jobs.append(job_id)

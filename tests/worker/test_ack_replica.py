@@ -5,7 +5,6 @@ a replica has it (WAIT); without one in time it is NotAcknowledged, for a new jo
 from __future__ import annotations
 
 import signal
-import time
 
 import pytest
 from redis import Redis
@@ -53,9 +52,7 @@ def test_a_write_is_confirmed_once_a_replica_has_it(pair):
     redis = client_of(primary)
     with acks.pinned(redis, REPLICA) as client:
         client.set("k", "v")
-        started = time.monotonic()
         acks.confirm(client, REPLICA)
-        assert time.monotonic() - started < 0.5
     assert replica.client().get("k") == b"v"
     assert "1 replica(s) connected" in acks.check_server(redis, REPLICA)
 
