@@ -18,6 +18,7 @@ def test_configs_parse():
         throughput.parse_config("x:MAX_BATCH=3")
 
 
+@pytest.mark.slow  # a benchmark smoke run: the default run keeps the suite under 10 minutes
 def test_batched_and_unbatched_side_by_side(tmp_path):
     out, js = tmp_path / "throughput.md", tmp_path / "throughput.json"
     rows = throughput.main(["--concurrency", "2", "--rounds", "1", "--steps", "4", "--jump-length", "2",
