@@ -569,21 +569,42 @@ class Ledger:
                 pipe.hget(jobs.job_key(lease.job_id), "cancel_requested")
             return [flag is not None for flag in pipe.execute()]
 
-    def recover_undelivered(self, queue_name: str, job_id: str) -> Outcome:
-        """A job RQ found stuck between its queue and a worker (the worker died after dequeueing
-        it, before `start`): back to the front of the queue if it is still waiting."""
+    def recover_undelivered(self, queue_name: str, job_id: str, *, still_delivered: bool = False) -> Outcome:
+        """A job stuck between its queue and a worker (the worker died after dequeueing it, before
+        `start`; or a failover kept the dequeue but lost the start): back to the front of the
+        queue if it is still waiting. With `still_delivered`, only while it is still in RQ's
+        intermediate list (watched: a worker that takes it meanwhile makes this start again), so
+        that a reaper acting on what it saw earlier never puts back a job that moved on."""
+        intermediate = rqside.intermediate_key(queue_name)
+
         def body(pipe):
             record = self._record(pipe, job_id)
             if not record:
                 return Outcome.MISSING
             if record["status"] != JobStatus.QUEUED.value:
                 return Outcome.FINAL if JobStatus(record["status"]).final else Outcome.NOT_OWNER
+            if still_delivered and pipe.lpos(intermediate, job_id) is None:
+                return Outcome.ALIVE  # taken back or started meanwhile: nothing to recover
             pipe.multi()
             rqside.requeued(pipe, self.redis, queue_name, job_id, None, None,
                             int(record.get("timeout", 0)) + self.result_ttl + RECORD_MARGIN)
             return Outcome.REQUEUED
 
-        return self._transact([jobs.job_key(job_id)], body)
+        return self._transact([jobs.job_key(job_id), intermediate], body)
+
+    def undelivered(self, queue_name: str) -> list[str]:
+        """Jobs in RQ's intermediate list of `queue_name` (dequeued by a worker) whose record still
+        says `queued`: a worker starts a job within milliseconds of dequeueing it, so one seen
+        here for long was dequeued by a worker that died, or its start was lost in a failover
+        (the dequeue had reached the replica that took over, the start had not)."""
+        ids = [i.decode() for i in self.redis.lrange(rqside.intermediate_key(queue_name), 0, -1)]
+        if not ids:
+            return []
+        with self.redis.pipeline(transaction=False) as pipe:
+            for job_id in ids:
+                pipe.hget(jobs.job_key(job_id), "status")
+            statuses = pipe.execute()
+        return [job_id for job_id, status in zip(ids, statuses) if status == JobStatus.QUEUED.value.encode()]
 
     def expired_leases(self) -> list[Lease]:
         """Running jobs whose lease key is gone: their worker stopped beating."""

@@ -14,6 +14,11 @@ owner one TTL to renew after Redis comes back from an outage, a restart or a pau
 the TTL (when every lease has lapsed at once), so only jobs whose worker is really gone or
 stuck are taken away. Abandoning is a guarded transition: several reapers acting on one lease
 abandon it once.
+
+The same patience applies to deliveries: a job in RQ's intermediate list whose record still says
+`queued` was dequeued by a worker that never started it (it died in between, or a Redis failover
+kept the dequeue but lost the start). Seen so for a full TTL, it goes back to the front of its
+queue. RQ's own maintenance would find it too, but only after ten minutes or more.
 """
 
 from __future__ import annotations
@@ -34,22 +39,29 @@ DEFUNCT_EXIT_CODE = 70  # EX_SOFTWARE: the supervisor restarts the worker
 class Reaper:
     """Finds leases that stayed missing for a full TTL and abandons their jobs."""
 
-    def __init__(self, ledger: Ledger, ttl: float, *, clock=time.monotonic, on_final=None, name: str = ""):
+    def __init__(self, ledger: Ledger, ttl: float, *, clock=time.monotonic, on_final=None, name: str = "",
+                 queue_names: tuple[str, ...] = ()):
         self.ledger = ledger
         self.name = name
         self.ttl = ttl
         self.clock = clock
         self.on_final = on_final  # called with (lease, outcome) for a job the reaper ended for good
+        self.queue_names = queue_names  # whose stuck deliveries this reaper puts back
         self._suspects: dict[Lease, float] = {}
+        self._stuck: dict[tuple[str, str], float] = {}  # (queue, job id) -> first seen undelivered
         self._last_scan: float | None = None
 
     def scan(self) -> list[tuple[Lease, Outcome]]:
+        """Abandon the jobs whose lease stayed missing for a full TTL (returned with the outcome),
+        and put back the deliveries that stayed stuck as long (`scan_deliveries`)."""
         now = self.clock()
         if self._last_scan is not None and now - self._last_scan > self.ttl / 2:
             # This process was not looking (it was paused, or Redis was away): what it saw
             # before says nothing about how long a lease has been missing since.
             self._suspects.clear()
+            self._stuck.clear()
         self._last_scan = now
+        self.scan_deliveries(now)
         missing = set(self.ledger.expired_leases())
         self._suspects = {lease: self._suspects.get(lease, now) for lease in missing}
         handled = []
@@ -63,6 +75,21 @@ class Reaper:
                     self.on_final(lease, outcome)
                 handled.append((lease, outcome))
         return handled
+
+    def scan_deliveries(self, now: float) -> list[str]:
+        """Put back the jobs stuck in an intermediate list for a full TTL; returns their ids."""
+        seen = {(name, job_id) for name in self.queue_names for job_id in self.ledger.undelivered(name)}
+        self._stuck = {key: self._stuck.get(key, now) for key in seen}
+        recovered = []
+        for (name, job_id), since in list(self._stuck.items()):
+            if now - since < self.ttl:
+                continue
+            del self._stuck[(name, job_id)]
+            if self.ledger.recover_undelivered(name, job_id, still_delivered=True) == Outcome.REQUEUED:
+                log.warning("job %s was dequeued but never started (a worker died, or a failover lost "
+                            "its start): back to the front of its queue", job_id)
+                recovered.append(job_id)
+        return recovered
 
 
 class Heartbeats:
@@ -80,7 +107,8 @@ class Heartbeats:
         self.ttl = ttl
         self.describe = describe
         self.interval = interval or max(1.0, ttl / 6)
-        self.reaper = Reaper(ledger, ttl, on_final=self._notify_final, name=worker.name)
+        self.reaper = Reaper(ledger, ttl, on_final=self._notify_final, name=worker.name,
+                             queue_names=tuple(q.name for q in worker.queues))
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="heartbeats", daemon=True)
         self._stall_logged = False

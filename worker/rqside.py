@@ -15,6 +15,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from rq.executions import Execution, ExecutionRegistry
+from rq.intermediate_queue import IntermediateQueue
 from rq.job import Job, JobStatus as RQStatus
 from rq.queue import Queue
 from rq.registry import CanceledJobRegistry, FailedJobRegistry, FinishedJobRegistry, StartedJobRegistry
@@ -45,6 +46,11 @@ def enqueue_fields(queue: Queue, job: Job) -> dict:
     queues (`queue.redis_queues_keys`) and puts the id into the queue's list (`queue.key`)."""
     queue._prepare_for_queue(job)
     return job.to_dict()
+
+
+def intermediate_key(queue_name: str) -> str:
+    """RQ's list of the queue's jobs that a worker dequeued and has not yet started."""
+    return IntermediateQueue.get_intermediate_queue_key(Queue.redis_queue_namespace_prefix + queue_name)
 
 
 def _job(redis: "Redis", queue_name: str, job_id: str) -> Job:

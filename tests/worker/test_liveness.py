@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from tests.worker.test_ledger import MODEL, create, lapse, queue, record, started
+from tests.worker.test_ledger import MODEL, create, dequeue, lapse, queue, record, started
 from worker import jobs
 from worker.ledger import Ledger, Outcome
 from worker.liveness import Heartbeats, Reaper
@@ -75,6 +75,47 @@ def test_two_reapers_abandon_a_lease_once(ledger, redis_db):
         clock.now += 2.5
     assert outcomes.count(Outcome.REQUEUED) == 1
     assert record(redis_db, lease.job_id)["failures"] == 1
+
+
+def test_a_delivery_never_started_goes_back_to_its_queue_after_a_full_ttl(ledger, redis_db):
+    """A worker dequeued the job and died before `start` (or a failover kept the dequeue and lost
+    the start): after one TTL it is at the front of its queue again, and starts normally."""
+    clock = Clock()
+    reaper = Reaper(ledger, ttl=10, clock=clock, queue_names=(jobs.queue_name(MODEL),))
+    job_id, _ = create(ledger)
+    dequeue(redis_db)
+    assert queue(redis_db).count == 0 and ledger.undelivered(jobs.queue_name(MODEL)) == [job_id]
+    for _ in range(4):
+        assert reaper.scan_deliveries(clock.now) == []
+        clock.now += 2.5
+    assert reaper.scan_deliveries(clock.now) == [job_id]
+    assert queue(redis_db).get_job_ids() == [job_id] and ledger.undelivered(jobs.queue_name(MODEL)) == []
+    assert record(redis_db, job_id)["status"] == "queued"
+    assert started(ledger, redis_db).job_id == job_id
+
+
+def test_a_delivery_started_meanwhile_is_left_alone(ledger, redis_db):
+    """Seen stuck, then started by its worker before the TTL ran out: never put back."""
+    clock = Clock()
+    reaper = Reaper(ledger, ttl=10, clock=clock, queue_names=(jobs.queue_name(MODEL),))
+    job_id, _ = create(ledger)
+    rq_job = dequeue(redis_db)
+    assert reaper.scan_deliveries(clock.now) == []
+    ledger.start(rq_job, "w1", 30)
+    clock.now += 20
+    assert reaper.scan_deliveries(clock.now) == []
+    assert record(redis_db, job_id)["status"] == "running" and queue(redis_db).count == 0
+
+
+def test_a_recovery_acting_on_an_old_sighting_changes_nothing(ledger, redis_db):
+    """The job left the intermediate list after it was seen there (another reaper put it back):
+    the guarded recovery refuses, so the job is not queued twice."""
+    job_id, _ = create(ledger)
+    dequeue(redis_db)
+    name = jobs.queue_name(MODEL)
+    assert ledger.recover_undelivered(name, job_id, still_delivered=True) == Outcome.REQUEUED
+    assert ledger.recover_undelivered(name, job_id, still_delivered=True) == Outcome.ALIVE
+    assert queue(redis_db).get_job_ids() == [job_id]
 
 
 @dataclass
