@@ -324,6 +324,7 @@ def failover_run(*, mode: str, replicas: int, fault: str = "kill", faults: int =
                        "every acknowledged job to end", interval=0.5)
         except TimeoutError:
             stuck = {j: poller.latest(j) for j in acknowledged if poller.latest(j) not in FINAL | {"404"}}
+            print("stuck jobs, as the API and the primary see them now:\n" + _diagnose(api, cluster, list(stuck)[:5]))
             raise AssertionError(f"{len(stuck)} acknowledged jobs never ended: {list(stuck.items())[:10]}") from None
         rounds = poller.rounds
         wait_until(lambda: poller.rounds >= rounds + 2, 60, "two more rounds of the poller")  # do they stay so?
@@ -470,6 +471,33 @@ def failover_run(*, mode: str, replicas: int, fault: str = "kill", faults: int =
         cluster.stop()
 
 
+def _diagnose(api, cluster, job_ids: list[str]) -> str:
+    """What a failed run needs to be understood: each stuck job's answer from the API and its
+    record, lease and queue membership on the primary (errors reported, not raised)."""
+    lines = []
+    try:
+        with httpx.Client(base_url=api.url, timeout=5) as client:
+            lines.append(f"  /readyz: {client.get('/readyz').text[:300]}")
+            for job_id in job_ids:
+                r = client.get(f"/jobs/{job_id}")
+                lines.append(f"  API {job_id}: {r.status_code} {r.text[:200]}")
+    except Exception as exc:  # noqa: BLE001 - a diagnosis never fails the report
+        lines.append(f"  API: {exc!r}")
+    try:
+        with cluster.client() as redis:
+            lines.append(f"  running set: {redis.scard(jobs.running_key())} members; "
+                         f"queue {jobs.queue_name('tiny')}: {redis.llen('rq:queue:' + jobs.queue_name('tiny'))}")
+            for job_id in job_ids:
+                record = jobs.decode_record(redis.hgetall(jobs.job_key(job_id)))
+                owner = record.get("owner")
+                lease = redis.exists(jobs.lease_key(job_id, owner)) if owner else None
+                lines.append(f"  primary {job_id}: status={record.get('status')} owner={owner} lease={lease} "
+                             f"worker={record.get('worker')} attempts={record.get('attempts')}")
+    except Exception as exc:  # noqa: BLE001
+        lines.append(f"  primary: {exc!r}")
+    return "\n".join(lines)
+
+
 def _known(status: str) -> str | None:
     return None if status == "unavailable" else status
 
@@ -513,7 +541,7 @@ def test_five_failovers_in_a_row(mode, replicas):
     sentinels before the next kill. With one replica, replica mode answers 503 from each kill
     until then."""
     failover_run(mode=mode, replicas=replicas, faults=5, load_seconds=(2, 4), rejoin=True, workers=2,
-                 max_submissions=6000, final_timeout=120)
+                 max_submissions=6000, final_timeout=300)
 
 
 @pytest.mark.slow
