@@ -30,6 +30,11 @@ def pair():
     replica.client().replicaof("127.0.0.1", primary.port)
     wait_until(lambda: primary.client().info("replication")["connected_slaves"] == 1
                and replica.client().info("replication")["master_link_status"] == "up", 20, "the replica")
+    # Up is not yet acknowledging: right after its first sync a replica may still be loading or
+    # rewriting its AOF, and a WAIT then times out. Ready once one WAIT, given time, is answered.
+    with primary.client() as redis:
+        redis.set("repaint:test:ready", 1)
+        assert redis.execute_command("WAIT", 1, 10_000) == 1, "the replica never acknowledged"
     yield primary, replica
     for server in (replica, primary):
         if server.proc is not None and server.proc.poll() is None:
@@ -79,6 +84,20 @@ def test_replica_mode_needs_the_primary(pair):
     assert "WARNING" in acks.check_server(client_of(primary), REPLICA)  # starts, and says why jobs get 503
 
 
+def resume(replica, primary) -> None:
+    """SIGCONT, then wait until the replica has caught up with the primary: a stopped replica
+    takes a moment to drain what it missed, and a confirmation asked for meanwhile (0.5 s here)
+    would time out on a busy machine, which is not what these tests are about."""
+    replica.proc.send_signal(signal.SIGCONT)
+    redis = client_of(primary)
+
+    def caught_up():
+        info = redis.info("replication")
+        return info.get("slave0", {}).get("offset", -1) >= info["master_repl_offset"]
+
+    wait_until(caught_up, 10, "the replica to catch up", interval=0.05)
+
+
 def test_a_job_is_accepted_only_once_a_replica_has_it(pair):
     primary, replica = pair
     ledger = Ledger(client_of(primary), result_ttl=600, ack=REPLICA)
@@ -89,7 +108,7 @@ def test_a_job_is_accepted_only_once_a_replica_has_it(pair):
                       timeout=100, input_ttl=300, max_attempts=3, idempotency=idempotency)
     with pytest.raises(NotAcknowledged):  # the client's retry with the same key: still not confirmed
         ledger.replay(*idempotency[:2])
-    replica.proc.send_signal(signal.SIGCONT)
+    resume(replica, primary)
     job_id = ledger.replay(*idempotency[:2])  # now it is: the retry gets the one job, confirmed
     wait_until(lambda: replica.client().exists(jobs.job_key(job_id)) == 1, 5, "the job on the replica")
 
@@ -111,7 +130,7 @@ def test_a_final_status_is_told_only_once_a_replica_has_it(pair):
     assert redis.hget(jobs.job_key(job_id), ACK_PENDING) == b"1"
     with pytest.raises(NotAcknowledged):
         ledger.read(job_id)
-    replica.proc.send_signal(signal.SIGCONT)
+    resume(replica, primary)
     # The worker's retry confirms what its first run wrote, and clears the mark.
     assert ledger.succeed(lease, [b"png"], evaluations=1) == Outcome.OK
     assert redis.hget(jobs.job_key(job_id), ACK_PENDING) is None
@@ -127,7 +146,7 @@ def test_a_reader_confirms_a_final_status_its_worker_could_not(pair):
     replica.proc.send_signal(signal.SIGSTOP)
     with pytest.raises(NotAcknowledged):
         ledger.cancel(job_id)  # the API's cancel of a queued job: a final status too
-    replica.proc.send_signal(signal.SIGCONT)
+    resume(replica, primary)
     record = Ledger(redis, result_ttl=600, ack=REPLICA).read(job_id)  # another API process
     assert record["status"] == "canceled" and ACK_PENDING not in record
     assert redis.hget(jobs.job_key(job_id), ACK_PENDING) is None
