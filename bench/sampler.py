@@ -89,7 +89,10 @@ def main(argv=None) -> None:
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--channels-last", action="store_true")
     parser.add_argument("--compile", action="store_true")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own)")
     args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     for batch in args.batch:
         print(json.dumps(run(args.preset, args.device, args.dtype, batch, args.steps, args.jump_length,
                              args.jump_n_sample, args.channels_last, args.compile, args.repeats,

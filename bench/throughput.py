@@ -3,7 +3,7 @@
     python -m bench.throughput [--device cpu|cuda] [--model tiny|celeba256] [--checkpoint FILE] \
         [--concurrency 1 8 32] [--rounds 2] [--steps 50 --jump-length 5 --jump-n-sample 3 | --paper] \
         [--config batched: --config unbatched:REPAINT_MAX_BATCH=1 ...] [--time-budget S] \
-        [--json FILE] [--out docs/throughput.md]
+        [--json FILE] [--out docs/throughput.md] [--against-sampler]
 
 Each worker configuration (`--config LABEL:VAR=VALUE,...`, environment for the worker; default:
 the worker's own defaults, then max_batch=1) gets a fresh Redis, API and worker. For each
@@ -182,6 +182,58 @@ def table(rows: list[dict], args) -> str:
     return "\n".join(out) + "\n"
 
 
+def _batch_and_threads(env: dict, args) -> tuple[int, int | None]:
+    threads = env.get("REPAINT_TORCH_THREADS")
+    return int(env.get("REPAINT_MAX_BATCH", args.default_max_batch)), int(threads) if threads else args.threads
+
+
+def bare_sampler(args) -> dict[tuple[int, int | None], dict]:
+    """bench.sampler at each configuration's max_batch and torch threads (same model, weights,
+    schedule, device), in a process of its own as the worker is: {(batch, threads): its result}."""
+    import subprocess
+    import sys
+
+    wanted: dict[int | None, set[int]] = {}
+    for _, env in args.configs:
+        batch, threads = _batch_and_threads(env, args)
+        wanted.setdefault(threads, set()).add(batch)
+    results = {}
+    for threads, batches in wanted.items():
+        command = [sys.executable, "-m", "bench.sampler", "--preset", args.model, "--device", args.device,
+                   "--steps", str(args.steps), "--jump-length", str(args.jump_length),
+                   "--jump-n-sample", str(args.jump_n_sample), "--repeats", "2", "--batch", *map(str, sorted(batches))]
+        if threads:
+            command += ["--threads", str(threads)]
+        if args.checkpoint:
+            command += ["--checkpoint", args.checkpoint]
+        out = subprocess.run(command, check=True, capture_output=True, text=True).stdout
+        for line in out.splitlines():
+            if line.startswith("{"):
+                r = json.loads(line)
+                print(json.dumps(r), flush=True)
+                results[(r["batch"], threads)] = r
+    return results
+
+
+def against_sampler(rows: list[dict], bare: dict, args) -> str:
+    """The service's sample evaluations per second as a share of the bare sampler's at the
+    configuration's max_batch and threads, for each level."""
+    if not bare:
+        return ""
+    out = ["", "Against the bare sampler (`bench.sampler`, same model, schedule and torch threads, this run):", "",
+           "| config | concurrency | service evals/s | bare sampler evals/s (batch, threads) | service / bare |",
+           "|---|---|---|---|---|"]
+    envs = dict(args.configs)
+    for r in rows:
+        if "skipped" in r:
+            continue
+        batch, threads = _batch_and_threads(envs[r["config"]], args)
+        reference = bare[(batch, threads)]["image_evaluations_per_second"]
+        out.append(f"| {r['config']} | {r['concurrency']} | {r['sample_evaluations_per_second']} | "
+                   f"{reference} ({batch}, {threads or 'default'}) | {r['sample_evaluations_per_second'] / reference:.0%} |")
+    return "\n".join(out) + "\n"
+
+
 def parse_config(text: str) -> tuple[str, dict]:
     label, _, assignments = text.partition(":")
     env = {}
@@ -213,6 +265,9 @@ def main(argv=None) -> list[dict]:
     parser.add_argument("--time-budget", type=float, default=3600.0)
     parser.add_argument("--json", type=Path, default=None)
     parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--against-sampler", action="store_true",
+                        help="also time the bare sampler (bench.sampler) at each configuration's max_batch, same "
+                             "model, schedule and threads, in this run, and report the service's share of it")
     args = parser.parse_args(argv)
     cuda = args.device == "cuda"
     args.model = args.model or ("celeba256" if cuda else "tiny")
@@ -251,7 +306,8 @@ def main(argv=None) -> list[dict]:
                 rows += [{"config": label, "concurrency": c, "skipped": "time budget spent"} for c in args.concurrency]
                 continue
             rows += run_config(label, env, args, deadline)
-    text = table(rows, args)
+        bare = bare_sampler(args) if args.against_sampler else {}
+    text = table(rows, args) + against_sampler(rows, bare, args)
     print(text)
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)

@@ -2,16 +2,23 @@
 
 from __future__ import annotations
 
+import io
 import signal
 import time
 
+import numpy as np
 import pytest
+from PIL import Image
 
 from tests.conftest import face_and_mask
 from tests.procs import ApiProcess, RedisServer, WorkerProcess, submit, wait_final, wait_until
 
 LONG = {"steps": 250, "jump_length": 10, "jump_n_sample": 4}  # 250 + 3*10*24 = 970 evaluations
 MEDIUM = {"steps": 100, "jump_length": 10, "jump_n_sample": 3}  # 100 + 2*10*9 = 280 evaluations
+def decode(png: bytes) -> np.ndarray:
+    return np.asarray(Image.open(io.BytesIO(png)).convert("RGB"), dtype=np.int16)
+
+
 FAST = {"steps": 20, "jump_length": 5, "jump_n_sample": 2}
 FAST_DETECTION = {"REPAINT_HEARTBEAT_TTL": "10"}
 
@@ -132,6 +139,43 @@ def test_out_of_memory_shrinks_the_batch_instead_of_failing_jobs(api, redis_serv
         assert [wait_final(client, i)["status"] for i in ids] == ["succeeded"] * 5
         text = client.get("/metrics").text
         assert 'repaint_jobs_total{model="tiny",status="failed"} 0.0' in text
+    finally:
+        worker.stop()
+
+
+def test_a_lone_job_larger_than_memory_runs_in_smaller_passes(api, redis_server, redis_db):
+    """Four samples where only two fit in one pass: the job used to fail as too big; now its
+    samples run over passes of two, and the result is the one a roomy worker makes."""
+    client = api.client()
+    job = dict(steps=10, jump_length=5, jump_n_sample=2, num_samples=4, seed=3)
+    worker = WorkerProcess(redis_server.url, "tight-alone", REPAINT_TEST_OOM_ABOVE="2",
+                           REPAINT_MAX_BATCH="8").wait_ready(redis_db)
+    try:
+        tight = wait_final(client, submit(client, *face_and_mask(seed=4), **job))
+        assert tight["status"] == "succeeded" and tight["attempts"] == 1, tight
+        tight_pngs = [client.get(f"/jobs/{tight['id']}/result?index={i}").content for i in range(4)]
+    finally:
+        worker.stop()
+    worker = WorkerProcess(redis_server.url, "roomy", REPAINT_MAX_BATCH="8").wait_ready(redis_db)
+    try:
+        roomy = wait_final(client, submit(client, *face_and_mask(seed=4), **job))
+        roomy_pngs = [client.get(f"/jobs/{roomy['id']}/result?index={i}").content for i in range(4)]
+    finally:
+        worker.stop()
+    for a, b in zip(tight_pngs, roomy_pngs):
+        assert np.abs(decode(a) - decode(b)).max() <= 1  # float32 rounding of another batch size
+
+
+def test_a_sample_that_never_fits_is_tried_once_more_then_fails(api, redis_server, redis_db):
+    """Running out of memory alone may be memory held elsewhere at that moment: the job is queued
+    once more, free; the second time it fails for good, saying so."""
+    client = api.client()
+    worker = WorkerProcess(redis_server.url, "no-room", REPAINT_TEST_OOM_ABOVE="0").wait_ready(redis_db)
+    try:
+        job = wait_final(client, submit(client, *face_and_mask(), **FAST))
+        assert job["status"] == "failed" and job["error"]["type"] == "out_of_memory", job
+        assert "tried twice" in job["error"]["message"] and job["attempts"] == 2
+        assert job["last_error"]["type"] == "out_of_memory_alone"
     finally:
         worker.stop()
 

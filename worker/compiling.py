@@ -103,14 +103,17 @@ class BackgroundCompile:
 
     def __init__(self, net: nn.Module, example_inputs: ExampleInputs, *, batch_sizes: Sequence[int],
                  compile_fn: CompileFn | None = None, context: Callable[[], contextlib.AbstractContextManager]
-                 = contextlib.nullcontext, atol: float = 1e-2):
+                 = contextlib.nullcontext, atol: float = 1e-2, finish: Callable | None = None):
         self.net = net
         self.example_inputs = example_inputs
         self.batch_sizes = tuple(batch_sizes)
         self.compile_fn = compile_fn or compile_network
         self.context = context  # the served passes' context (autocast), entered for the warm-up too
         self.atol = atol
-        self.ready: nn.Module | None = None
+        # (compiled network) -> what to serve: the runtime captures its CUDA graphs here, on this
+        # thread, so that nothing is captured between two served passes.
+        self.finish = finish
+        self.ready: Callable | None = None
         self.seconds: float | None = None
         self._state = EAGER
         self._lock = threading.Lock()
@@ -139,6 +142,8 @@ class BackgroundCompile:
         try:
             compiled = self.compile_fn(self.net)
             self._warm_up(compiled)
+            if self.finish is not None:
+                compiled = self.finish(compiled)
         except Exception as exc:  # never the worker's end: it keeps its eager network
             reason = describe_error(exc)
             self._set_state(f"{FAILED}: {reason}")

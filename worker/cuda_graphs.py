@@ -3,8 +3,13 @@
 A forward pass of the UNet is a few hundred kernel launches; at small batch sizes the GPU
 finishes each kernel before the CPU has launched the next, so the pass costs the launches, not
 the arithmetic. A CUDA graph records the pass once per input shape and replays it with one
-launch. Captured lazily, one graph per (batch size, dtype, labels or not), all in one memory
-pool; batch buckets (worker.speed) keep the number of shapes small.
+launch. One graph per (batch size, dtype, labels or not), all in one memory pool; batch buckets
+(worker.speed) keep the number of shapes small.
+
+The worker captures every shape it will serve before serving it (`capture_all`: at start for the
+eager network, on the compile thread for the compiled one), and a served pass of a shape without a
+graph runs uncaptured: a capture (warm-up passes, then the recording) never happens between two
+passes of live jobs. Capturing on first use (`capture_on_call`) is for scripts and benchmarks.
 
 Replays read their inputs from static buffers and write a static output: a call copies its
 inputs in, replays, and returns a copy of the output, so callers never hold a buffer the next
@@ -25,12 +30,43 @@ log = logging.getLogger(__name__)
 
 
 class GraphedNetwork:
-    def __init__(self, net: Callable, *, warm_up: int = 2):
+    def __init__(self, net: Callable, *, warm_up: int = 2, capture_on_call: bool = True):
         self.net = net
         self.warm_up = warm_up
+        self.capture_on_call = capture_on_call
         self.graphs: dict[tuple, tuple] = {}
         self.pool = None
         self.failed: str | None = None
+        self.uncaptured: set[tuple] = set()  # shapes served without a graph (logged once each)
+
+    def capture_all(self, inputs_for: Callable[[int], tuple], sizes, context: Callable = None) -> list[int]:
+        """Capture a graph for each batch size in `sizes` (inputs as `inputs_for(n)` makes them,
+        inside `context()`, the served passes' autocast); returns the sizes captured. Stops at the
+        first failure: out of memory leaves the larger sizes uncaptured (they run plainly), any
+        other failure turns graphs off (`failed`)."""
+        import contextlib
+
+        done = []
+        with torch.inference_mode(), (context or contextlib.nullcontext)():
+            for n in sorted(sizes):
+                inputs = inputs_for(n)
+                if inputs[0].device.type != "cuda":
+                    return done
+                x, t, y = (*inputs, None)[:3]
+                with torch.cuda.device(x.device):
+                    try:
+                        if self._capture(self._key(x, t, y), x, t, y) is None:
+                            return done
+                    except torch.OutOfMemoryError as exc:
+                        log.warning("CUDA graphs: out of memory capturing batch %d (%s); larger batches run "
+                                    "without a graph", n, str(exc).splitlines()[0] if str(exc) else "")
+                        return done
+                done.append(n)
+        return done
+
+    @staticmethod
+    def _key(x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None) -> tuple:
+        return (tuple(x.shape), x.dtype, t.dtype, None if y is None else y.dtype)
 
     def __call__(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         if self.failed is not None or x.device.type != "cuda":
@@ -38,8 +74,13 @@ class GraphedNetwork:
         # Capture and replay on the input's GPU (REPAINT_DEVICE=cuda:N): torch.cuda.graph makes its
         # capture stream on the current device.
         with torch.cuda.device(x.device):
-            key = (tuple(x.shape), x.dtype, t.dtype, None if y is None else y.dtype)
+            key = self._key(x, t, y)
             entry = self.graphs.get(key)
+            if entry is None and not self.capture_on_call:
+                if key not in self.uncaptured:
+                    self.uncaptured.add(key)
+                    log.warning("CUDA graphs: no graph for batch %d; such passes run without one", x.shape[0])
+                return self.net(x, t, y)
             if entry is None:
                 entry = self._capture(key, x, t, y)
                 if entry is None:
@@ -66,7 +107,9 @@ class GraphedNetwork:
                     self.net(static_x, static_t, static_y)
             stream.wait_stream(side)
             graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph, pool=self.pool):
+            # thread_local: the compile thread captures while the serving thread runs passes
+            # (allocations there are not part of this capture and must not invalidate it).
+            with torch.cuda.graph(graph, pool=self.pool, capture_error_mode="thread_local"):
                 static_out = self.net(static_x, static_t, static_y)
         except Exception as exc:  # noqa: BLE001 - any capture failure: serve eagerly instead
             # A capture that ends in error can leave its stream current (torch.cuda.graph's exit
@@ -89,8 +132,10 @@ class GraphedNetwork:
         return entry
 
     def reset(self) -> None:
-        """Drop every graph and its memory (after running out of memory)."""
+        """Drop every graph and its memory (after running out of memory); `capture_all` again,
+        between jobs, brings them back."""
         self.graphs.clear()
+        self.uncaptured.clear()
         self.pool = None
 
 

@@ -29,6 +29,7 @@ from rq.exceptions import StopRequested
 from . import geometry, jobs
 from .ledger import Lease, Ledger, Outcome
 from .params import JobParams
+from .reporter import ProgressReporter, Snapshot, redis_is_full
 from .runtime import JobInputError, Runtime
 from .scheduler import BatchScheduler, Flight
 from .settings import WorkerSettings
@@ -43,10 +44,12 @@ log = logging.getLogger(__name__)
 REDIS_ERRORS = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
 
 
-def redis_is_full(exc: BaseException) -> bool:
-    """Whether Redis refused a write for want of memory (maxmemory with noeviction). Inside a
-    transaction the refusal arrives as EXECABORT naming the OOM error."""
-    return isinstance(exc, redis.exceptions.OutOfMemoryError) or "OOM" in str(exc) or "maxmemory" in str(exc)
+# Seconds between two looks at the cancel flags of the jobs in flight: a small model's pass takes
+# a few milliseconds on a GPU, and a Redis round trip per pass would be a sizeable share of it.
+CANCEL_CHECK_INTERVAL = 0.2
+
+# `last_error.type` of a job put back once after running out of memory alone.
+OUT_OF_MEMORY_ALONE = "out_of_memory_alone"
 
 
 def error_of(exc: BaseException, runtime: Runtime | None = None) -> dict:
@@ -105,7 +108,8 @@ class BatchEngine:
         self._peers_checked = 0.0
         self._idle_peer = False
         self._stop_seen: float | None = None
-        self._full_logged = 0.0
+        self._cancels_checked = 0.0
+        self.reporter = ProgressReporter(ledger, runtime.preview_png, webhooks, self.mark_lost)
 
     # ---- what the heartbeat thread needs ---------------------------------------------------------
 
@@ -140,9 +144,12 @@ class BatchEngine:
         for queue in self.worker.queues:
             ids = queue.get_job_ids(0, 1)
             if ids:
-                raw = self.redis.hget(jobs.job_key(ids[0]), "num_samples")
-                return int(raw) if raw is not None else 1
+                return self._size_of(ids[0])
         return None
+
+    def _size_of(self, job_id: str) -> int:
+        raw = self.redis.hget(jobs.job_key(job_id), "num_samples")
+        return int(raw) if raw is not None else 1
 
     def _an_idle_peer_exists(self) -> bool:
         """Whether another worker of these queues is idle (checked at most once a second).
@@ -179,7 +186,14 @@ class BatchEngine:
                                     job_class=self.worker.job_class, serializer=self.worker.serializer)
             if got is None:
                 return
-            self.take(got[0])
+            rq_job, queue = got
+            if busy and not self.scheduler.fits(self._size_of(rq_job.id)):
+                # Not the job sized above: another worker took that one meanwhile, and this one
+                # is larger than the room left. Back to the front of its queue, untouched.
+                self._until_redis(lambda: self.ledger.recover_undelivered(queue.name, rq_job.id,
+                                                                          still_delivered=True))
+                return
+            self.take(rq_job)
             busy = bool(self.scheduler.flights)
 
     def take(self, rq_job: "Job") -> None:
@@ -208,8 +222,9 @@ class BatchEngine:
             used = {"blend": geometry.auto_blend(prepared.plan) if params.blend is None else params.blend}
             self._until_redis(lambda: self.ledger.set_plan(lease, prepared.plan.describe(), used))
             timeout = record.get("timeout") or None
+            retried = (record.get("last_error") or {}).get("type") == OUT_OF_MEMORY_ALONE
             flight = self.scheduler.admit(lease.job_id, lease.token, params, prepared,
-                                          timeout=timeout, webhook=params.webhook)
+                                          timeout=timeout, webhook=params.webhook, retried_out_of_memory=retried)
         except (StopRequested, *REDIS_ERRORS):
             raise  # a cold stop: the job's lease lapses and the reaper re-queues it
         except Exception as exc:
@@ -228,6 +243,7 @@ class BatchEngine:
     def run(self, job: "Job", queue: "Queue") -> None:
         with self._lost_lock:
             self._lost.clear()
+        self.runtime.between_jobs()  # the batch is empty: the one moment graphs may be captured
         try:
             self._run(job)
         except BaseException:
@@ -334,9 +350,16 @@ class BatchEngine:
                 lease, "out of memory in a batch; queued again for a smaller batch"))
         if shrink.too_big is not None:
             flight = shrink.too_big
-            error = {"type": "out_of_memory", "message": f"the job does not fit in memory alone: {exc}"}
-            self._until_redis(lambda: self._fail(Lease(flight.job_id, flight.token), flight.webhook, error,
-                                                 retryable=False))
+            lease = Lease(flight.job_id, flight.token)
+            if not flight.retried_out_of_memory:
+                # Memory held elsewhere at that moment (a background compile's warm-up, a
+                # neighbour's result being encoded) may be why: once more, from its queue.
+                log.warning("job %s ran out of memory alone; queued again once", flight.job_id)
+                self._until_redis(lambda: self.ledger.requeue(
+                    lease, f"one sample did not fit in memory (tried once more): {exc}", kind=OUT_OF_MEMORY_ALONE))
+                return
+            error = {"type": "out_of_memory", "message": f"the job does not fit in memory alone (tried twice): {exc}"}
+            self._until_redis(lambda: self._fail(lease, flight.webhook, error, retryable=False))
 
     def drop_lost(self) -> None:
         """Jobs this worker no longer owns (reaped while it was stuck or cut off) leave the batch."""
@@ -357,10 +380,13 @@ class BatchEngine:
             self.scheduler.remove(flight)  # after the ledger: a Redis error keeps it here for a retry
 
     def check_cancellations(self) -> None:
-        """A DELETE sets a flag on the job's record; a canceled job leaves before the next step."""
+        """A DELETE sets a flag on the job's record; a canceled job leaves within
+        CANCEL_CHECK_INTERVAL (one Redis round trip per interval, not per pass)."""
         flights = self.flights
-        if not flights:
+        now_ = time.monotonic()
+        if not flights or now_ - self._cancels_checked < CANCEL_CHECK_INTERVAL:
             return
+        self._cancels_checked = now_
         flags = self.ledger.cancel_requested([Lease(f.job_id, f.token) for f in flights])
         for flight, flag in zip(flights, flags):
             if flag:
@@ -464,6 +490,9 @@ class BatchEngine:
     # ---- reporting and Redis outages ----------------------------------------------------------
 
     def _write_progress(self, force: bool = False) -> None:
+        """Every progress interval, a snapshot of the jobs in flight for the reporter thread
+        (worker.reporter), which writes it while the loop goes on; every preview interval the
+        snapshot carries each job's current estimate too."""
         now_ = time.time()
         if not force and now_ - self._last_progress < self.settings.progress_interval:
             return
@@ -476,32 +505,21 @@ class BatchEngine:
             eta = elapsed / step * (total - step) if step else None
             progress = {"step": step, "total": total, "fraction": round(step / total, 4),
                         "eta_seconds": None if eta is None else round(eta, 1), "updated_at": now_}
-            updates.append((Lease(flight.job_id, flight.token), progress))
-            self.webhooks.notify(flight.webhook, flight.job_id, "progress", progress)
-        try:
-            owned = self.ledger.progress(updates, self._previews(now_, flights))
-        except redis.exceptions.ResponseError as exc:
-            if not redis_is_full(exc):
-                raise
-            # Progress is a nicety: a full Redis must not stop the batch that will free it.
-            if now_ - self._full_logged > 60:
-                self._full_logged = now_
-                log.error("redis is full (%s): progress not written; the batch carries on", exc)
-            return
-        self.mark_lost(Lease(f.job_id, f.token) for f, ok in zip(flights, owned) if not ok)
+            updates.append((Lease(flight.job_id, flight.token), progress, flight.webhook))
+        self.reporter.submit(Snapshot(updates, self._estimates(now_, flights)))
         self._flush_stats()
 
-    def _previews(self, now_: float, flights: list[Flight]) -> dict[str, tuple[bytes, int]]:
-        """Each job's current estimate (sample 0) in its image, every preview_interval, once the
-        job is a third of the way: before that the estimate is mostly noise."""
+    def _estimates(self, now_: float, flights: list[Flight]) -> dict:
+        """Each job's current estimate (sample 0), every preview_interval, once the job is a third
+        of the way (before that the estimate is mostly noise): copied off the batch here, made
+        into a preview image on the reporter's thread."""
         flights = [f for f in flights if 3 * f.step >= f.total]
         if now_ - self._last_preview < self.settings.preview_interval or not flights:
             return {}
         self._last_preview = now_
         try:
             estimates = self.runtime.estimates(self.scheduler.batch, [f.samples[0] for f in flights])
-            return {f.job_id: (self.runtime.preview_png(x, f.prepared, f.params), f.step)
-                    for f, x in zip(flights, estimates)}
+            return {f.job_id: (x.clone(), f.prepared, f.params, f.step) for f, x in zip(flights, estimates)}
         except Exception as exc:  # previews are a nicety: never a reason to stop the batch
             log.warning("previews skipped: %s", exc)
             return {}

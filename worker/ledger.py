@@ -533,10 +533,11 @@ class Ledger:
         infrastructure error uses one attempt and puts the job back while attempts are left."""
         return self._end_execution(lease, error, charge=True, final_unless_retryable=not retryable)
 
-    def requeue(self, lease: Lease, reason: str) -> Outcome:
+    def requeue(self, lease: Lease, reason: str, kind: str = "requeued") -> Outcome:
         """Put an owned job back at the front of its queue, using no attempt (SIGTERM past the
-        grace period, a batch shrunk after out-of-memory). It restarts from scratch."""
-        return self._end_execution(lease, {"type": "requeued", "message": reason}, charge=False,
+        grace period, a batch shrunk after out-of-memory). It restarts from scratch; `kind` is
+        the type of its `last_error`, which the next execution reads."""
+        return self._end_execution(lease, {"type": kind, "message": reason}, charge=False,
                                    final_unless_retryable=False)
 
     def abandon(self, lease: Lease, reaper: str = "") -> Outcome:

@@ -137,6 +137,7 @@ def main(settings: WorkerSettings | None = None) -> None:
             worker.work(with_scheduler=False, logging_level=settings.log_level)
         finally:
             heartbeats.stop()
+            worker.engine.reporter.stop()  # a rebuilt worker gets its own
         if worker.engine.defunct:
             log.error("worker %s exits defunct: %s", worker.name, worker.engine.defunct)
             webhooks.close(timeout=5)

@@ -84,7 +84,13 @@ class Runtime:
         if self.speed.channels_last:
             self.net = self.net.to(memory_format=torch.channels_last)
         self.autocast_dtype = self.speed.autocast
+        # REPAINT_CUDA_GRAPHS: every shape a pass can have, captured before it is served
+        # (worker.cuda_graphs): the eager network's now, when it is what serves; the compiled
+        # one's on the compile thread.
         self._graphed: GraphedNetwork | None = None
+        if self.speed.cuda_graphs and self.device.type == "cuda" and not self.speed.compile:
+            self._graphed = GraphedNetwork(self.net, capture_on_call=False)
+            self._capture(self._graphed)
         log.info("loaded model %s on %s in %.1fs; max_batch %d; %s", preset.name, self.device,
                  time.perf_counter() - t0, self.max_batch, self.speed.describe())
         # REPAINT_COMPILE: the eager network serves until the compiled one is warm (worker.compiling).
@@ -96,8 +102,36 @@ class Runtime:
                 compile_fn = functools.partial(compiling.compile_per_batch_size, sizes=len(buckets))
             self.compiler = compiling.BackgroundCompile(
                 self.net, self._example_inputs, batch_sizes=compiling.warm_up_batch_sizes(self.max_batch, buckets),
-                compile_fn=compile_fn, context=self._autocast, atol=5e-2 if half else 1e-2)
+                compile_fn=compile_fn, context=self._autocast, atol=5e-2 if half else 1e-2,
+                finish=self._graph_compiled if self.speed.cuda_graphs and self.device.type == "cuda" else None)
             self.compiler.start()
+
+    def _pass_sizes(self) -> tuple[int, ...]:
+        """Every batch size a served pass can have: the buckets, else 1..max_batch."""
+        return self.speed.buckets or tuple(range(1, self.max_batch + 1))
+
+    def _capture(self, graphed: GraphedNetwork) -> None:
+        t0 = time.perf_counter()
+        sizes = graphed.capture_all(self._example_inputs, self._pass_sizes(), self._autocast)
+        log.info("CUDA graphs captured for batch %s in %.1fs%s", ",".join(map(str, sizes)) or "none",
+                 time.perf_counter() - t0, f" ({graphed.failed}: serving without)" if graphed.failed else "")
+
+    def _graph_compiled(self, compiled: Callable) -> Callable:
+        """On the compile thread: the compiled network's graphs, every shape, before it serves."""
+        graphed = GraphedNetwork(compiled, capture_on_call=False)
+        self._capture(graphed)
+        return compiled if graphed.failed else graphed
+
+    def between_jobs(self) -> None:
+        """Called with no job in the batch: graphs dropped after running out of memory are captured
+        again here, never between two passes of live jobs."""
+        for graphed in self._graph_sets():
+            if not graphed.graphs and graphed.failed is None:
+                self._capture(graphed)
+
+    def _graph_sets(self) -> list[GraphedNetwork]:
+        ready = self.compiler.ready if self.compiler is not None else None
+        return [g for g in (self._graphed, ready) if isinstance(g, GraphedNetwork)]
 
     @property
     def preset(self) -> models.Preset:
@@ -222,19 +256,18 @@ class Runtime:
     def network(self, cap: int | None = None) -> Callable:
         """The UNet the next forward pass uses: the compiled one once its background compilation
         is warm (REPAINT_COMPILE), else the eager one (guarded while the compiler traces);
-        replayed from CUDA graphs (REPAINT_CUDA_GRAPHS) except while compiling. Passes are padded
+        replayed from CUDA graphs (REPAINT_CUDA_GRAPHS), captured before serving. Passes are padded
         to the batch buckets (none above `cap`, the scheduler's limit) only where fixed shapes
         pay: graphs and static compiled code are made per shape, an eager pass would only do
-        more work."""
+        more work. More samples than `cap` run over several passes."""
         net = self._base_network()
         compiled = self.compiler is not None and self.compiler.ready is not None
-        if self.speed.cuda_graphs and not isinstance(net, compiling.EagerWhileCompiling):
-            if self._graphed is None or self._graphed.net is not net:
-                self._graphed = GraphedNetwork(net)  # graphs of the network now served
-            if self._graphed.failed is None:
-                net = self._graphed
+        if net is self.net and self._graphed is not None and self._graphed.failed is None:
+            net = self._graphed
         if self.speed.buckets and (net is self._graphed or compiled):
-            net = speed.PaddedToBucket(net, self.speed.buckets, cap)
+            net = speed.BucketedPasses(net, self.speed.buckets, cap)
+        elif cap is not None:
+            net = speed.BucketedPasses(net, (), cap)  # eager: unpadded, but never past the limit
         return net
 
     def _base_network(self) -> Callable:
@@ -283,7 +316,8 @@ class Runtime:
         """One network evaluation for every unfinished sample; returns how many ran. `cap`: no
         pass is padded to more samples than this (the scheduler's current limit)."""
         limit = self.settings.test_oom_above
-        if limit is not None and sum(not s.done for s in batch.states) > limit:
+        live = sum(not s.done for s in batch.states)
+        if limit is not None and live and min(live, cap or live) > limit:  # passes hold at most `cap`
             raise torch.OutOfMemoryError(f"simulated: more than {limit} samples in one forward pass")
         if self.settings.test_fail_passes:
             raise RuntimeError("simulated: the device failed (REPAINT_TEST_FAIL_PASSES)")
@@ -333,7 +367,7 @@ class Runtime:
         return exc is not None and (isinstance(exc, torch.OutOfMemoryError) or "out of memory" in str(exc).lower())
 
     def release_memory(self) -> None:
-        if self._graphed is not None:
-            self._graphed.reset()
+        for graphed in self._graph_sets():
+            graphed.reset()  # captured again between jobs (`between_jobs`)
         if self.device.type == "cuda":
             torch.cuda.empty_cache()

@@ -39,6 +39,9 @@ class Flight:
     started: float = 0.0
     timeout: float | None = None
     webhook: dict | None = None
+    # Its previous execution ended because one sample did not fit in memory alone: a second time
+    # is the job's own size, not memory held by something else at that moment.
+    retried_out_of_memory: bool = False
 
     @property
     def step(self) -> int:
@@ -88,14 +91,16 @@ class BatchScheduler:
         return self.limit - self.samples
 
     def fits(self, num_samples: int) -> bool:
-        """A job fits if its samples fit; a job larger than the limit runs alone."""
+        """A job fits if its samples fit; a job larger than the limit runs alone (over several
+        passes of at most the limit)."""
         return not self.flights or num_samples <= self.free_slots
 
     def admit(self, job_id: str, token: str, params: JobParams, prepared: Any, *,
-              timeout: float | None = None, webhook: dict | None = None) -> Flight:
+              timeout: float | None = None, webhook: dict | None = None,
+              retried_out_of_memory: bool = False) -> Flight:
         """Put a job's samples into the batch (raises what `add_samples` raises for bad data)."""
         flight = Flight(job_id=job_id, token=token, params=params, prepared=prepared, started=self.clock(),
-                        timeout=timeout, webhook=webhook)
+                        timeout=timeout, webhook=webhook, retried_out_of_memory=retried_out_of_memory)
         flight.samples = self.runtime.add_samples(self.batch, prepared, params)
         self.flights.append(flight)
         return flight
@@ -141,16 +146,20 @@ class BatchScheduler:
         return [f for f in self.flights if not f.done and f.timeout is not None and now - f.started > f.timeout]
 
     def shrink_after_oom(self) -> Shrink:
-        """Halve the limit; the newest jobs leave until the rest fits. A job that ran out of
-        memory alone in its pass cannot be split (its samples share one pass): it is `too_big`.
+        """Halve the limit; the newest jobs leave until the rest fits. A job alone in the batch
+        stays: its samples run over several smaller passes (the runtime never runs more than the
+        limit in one), unless its pass was a single sample already: then it is `too_big`.
         The caller requeues or fails what it is given."""
         self.runtime.release_memory()
         self._passes_since_oom = 0
         if len(self.flights) == 1:
-            too_big = self.flights[0]
+            alone = self.flights[0]
+            largest_pass = min(self.limit, self.samples)
             self.limit = self._halved()
-            self.remove(too_big)
-            return Shrink(requeue=[], too_big=too_big)
+            if largest_pass > 1:
+                return Shrink(requeue=[], too_big=None)
+            self.remove(alone)
+            return Shrink(requeue=[], too_big=alone)
         self.limit = self._halved()
         leaving: list[Flight] = []
         while len(self.flights) > 1 and self.samples > self.limit:

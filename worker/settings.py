@@ -67,8 +67,8 @@ class WorkerSettings(BaseSettings):
                                    "before the worker declares itself defunct and exits")
     shutdown_grace: float = Field(50.0, ge=0, description="seconds a SIGTERMed worker keeps finishing its jobs "
                                   "before it puts the rest back in the queue")
-    test_oom_above: int | None = Field(None, ge=1, description="testing aid: raise out-of-memory when a "
-                                       "forward pass has more samples than this")
+    test_oom_above: int | None = Field(None, ge=0, description="testing aid: raise out-of-memory when a "
+                                       "forward pass has more samples than this (0: every pass)")
     test_fail_passes: bool = Field(False, description="testing aid: every forward pass fails (a broken device)")
     test_hang_seconds: float | None = Field(None, gt=0, description="testing aid: every forward pass first "
                                             "hangs this many seconds (a stuck device)")

@@ -23,7 +23,9 @@ static graph per bucket, all compiled in the background before the worker switch
 captured CUDA graphs (REPAINT_CUDA_GRAPHS) are reused instead of being made for every count of
 samples in flight. Passes are padded only when such code runs them: an eager pass would only do
 more work. The scheduler's limit on samples in flight moves between buckets (halved after running
-out of memory, grown back bucket by bucket), and no pass is padded past it.
+out of memory, grown back bucket by bucket), and no pass is padded past it. More samples than the
+limit (a lone job larger than it) or than the largest bucket run over several passes, each at a
+bucket's size, so that no pass ever needs code that was not made before serving.
 """
 
 from __future__ import annotations
@@ -102,11 +104,31 @@ def parse_buckets(text: str, *, max_batch: int, device: torch.device) -> tuple[i
 
 
 def bucket_for(n: int, buckets: tuple[int, ...], cap: int | None = None) -> int:
-    """The batch size a pass of n samples runs at: the smallest bucket >= n (and <= cap), else n."""
+    """The batch size a pass of n samples runs at: the smallest bucket >= n (and <= cap), else n.
+    `passes_for` never asks for an n above the largest usable bucket."""
     for size in buckets:
         if size >= n and (cap is None or size <= cap):
             return size
     return n
+
+
+def passes_for(n: int, buckets: tuple[int, ...], cap: int | None = None) -> list[tuple[int, int]]:
+    """How a forward pass over n samples runs: (samples, batch size) per pass, in order.
+
+    No pass holds more samples than `cap` (the scheduler's limit: a lone job larger than it, or
+    one left after running out of memory, runs over several passes instead of one that may not
+    fit), nor more than the largest bucket at or under the cap, so that every pass runs at a
+    bucket's size: compiled code and CUDA graphs exist for those only, and a pass of another size
+    would compile or capture on the serving loop."""
+    usable = [b for b in buckets if cap is None or b <= cap]
+    most = max(usable) if usable else cap
+    if most is None or n <= most:
+        return [(n, bucket_for(n, buckets, cap))] if n else []
+    out = []
+    for start in range(0, n, most):
+        rows = min(most, n - start)
+        out.append((rows, bucket_for(rows, buckets, cap)))
+    return out
 
 
 def plan_for(settings, device: torch.device, preset: models.Preset, max_batch: int) -> SpeedPlan:
@@ -121,16 +143,27 @@ def plan_for(settings, device: torch.device, preset: models.Preset, max_batch: i
                      compile=cuda if settings.compile is None else settings.compile)
 
 
-class PaddedToBucket:
-    """A network called at bucketed batch sizes (see the module's docstring). Not an nn.Module:
-    it wraps whatever the runtime serves with (eager, compiled, graphed)."""
+class BucketedPasses:
+    """A network called at bucketed batch sizes, in several passes where one would exceed the
+    largest usable bucket or the cap (see the module's docstring and `passes_for`). Not an
+    nn.Module: it wraps whatever the runtime serves with (eager, compiled, graphed)."""
 
     def __init__(self, net, buckets: tuple[int, ...], cap: int | None = None):
         self.net, self.buckets, self.cap = net, buckets, cap
 
     def __call__(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        passes = passes_for(x.shape[0], self.buckets, self.cap)
+        if len(passes) == 1:
+            return self._padded(x, t, y, passes[0][1])
+        outs, start = [], 0
+        for rows, size in passes:
+            end = start + rows
+            outs.append(self._padded(x[start:end], t[start:end], None if y is None else y[start:end], size))
+            start = end
+        return torch.cat(outs)
+
+    def _padded(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None, size: int) -> torch.Tensor:
         n = x.shape[0]
-        size = bucket_for(n, self.buckets, self.cap)
         if size == n:
             return self.net(x, t, y)
         extra = size - n

@@ -155,6 +155,26 @@ def test_a_compiled_network_that_disagrees_with_eager_is_not_used():
     assert runtime.network() is runtime.net
 
 
+def test_what_the_compiled_network_needs_before_serving_is_done_on_the_compile_thread():
+    """CUDA graphs of the compiled network are captured by `finish`, on the compile thread, after
+    the warm-up: `ready` (what the next served pass uses) is only set once that is done."""
+    from worker.compiling import BackgroundCompile
+
+    seen = {}
+
+    def finish(compiled):
+        seen["thread"] = threading.current_thread().name
+        seen["warm"] = compiled.calls  # the warm-up passes ran first
+        return SimpleNamespace(net=compiled)
+
+    net = nn.Linear(2, 2)
+    compiler = BackgroundCompile(net, lambda n: (torch.randn(n, 2),), batch_sizes=(1, 2),
+                                 compile_fn=Counting, finish=finish)
+    compiler.start()
+    assert compiler.join(30) and compiler.state == "compiled"
+    assert seen == {"thread": "compile-unet", "warm": 2} and compiler.ready.net.inner is net
+
+
 def test_the_first_pass_gets_the_plain_stall_timeout():
     """No served pass compiles any more: the first one has the same deadline as the others."""
     engine = SimpleNamespace(scheduler=SimpleNamespace(seconds_per_pass=None),

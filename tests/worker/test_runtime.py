@@ -68,3 +68,31 @@ def test_self_test_runs_one_forward_pass_before_any_job(runtime):
             runtime.self_test()
     finally:
         runtime.net = net
+
+
+def test_a_pass_never_holds_more_samples_than_the_schedulers_limit():
+    """A job of four samples under a limit of two (a lone job larger than the limit, or one left
+    after running out of memory) runs over passes of two, with the samples of one pass of four."""
+    image, mask = face_and_mask(seed=5)
+    params = JobParams(seed=2, num_samples=4, sampler=RePaintSettings(steps=5, jump_length=5, jump_n_sample=1))
+    runtime = Runtime(WorkerSettings(model="tiny", device="cpu", max_batch=2))
+    eager = runtime.net
+    widths = []
+
+    def counting(x, t, y=None):
+        widths.append(x.shape[0])
+        return eager(x, t, y)
+
+    prepared = runtime.prepare(png_bytes(image), png_bytes(mask), params)
+    results = {}
+    for cap in (2, None):
+        widths.clear()
+        runtime.net = counting  # what `network()` serves eagerly
+        with torch.inference_mode():
+            batch = runtime.new_batch()
+            states = runtime.add_samples(batch, prepared, params)
+            while not batch.done:
+                runtime.step(batch, cap=cap)
+        results[cap] = runtime.result(batch, states)
+        assert max(widths) == (2 if cap == 2 else 4)
+    torch.testing.assert_close(results[2], results[None], atol=1e-4, rtol=1e-4)

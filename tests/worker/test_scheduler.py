@@ -55,7 +55,9 @@ class FakeRuntime:
     def step(self, batch, cap=None) -> int:
         self.caps.append(cap)
         live = [s for s in batch.states if not s.done]
-        if self.oom_above is not None and len(live) > self.oom_above:
+        # The real runtime never runs more than `cap` samples in one pass (worker.speed.passes_for).
+        largest_pass = len(live) if cap is None else min(len(live), cap)
+        if self.oom_above is not None and largest_pass > self.oom_above:
             raise OutOfMemory()
         for s in live:
             s.evaluations += 1
@@ -147,10 +149,26 @@ def test_out_of_memory_halves_the_limit_and_the_newest_jobs_leave(clock):
     assert s.step() == 2
 
 
-def test_a_job_that_does_not_fit_alone_is_too_big(clock):
+def test_a_lone_job_larger_than_memory_allows_goes_on_in_smaller_passes(clock):
     rt = FakeRuntime(clock, oom_above=2)
+    s = BatchScheduler(rt, max_batch=8, grow_after=1000, clock=clock)
+    big = s.admit("big", "t", params(num_samples=4), "img")
+    with pytest.raises(OutOfMemory):
+        s.step()
+    shrink = s.shrink_after_oom()
+    assert shrink.too_big is None and shrink.requeue == [] and s.flights == [big] and s.limit == 2
+    assert s.step() == 4 and rt.caps[-1] == 2  # four samples, in passes of at most two
+
+
+def test_a_job_whose_single_sample_does_not_fit_is_too_big(clock):
+    rt = FakeRuntime(clock, oom_above=0)
     s = BatchScheduler(rt, max_batch=8, clock=clock)
     big = s.admit("big", "t", params(num_samples=4), "img")
+    for _ in range(2):  # 4 -> passes of 2 -> passes of 1: still out of memory
+        with pytest.raises(OutOfMemory):
+            s.step()
+        shrink = s.shrink_after_oom()
+    assert s.limit == 1
     with pytest.raises(OutOfMemory):
         s.step()
     shrink = s.shrink_after_oom()

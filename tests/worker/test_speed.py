@@ -111,11 +111,19 @@ def test_bad_buckets_are_a_config_error(text):
         speed.parse_buckets(text, max_batch=16, device=CUDA)
 
 
-def test_bucket_for_never_pads_past_the_cap():
+def test_every_pass_runs_at_a_bucket_size_and_within_the_cap():
     buckets = (1, 2, 4, 8, 16)
-    assert [speed.bucket_for(n, buckets) for n in (1, 3, 5, 9, 16, 17)] == [1, 4, 8, 16, 16, 17]
-    # After running out of memory the scheduler's limit is 12: 9 samples run as 9, not 16.
-    assert speed.bucket_for(9, buckets, cap=12) == 9 and speed.bucket_for(7, buckets, cap=12) == 8
+    assert [speed.bucket_for(n, buckets) for n in (1, 3, 5, 9, 16)] == [1, 4, 8, 16, 16]
+    # Above the largest bucket: several passes, each at a bucket's size (no new shape to compile).
+    assert speed.passes_for(17, buckets) == [(16, 16), (1, 1)]
+    assert speed.passes_for(40, buckets) == [(16, 16), (16, 16), (8, 8)]
+    # Under a cap of 12 (not a bucket), nothing pads past it: 9 samples run as 8 + 1, not as 16 or 9.
+    assert speed.passes_for(9, buckets, cap=12) == [(8, 8), (1, 1)] and speed.passes_for(7, buckets, cap=12) == [(7, 8)]
+    # A lone job larger than the scheduler's limit (after running out of memory) runs in passes of the limit.
+    assert speed.passes_for(8, buckets, cap=4) == [(4, 4), (4, 4)]
+    # Eager (no buckets): split by the cap only, unpadded.
+    assert speed.passes_for(7, (), cap=3) == [(3, 3), (3, 3), (1, 1)] and speed.passes_for(7, ()) == [(7, 7)]
+    assert speed.passes_for(0, buckets) == []
 
 
 # ---- padding changes no result ---------------------------------------------------------------
@@ -136,7 +144,7 @@ def test_padded_rows_are_run_and_dropped(golden_tiny):
     g = torch.Generator().manual_seed(0)
     x, t = torch.randn(3, 3, 32, 32, generator=g), torch.tensor([5, 500, 999])
     with torch.inference_mode():
-        padded = speed.PaddedToBucket(net, (1, 2, 4, 8))(x, t)
+        padded = speed.BucketedPasses(net, (1, 2, 4, 8))(x, t)
         alone = golden_tiny(x, t)
     assert seen == [4] and padded.shape == alone.shape
     # Rows are independent: padding changes nothing beyond float32 rounding of another batch size.
@@ -166,6 +174,24 @@ def test_buckets_change_no_inpainting_result():
         assert np.abs(x - y).max() <= 1
 
 
+def test_passes_split_over_the_cap_give_the_same_result(golden_tiny):
+    """Seven samples under a limit of 4 run as two passes (4 and 3 padded to 4), with the result
+    of one pass of seven."""
+    seen = []
+
+    def net(x, t, y=None):
+        seen.append(x.shape[0])
+        return golden_tiny(x, t, y)
+
+    g = torch.Generator().manual_seed(1)
+    x, t = torch.randn(7, 3, 32, 32, generator=g), torch.tensor([5, 90, 200, 333, 500, 777, 999])
+    with torch.inference_mode():
+        split = speed.BucketedPasses(net, (1, 2, 4), cap=4)(x, t)
+        alone = golden_tiny(x, t)
+    assert seen == [4, 4]
+    torch.testing.assert_close(split, alone, atol=1e-5, rtol=1e-5)
+
+
 def test_padding_carries_class_labels(golden_tiny):
     seen = []
 
@@ -174,7 +200,7 @@ def test_padding_carries_class_labels(golden_tiny):
         return x
 
     x, t, y = torch.zeros(3, 3, 8, 8), torch.tensor([5, 6, 7]), torch.tensor([10, 11, 12])
-    assert speed.PaddedToBucket(net, (4,))(x, t, y).shape[0] == 3
+    assert speed.BucketedPasses(net, (4,))(x, t, y).shape[0] == 3
     assert seen == [(4, [5, 6, 7, 5], [10, 11, 12, 10])]
 
 
@@ -188,7 +214,7 @@ def test_padding_only_where_fixed_shapes_pay():
     assert compiled.compiler.batch_sizes == (1, 2, 4)  # every bucket warmed up before the switch
     compiled.compiler.join()
     net = compiled.network(cap=2)
-    assert isinstance(net, speed.PaddedToBucket) and net.cap == 2 and net.net is compiled.compiler.ready
+    assert isinstance(net, speed.BucketedPasses) and net.cap == 2 and net.net is compiled.compiler.ready
 
 
 def test_sdpa_and_matmul_attention_agree(golden_tiny):
