@@ -21,6 +21,7 @@ autocast does): a cached cast made outside the capture would be freed under the 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from typing import Callable
 
@@ -44,8 +45,6 @@ class GraphedNetwork:
         inside `context()`, the served passes' autocast); returns the sizes captured. Stops at the
         first failure: out of memory leaves the larger sizes uncaptured (they run plainly), any
         other failure turns graphs off (`failed`)."""
-        import contextlib
-
         done = []
         with torch.inference_mode(), (context or contextlib.nullcontext)():
             for n in sorted(sizes):
