@@ -1,11 +1,16 @@
 """Sampler benchmark: per-image time and network evaluations per second for one preset.
 
     python -m bench.sampler --preset tiny --device cpu --dtype float32 --batch 1 \
-        --steps 250 --jump-length 10 --jump-n-sample 10 [--compile] [--channels-last]
+        --steps 250 --jump-length 10 --jump-n-sample 10 [--compile] [--channels-last] [--malloc glibc]
 
 Times the whole RePaint loop (schedule, re-noising, network, posterior) on random images with
 a half-image mask, after a short warm-up. A benchmark, not a test: report ratios measured side
 by side in one run, and absolute numbers only with the machine named.
+
+The allocator is set as the worker sets it (`worker.allocator.reuse_tensor_blocks`), so that this
+is the worker's own loop without the service around it; `--malloc glibc` leaves glibc's adaptive
+thresholds instead (run one batch size per process then: what they settle on depends on what
+was freed first).
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ import time
 import torch
 
 import models
+from worker.allocator import reuse_tensor_blocks
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
@@ -76,6 +82,15 @@ def run(preset: str = "tiny", device: str = "cpu", dtype: str = "float32", batch
     }
 
 
+def peak_rss_mib() -> float | None:
+    """This process's peak resident memory so far (ru_maxrss: KiB on Linux)."""
+    import resource
+
+    if platform.system() != "Linux":
+        return None
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--preset", default="tiny")
@@ -90,13 +105,17 @@ def main(argv=None) -> None:
     parser.add_argument("--channels-last", action="store_true")
     parser.add_argument("--compile", action="store_true")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own)")
+    parser.add_argument("--malloc", choices=["worker", "glibc"], default="worker",
+                        help="the worker's allocator thresholds (default) or glibc's adaptive ones")
     args = parser.parse_args(argv)
+    if args.malloc == "worker":
+        reuse_tensor_blocks()
     if args.threads:
         torch.set_num_threads(args.threads)
     for batch in args.batch:
-        print(json.dumps(run(args.preset, args.device, args.dtype, batch, args.steps, args.jump_length,
-                             args.jump_n_sample, args.channels_last, args.compile, args.repeats,
-                             args.checkpoint)), flush=True)
+        result = run(args.preset, args.device, args.dtype, batch, args.steps, args.jump_length,
+                     args.jump_n_sample, args.channels_last, args.compile, args.repeats, args.checkpoint)
+        print(json.dumps({**result, "malloc": args.malloc, "peak_rss_mib": peak_rss_mib()}), flush=True)
 
 
 if __name__ == "__main__":

@@ -109,6 +109,17 @@ def wait_for_compilation(redis, worker_name: str, timeout: float) -> str:
     return f"{state or 'unknown'} after {timeout:.0f}s"
 
 
+def peak_rss_mib(pid: int) -> float | None:
+    """The process's peak resident memory so far (VmHWM), where /proc has it."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return round(int(line.split()[1]) / 1024, 1)
+    except OSError:
+        pass
+    return None
+
+
 def run_config(label: str, env: dict, args, deadline: float) -> list[dict]:
     redis = RedisServer().start()
     api = worker = None
@@ -137,6 +148,7 @@ def run_config(label: str, env: dict, args, deadline: float) -> list[dict]:
                 rows.append({**row, "skipped": "time budget spent"})
             else:
                 row.update(run_level(api.url, args.rounds * c, c, fields, args.image_size))
+                row["worker_peak_rss_mib"] = peak_rss_mib(worker.proc.pid)
                 rows.append(row)
             print(json.dumps(rows[-1]), flush=True)
         return rows
@@ -157,16 +169,16 @@ def table(rows: list[dict], args) -> str:
            + "; ".join(f"`{label}` ({', '.join(f'{k}={v}' for k, v in env.items()) or 'the defaults'})"
                        for label, env in args.configs) + ".", "",
            "| config | concurrency | images/min | images/hour | p50 latency s | p95 latency s | sample evals/s "
-           "| paper images/hour (projected) |",
-           "|---|---|---|---|---|---|---|---|"]
+           "| paper images/hour (projected) | worker peak RSS MiB |",
+           "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         if "skipped" in r:
-            out.append(f"| {r['config']} | {r['concurrency']} | skipped: {r['skipped']} | | | | | |")
+            out.append(f"| {r['config']} | {r['concurrency']} | skipped: {r['skipped']} | | | | | | |")
             continue
         failed = f" ({r['failed']} of {r['jobs']} jobs failed)" if r["failed"] else ""
         out.append(f"| {r['config']} | {r['concurrency']} | {r['images_per_minute']}{failed} | {r['images_per_hour']} | "
                    f"{r['latency_p50_s']} | {r['latency_p95_s']} | {r['sample_evaluations_per_second']} | "
-                   f"{r['paper_images_per_hour']} |")
+                   f"{r['paper_images_per_hour']} | {r.get('worker_peak_rss_mib') or 'n/a'} |")
     by = {(r["config"], r["concurrency"]): r for r in rows if "skipped" not in r}
     labels = [label for label, _ in args.configs]
     base = next((label for label, env in args.configs if env.get("REPAINT_MAX_BATCH") == "1"), None)
@@ -187,16 +199,24 @@ def _batch_and_threads(env: dict, args) -> tuple[int, int | None]:
     return int(env.get("REPAINT_MAX_BATCH", args.default_max_batch)), int(threads) if threads else args.threads
 
 
+def _level_batch(env: dict, concurrency: int, args) -> tuple[int, int | None]:
+    """The batch a level fills (one sample per client's job, at most max_batch) and its threads."""
+    batch, threads = _batch_and_threads(env, args)
+    return min(batch, concurrency), threads
+
+
 def bare_sampler(args) -> dict[tuple[int, int | None], dict]:
-    """bench.sampler at each configuration's max_batch and torch threads (same model, weights,
-    schedule, device), in a process of its own as the worker is: {(batch, threads): its result}."""
+    """bench.sampler at the batch each level fills (min(concurrency, max_batch)) and each
+    configuration's torch threads (same model, weights, schedule, device), in a process of its
+    own as the worker is: {(batch, threads): its result}."""
     import subprocess
     import sys
 
     wanted: dict[int | None, set[int]] = {}
     for _, env in args.configs:
-        batch, threads = _batch_and_threads(env, args)
-        wanted.setdefault(threads, set()).add(batch)
+        for c in args.concurrency:
+            batch, threads = _level_batch(env, c, args)
+            wanted.setdefault(threads, set()).add(batch)
     results = {}
     for threads, batches in wanted.items():
         command = [sys.executable, "-m", "bench.sampler", "--preset", args.model, "--device", args.device,
@@ -216,8 +236,8 @@ def bare_sampler(args) -> dict[tuple[int, int | None], dict]:
 
 
 def against_sampler(rows: list[dict], bare: dict, args) -> str:
-    """The service's sample evaluations per second as a share of the bare sampler's at the
-    configuration's max_batch and threads, for each level."""
+    """The service's sample evaluations per second as a share of the bare sampler's at the batch
+    the level fills and the configuration's threads, for each level."""
     if not bare:
         return ""
     out = ["", "Against the bare sampler (`bench.sampler`, same model, schedule and torch threads, this run):", "",
@@ -227,7 +247,7 @@ def against_sampler(rows: list[dict], bare: dict, args) -> str:
     for r in rows:
         if "skipped" in r:
             continue
-        batch, threads = _batch_and_threads(envs[r["config"]], args)
+        batch, threads = _level_batch(envs[r["config"]], r["concurrency"], args)
         reference = bare[(batch, threads)]["image_evaluations_per_second"]
         out.append(f"| {r['config']} | {r['concurrency']} | {r['sample_evaluations_per_second']} | "
                    f"{reference} ({batch}, {threads or 'default'}) | {r['sample_evaluations_per_second'] / reference:.0%} |")
@@ -266,7 +286,7 @@ def main(argv=None) -> list[dict]:
     parser.add_argument("--json", type=Path, default=None)
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--against-sampler", action="store_true",
-                        help="also time the bare sampler (bench.sampler) at each configuration's max_batch, same "
+                        help="also time the bare sampler (bench.sampler) at the batch each level fills, same "
                              "model, schedule and threads, in this run, and report the service's share of it")
     args = parser.parse_args(argv)
     cuda = args.device == "cuda"
@@ -312,7 +332,8 @@ def main(argv=None) -> list[dict]:
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps({"device": args.device_name, "model": args.model, "rows": rows,
-                                         "schedule": [args.steps, args.jump_length, args.jump_n_sample]}, indent=1))
+                                         "schedule": [args.steps, args.jump_length, args.jump_n_sample],
+                                         "bare_sampler": list(bare.values())}, indent=1))
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(text)

@@ -14,11 +14,11 @@ from fastapi.staticfiles import StaticFiles
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from worker import redis_url
+from worker.allocator import return_large_blocks_to_os
 from worker.acks import AckUnsupported, NotAcknowledged
 from worker.ledger import Ledger, LedgerContention
 from worker.webhooks_policy import WebhookPolicy
 
-from .allocator import return_large_blocks_to_os
 from .api_docs import install_docs
 from .deps import ApiKey
 from .http_limits import RequestLimits
@@ -41,7 +41,7 @@ Errors are JSON `{"detail": ...}` with a 4xx code."""
 
 def create_app(settings: ApiSettings | None = None) -> FastAPI:
     settings = settings or ApiSettings()
-    return_large_blocks_to_os()  # so that the pixel budget bounds the process's memory (service.allocator)
+    return_large_blocks_to_os()  # so that the pixel budget bounds the process's memory (worker.allocator)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):

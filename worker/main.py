@@ -28,6 +28,7 @@ from models.config import ConfigError
 
 from . import jobs, redis_url, rqside
 from .acks import AckUnsupported
+from .allocator import reuse_tensor_blocks
 from .engine import BatchEngine
 from .ledger import Ledger, Outcome
 from .liveness import DEFUNCT_EXIT_CODE, Heartbeats, register_model
@@ -96,6 +97,7 @@ def build_worker(settings: WorkerSettings, redis: Redis, runtime: Runtime, webho
 def main(settings: WorkerSettings | None = None) -> None:
     settings = settings or WorkerSettings()
     logging.basicConfig(level=settings.log_level, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    reuse_tensor_blocks()  # before the first tensor: passes reuse their blocks (worker.allocator)
     redis = redis_url.connect(settings.redis_url, socket_timeout=30, socket_connect_timeout=5,
                            health_check_interval=15)
     try:

@@ -1,10 +1,11 @@
 """Progress and previews, written beside the batching loop instead of inside it.
 
 Every `REPAINT_PROGRESS_INTERVAL` the loop takes a snapshot of its jobs (step, total, ETA; every
-`REPAINT_PREVIEW_INTERVAL` also each job's current estimate, copied off the batch) and hands it
-here. This thread encodes the previews, writes progress through the ledger (one pipelined round
-trip; each write is guarded by the job's owner token, so a late one for a job that has ended or
-moved on changes nothing) and tells the webhooks. The loop never waits for any of it.
+`REPAINT_PREVIEW_INTERVAL` also each job's current estimate, as pixels) and hands it here. This
+thread encodes the previews, writes progress through the ledger (one pipelined round trip; each
+write is guarded by the job's owner token, so a late one for a job that has ended or moved on
+changes nothing) and tells the webhooks. The loop never waits for any of it. It runs no torch op:
+a second OpenMP team would slow every pass of the serving thread (`Runtime.estimate_pixels`).
 
 Bounded: one snapshot waits at most. A newer one replaces a snapshot not yet written (progress
 is a state, not a log: only the latest matters), so a slow Redis costs progress updates, never
@@ -36,14 +37,14 @@ def redis_is_full(exc: BaseException) -> bool:
 @dataclass
 class Snapshot:
     updates: list[tuple[Lease, dict, dict | None]]  # (lease, progress, webhook)
-    # job id -> (estimate [3 x S x S], prepared job, params, step): previews to encode
+    # job id -> (model pixels, RGB uint8 [S x S x 3], prepared job, params, step): previews to encode
     estimates: dict[str, tuple[Any, Any, Any, int]] = field(default_factory=dict)
 
 
 class ProgressReporter:
     def __init__(self, ledger: Ledger, preview_png: Callable, webhooks, on_lost: Callable[[list[Lease]], None]):
         self.ledger = ledger
-        self.preview_png = preview_png  # (estimate, prepared, params) -> PNG bytes
+        self.preview_png = preview_png  # (model pixels, prepared, params) -> PNG bytes
         self.webhooks = webhooks
         self.on_lost = on_lost  # leases the ledger says this worker no longer owns
         self._pending: Snapshot | None = None
@@ -97,9 +98,9 @@ class ProgressReporter:
 
     def _write(self, snapshot: Snapshot) -> None:
         previews = {}
-        for job_id, (estimate, prepared, params, step) in snapshot.estimates.items():
+        for job_id, (pixels, prepared, params, step) in snapshot.estimates.items():
             try:
-                previews[job_id] = (self.preview_png(estimate, prepared, params), step)
+                previews[job_id] = (self.preview_png(pixels, prepared, params), step)
             except Exception as exc:  # noqa: BLE001 - one job's preview never stops the others'
                 log.warning("preview of job %s skipped: %s", job_id, exc)
         for lease, progress, webhook in snapshot.updates:

@@ -124,10 +124,17 @@ class Runtime:
 
     def between_jobs(self) -> None:
         """Called with no job in the batch: graphs dropped after running out of memory are captured
-        again here, never between two passes of live jobs."""
+        again here, never between two passes of live jobs; so are the eager network's, once a
+        background compile has failed and the eager network is what serves for good."""
+        if self._eager_serves_for_good() and self._graphed is None:
+            self._graphed = GraphedNetwork(self.net, capture_on_call=False)
         for graphed in self._graph_sets():
             if not graphed.graphs and graphed.failed is None:
                 self._capture(graphed)
+
+    def _eager_serves_for_good(self) -> bool:
+        return (self.speed.cuda_graphs and self.device.type == "cuda" and self.compiler is not None
+                and self.compiler.state.startswith(compiling.FAILED))
 
     def _graph_sets(self) -> list[GraphedNetwork]:
         ready = self.compiler.ready if self.compiler is not None else None
@@ -186,9 +193,15 @@ class Runtime:
         with torch.inference_mode():
             return batch.result(samples)
 
-    def estimates(self, batch: models.SampleBatch, samples: list) -> torch.Tensor:
+    def estimate_pixels(self, batch: models.SampleBatch, samples: list, prepared: list[PreparedJob]) -> list[np.ndarray]:
+        """The current estimate of each sample as its job's model pixels (RGB uint8 [S x S x 3]),
+        for previews. Made here, on the serving thread, so that the thread which encodes the
+        previews runs no torch op: a torch op on a second thread starts a second OpenMP team, and
+        libgomp, counting more threads than cores, then has the serving team sleep and wake at
+        every parallel region instead of spinning (2x slower at 2 threads, docs/throughput.md)."""
         with torch.inference_mode():
-            return batch.estimate(samples)
+            estimates = batch.estimate(samples)
+            return [self._model_pixels(x[None], job)[0] for x, job in zip(estimates, prepared)]
 
     def encode(self, out: torch.Tensor, prepared: PreparedJob, params: JobParams) -> list[bytes]:
         """The results at the upload's size and mode; only masked pixels differ from the upload.
@@ -221,18 +234,17 @@ class Runtime:
         pixels = torch.where(prepared.keep.expand_as(prepared.image), prepared.image, pixels)
         return [p.permute(1, 2, 0).numpy() for p in pixels]
 
-    def preview_png(self, x0: torch.Tensor, prepared: PreparedJob, params: JobParams) -> bytes:
-        """A running job's current estimate (one sample, [3 x S x S]) pasted into its image as the
-        result will be, at most PREVIEW_SIDE pixels a side: what the user will get, not the
-        model's crop."""
+    def preview_png(self, pixels: np.ndarray, prepared: PreparedJob, params: JobParams) -> bytes:
+        """A running job's current estimate (its model pixels, from `estimate_pixels`) pasted into
+        its image as the result will be, at most PREVIEW_SIDE pixels a side: what the user will
+        get, not the model's crop. NumPy and Pillow only: it runs on the reporter's thread."""
         if prepared.preview_view is None:
             prepared.preview_view = self._preview_view(prepared)
         original, fill, plan, factor = prepared.preview_view
         blend = geometry.auto_blend(plan) if params.blend is None else round(params.blend * factor)
         if ("preview", blend) not in prepared.weights:
             prepared.weights[("preview", blend)] = blending.band_weights(fill, blend)
-        composed = blending.compose(original, self._model_pixels(x0[None], prepared)[0], fill, plan, blend,
-                                    weight=prepared.weights[("preview", blend)])
+        composed = blending.compose(original, pixels, fill, plan, blend, weight=prepared.weights[("preview", blend)])
         out = io.BytesIO()
         geometry.to_rgb8(composed).save(out, format="PNG")
         return out.getvalue()

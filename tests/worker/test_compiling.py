@@ -148,6 +148,39 @@ def test_a_failing_compile_leaves_eager_serving(caplog):
     assert len(runtime.inpaint(image, mask, PARAMS)) == 2
 
 
+def test_after_a_failed_compile_the_eager_network_s_graphs_are_captured_between_jobs(monkeypatch):
+    """With REPAINT_CUDA_GRAPHS, the compiled network's graphs were to be captured on the compile
+    thread; once the compile fails, the eager network serves for good, and its graphs are captured
+    at the next moment no job is in the batch (not between two passes). Stood in for on the CPU:
+    the device reads as CUDA and the capture is recorded."""
+    import dataclasses
+
+    import worker.runtime as runtime_module
+
+    captured = []
+
+    class Recorded:
+        def __init__(self, net, capture_on_call=True):
+            self.net, self.graphs, self.failed = net, {}, None
+
+        def capture_all(self, example_inputs, sizes, context):
+            captured.append(tuple(sizes))
+            self.graphs = {n: object() for n in sizes}
+            return list(sizes)
+
+    monkeypatch.setattr(runtime_module, "GraphedNetwork", Recorded)
+    runtime = compiling_runtime(lambda net: (_ for _ in ()).throw(RuntimeError("no compiler here")))
+    assert runtime.compiler.join(30) and runtime.compile_state.startswith("failed")
+    runtime.speed = dataclasses.replace(runtime.speed, cuda_graphs=True)
+    monkeypatch.setattr(runtime, "device", torch.device("cuda"))
+    assert runtime._graphed is None  # nothing captured until the batch is empty
+    runtime.between_jobs()
+    assert isinstance(runtime._graphed, Recorded) and runtime._graphed.net is runtime.net
+    assert captured == [runtime._pass_sizes()]
+    runtime.between_jobs()
+    assert len(captured) == 1  # captured once, not at every empty batch
+
+
 def test_a_compiled_network_that_disagrees_with_eager_is_not_used():
     runtime = compiling_runtime(lambda net: Counting(net, shift=1.0))
     assert runtime.compiler.join(30)

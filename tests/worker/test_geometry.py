@@ -192,8 +192,8 @@ def test_previews_show_the_estimate_in_the_image_at_a_bounded_size(runtime):
     Image.fromarray(fill.astype(np.uint8) * 255).save(mask_png, format="PNG")
     params = JobParams(seed=0, sampler=RePaintSettings(steps=5, jump_length=5, jump_n_sample=1))
     prepared = runtime.prepare(image_png.getvalue(), mask_png.getvalue(), params)
-    estimate = torch.zeros(3, 32, 32)  # mid-grey everywhere the model fills
-    preview = np.asarray(Image.open(io.BytesIO(runtime.preview_png(estimate, prepared, params))))
+    pixels = runtime._model_pixels(torch.zeros(1, 3, 32, 32), prepared)[0]  # mid-grey where the model fills
+    preview = np.asarray(Image.open(io.BytesIO(runtime.preview_png(pixels, prepared, params))))
     assert preview.shape == (512, 1024, 3)
     small = np.asarray(img.resize((1024, 512), Image.Resampling.BILINEAR)).astype(int)
     far = np.ones((512, 1024), bool)
@@ -230,3 +230,39 @@ def test_a_palette_image_with_a_transparent_colour_is_filled_opaque(runtime):
     for seed in range(3):
         (out_png,) = runtime.inpaint(prepared.image_bytes, prepared.mask_png, JobParams(**{**params.__dict__, "seed": seed}))
         assert (np.asarray(Image.open(io.BytesIO(out_png)))[16:48, 16:48, 3] == 255).all()
+
+
+def test_previews_are_encoded_without_torch_so_their_thread_starts_no_openmp_team(runtime):
+    """A torch op on a thread other than the serving one starts a second OpenMP team; libgomp,
+    then counting more threads than cores, has the serving team sleep and wake at every parallel
+    region (the service ran 2x slower than the bare sampler at 2 threads). The reporter's thread
+    therefore gets pixels (Runtime.estimate_pixels, on the serving thread) and runs no torch op."""
+    import os
+    import threading
+
+    img, fill = photo(200, 100), box_mask(200, 100, (80, 30, 120, 70))
+    image_png, mask_png = io.BytesIO(), io.BytesIO()
+    img.save(image_png, format="PNG")
+    Image.fromarray(fill.astype(np.uint8) * 255).save(mask_png, format="PNG")
+    params = JobParams(seed=0, sampler=RePaintSettings(steps=5, jump_length=5, jump_n_sample=1))
+    prepared = runtime.prepare(image_png.getvalue(), mask_png.getvalue(), params)
+    batch = runtime.new_batch()
+    samples = runtime.add_samples(batch, prepared, params)
+    pixels = runtime.estimate_pixels(batch, samples[:1], [prepared])[0]  # on the serving thread
+    assert isinstance(pixels, np.ndarray) and pixels.dtype == np.uint8 and pixels.shape == (32, 32, 3)
+
+    def threads() -> int:
+        return len(os.listdir("/proc/self/task"))
+
+    counted = {}
+
+    def reporter_thread():
+        before = threads()
+        runtime.preview_png(pixels, prepared, params)
+        counted["started"] = threads() - before
+
+    torch.set_num_threads(2)
+    t = threading.Thread(target=reporter_thread)
+    t.start()
+    t.join()
+    assert counted["started"] == 0, f"encoding a preview started {counted['started']} thread(s)"
