@@ -156,13 +156,25 @@ def _sentinel(parsed: SentinelUrl, socket_options: dict, *, asyncio: bool):
     return sentinel_class(parsed.sentinels, sentinel_kwargs=sentinel_kwargs, **data_kwargs)
 
 
+# Options of TCP sockets, which redis-py's unix-socket connections refuse (a TypeError at the
+# first connection, not at construction): dropped for unix:// URLs.
+TCP_ONLY_OPTIONS = ("socket_keepalive", "socket_keepalive_options")
+
+
+def _for_scheme(url: str, socket_options: dict) -> dict:
+    if url.startswith("unix:"):
+        return {k: v for k, v in socket_options.items() if k not in TCP_ONLY_OPTIONS}
+    return socket_options
+
+
 def connect(url: str, *, max_connections: int | None = None, pool_timeout: float = 10,
             **socket_options) -> Redis:
     """A client of the primary named by `url`. `max_connections`: a bounded, blocking pool (a
     caller waits up to `pool_timeout` seconds for a free connection); None: redis-py's default
     pool. `socket_options` (socket_timeout, socket_connect_timeout, health_check_interval, ...)
-    apply to the data connections."""
+    apply to the data connections (TCP-only ones are dropped for unix:// URLs)."""
     if not is_sentinel(url):
+        socket_options = _for_scheme(url, socket_options)
         if max_connections is None:
             return Redis.from_url(url, **socket_options)
         pool = BlockingConnectionPool.from_url(url, max_connections=max_connections, timeout=pool_timeout,
@@ -182,6 +194,7 @@ def connect_async(url: str, *, max_connections: int | None = None, pool_timeout:
     from redis import asyncio as aioredis
 
     if not is_sentinel(url):
+        socket_options = _for_scheme(url, socket_options)
         if max_connections is None:
             return aioredis.Redis.from_url(url, **socket_options)
         pool = aioredis.BlockingConnectionPool.from_url(url, max_connections=max_connections, timeout=pool_timeout,

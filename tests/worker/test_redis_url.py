@@ -44,3 +44,33 @@ def test_secrets_stay_out_of_logs():
 def test_a_single_server_url_keeps_working(redis_server):
     client = connect(redis_server.url, max_connections=2, pool_timeout=1)
     assert client.ping() and client.connection_pool.max_connections == 2
+
+
+def test_a_unix_socket_url_takes_the_options_tcp_connections_take(tmp_path):
+    """`repaint serve` runs Redis on a unix socket; the API's event hub asks for TCP keepalive.
+    redis-py's unix-socket connections refuse that option at their first connection (a TypeError
+    that took down every event stream of `repaint serve`): TCP-only options are dropped there."""
+    import asyncio
+
+    from service.cli import _embedded_redis
+    from worker.redis_url import connect_async
+
+    server, url = _embedded_redis()
+    try:
+        assert url.startswith("unix://")
+        assert connect(url, socket_keepalive=True, socket_connect_timeout=5).ping()
+        assert connect(url, max_connections=2, socket_keepalive=True).ping()
+
+        async def ping() -> bool:
+            client = connect_async(url, socket_keepalive=True, socket_connect_timeout=5)
+            try:
+                pubsub = client.pubsub()
+                await pubsub.subscribe("repaint:test")  # the event hub's first command
+                await pubsub.aclose()
+                return await client.ping()
+            finally:
+                await client.aclose()
+
+        assert asyncio.run(ping())
+    finally:
+        server.shutdown()

@@ -1,0 +1,60 @@
+"""`repaint serve`, the README's first command, as a user runs it: embedded Redis (on a unix
+socket), one worker and the API in one command; a job goes from upload to result over its event
+stream, and SIGTERM stops all three."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import httpx
+
+from service.client import RepaintClient
+from tests.conftest import face_and_mask, png_bytes
+from tests.procs import ROOT, free_port, wait_until
+
+
+def test_repaint_serve_runs_a_job_from_upload_to_result_over_its_event_stream():
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("REPAINT_")}
+    env.update(REPAINT_MODEL="tiny", REPAINT_TORCH_THREADS="1", REPAINT_LOG_LEVEL="WARNING")
+    log = tempfile.NamedTemporaryFile(prefix="repaint-serve-", suffix=".log", delete=False)
+    proc = subprocess.Popen([sys.executable, "-m", "service.cli", "serve", "--port", str(port)], cwd=ROOT, env=env,
+                            stdout=log, stderr=subprocess.STDOUT)
+
+    def output() -> str:
+        return Path(log.name).read_text(errors="replace")
+
+    def ready() -> bool:
+        assert proc.poll() is None, f"repaint serve exited:\n{output()}"
+        try:
+            body = httpx.get(f"{url}/readyz", timeout=2).json()
+        except httpx.HTTPError:
+            return False
+        return body.get("workers", 0) >= 1
+
+    try:
+        wait_until(ready, 120, "repaint serve with a live worker", interval=0.5)
+        image, mask = (png_bytes(x) for x in face_and_mask(size=32, seed=0))
+        with RepaintClient(url, timeout=30) as client:
+            job = client.submit(image, mask, steps=5, jump_length=5, jump_n_sample=1, seed=0)
+            events = list(client.events(job["id"]))  # the event stream itself, no polling fallback
+            assert events, output()
+            kind, data = events[-1]
+            assert (kind, data["status"]) == ("status", "succeeded"), f"{events}\n{output()}"
+            assert client.result(job["id"]).startswith(b"\x89PNG")
+        assert "Traceback" not in output(), output()
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            code = proc.wait(60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            raise
+        os.unlink(log.name)
+    assert code == 0
