@@ -30,7 +30,7 @@ from PIL import Image
 
 import models
 from models.sampler_settings import DDNMSettings, RePaintSettings, SamplerSettings, settings_from_record
-from training.faces import EVAL_SEEDS, face
+from service.faces import EVAL_SEEDS, face
 from training.masks import FAMILIES, keep_mask
 
 RESULTS = Path(__file__).parent / "results"
@@ -358,12 +358,12 @@ def main(argv=None) -> None:
     elif args.what == "timing":
         print(timing(args.faces, RESULTS / "timing.json", args.checkpoint))
     elif args.what == "check":
-        from worker.params import QUALITY_PRESETS
+        from worker.presets import PRESETS
 
         # The baseline, then each preset's setting once, named for every preset that uses it.
         names: dict[SamplerSettings, list[str]] = {}
-        for name, record in QUALITY_PRESETS.items():
-            names.setdefault(settings_from_record(record), []).append(name)
+        for name, preset in PRESETS.items():
+            names.setdefault(settings_from_record(preset.to_record()), []).append(name)
         settings = [(BASELINE, dict(FRONTIER)[BASELINE])]
         for chosen, used_by in names.items():
             if args.only is None or set(used_by) & set(args.only.split(",")):

@@ -159,7 +159,7 @@ PRESETS: Mapping[str, Preset] = MappingProxyType({p.name: p for p in (
            description="Procedural cartoon faces, 32x32, trained here on CPU (python -m training.train); "
                        "the demo model that `repaint serve` uses by default",
            conf=FACES32_CONF, bundled="faces32.pt", checkpoint_sha256=FACES32_SHA256, framing="whole",
-           domain="flat-coloured cartoon faces drawn by training/faces.py, centred, 32x32: not photographs",
+           domain="flat-coloured cartoon faces drawn by service/faces.py, centred, 32x32: not photographs",
            photographic=False,
            provenance="trained in this repository on procedural faces (training/train.py); shipped in "
                       "models/weights/faces32.pt",

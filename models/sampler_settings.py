@@ -21,8 +21,28 @@ class SettingsError(ValueError):
     """Settings no sampler run can honour (a 422 at the API)."""
 
 
-def _param(default: Any, doc: str, *, minimum: float | None = None, maximum: float | None = None):
-    return field(default=default, metadata={"doc": doc, "minimum": minimum, "maximum": maximum})
+def _param(default: Any, doc: str, *, minimum: float | None = None, maximum: float | None = None,
+           advanced: bool = False):
+    """A sampler parameter: its default, meaning and range, which the API's form, GET /models, the
+    CLI's flags and the page's controls are made from. `advanced` ones sit under "more" on the page."""
+    return field(default=default, metadata={"doc": doc, "minimum": minimum, "maximum": maximum,
+                                            "advanced": advanced})
+
+
+# The jump schedule's arguments (models.schedule.jump_schedule) with the values that turn each
+# off: a sampler's `schedule` maps every argument to one of its parameters or to a constant.
+NEUTRAL_SCHEDULE: Mapping[str, int] = {
+    "n_sample": 1, "jump_length": 1, "jump_n_sample": 1, "jump2_length": 1, "jump2_n_sample": 1,
+    "jump3_length": 1, "jump3_n_sample": 1, "start_resampling": RESAMPLE_EVERYWHERE}
+
+
+def schedule_from(**parameters: str | int) -> Mapping[str, str | int]:
+    """A sampler's `schedule`: the named jump-schedule arguments fed by its parameters (or fixed),
+    every other one neutral."""
+    unknown = set(parameters) - set(NEUTRAL_SCHEDULE)
+    if unknown:
+        raise TypeError(f"not jump-schedule arguments: {sorted(unknown)}")
+    return {**NEUTRAL_SCHEDULE, **parameters}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -31,6 +51,14 @@ class SamplerSettings:
 
     name: ClassVar[str]
     summary: ClassVar[str]
+    # "module:Class" of the update math (a models.samplers.Sampler), imported by the worker only:
+    # these settings stay torch-free for the API.
+    implementation: ClassVar[str]
+    # How the sampler walks the diffusion: each jump-schedule argument, from a parameter or fixed.
+    schedule: ClassVar[Mapping[str, str | int]] = NEUTRAL_SCHEDULE
+    # Whether a model's own schedule defaults (its conf's t_T, jump_length, ...) replace this
+    # sampler's defaults for the parameters both name.
+    takes_model_defaults: ClassVar[bool] = False
     steps: int = _param(250, "respaced sampling steps (t_T): the diffusion is walked on this many indices",
                         minimum=2)
 
@@ -52,7 +80,9 @@ class SamplerSettings:
 
     def times(self, max_length: int | None = None) -> list[int]:
         """The respaced indices the sample visits, ending with -1 (see models.schedule)."""
-        raise NotImplementedError
+        arguments = {arg: getattr(self, source) if isinstance(source, str) else source
+                     for arg, source in self.schedule.items()}
+        return jump_schedule(self.steps, max_length=max_length, **arguments)
 
     @cached_property
     def evaluations(self) -> int:
@@ -90,8 +120,10 @@ class SamplerSettings:
         for f in fields(cls):
             params.append({"name": f.name, "type": "number" if isinstance(f.default, float) else "integer",
                            "default": defaults.get(f.name, f.default), "minimum": f.metadata.get("minimum"),
-                           "maximum": f.metadata.get("maximum"), "description": f.metadata["doc"]})
-        return {"name": cls.name, "description": cls.summary, "parameters": params}
+                           "maximum": f.metadata.get("maximum"), "description": f.metadata["doc"],
+                           "advanced": f.metadata.get("advanced", False)})
+        return {"name": cls.name, "description": cls.summary, "parameters": params, "schedule": dict(cls.schedule),
+                "takes_model_defaults": cls.takes_model_defaults}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -99,6 +131,9 @@ class RePaintSettings(SamplerSettings):
     """RePaint (Lugmayr et al., CVPR 2022) with the reference's full jump-schedule parameters."""
 
     name: ClassVar[str] = "repaint"
+    implementation: ClassVar[str] = "models.samplers.repaint:RePaint"
+    schedule: ClassVar[Mapping[str, str | int]] = schedule_from(**{arg: arg for arg in NEUTRAL_SCHEDULE})
+    takes_model_defaults: ClassVar[bool] = True
     summary: ClassVar[str] = (
         "RePaint (Lugmayr et al., CVPR 2022): each step merges the known pixels, noised to the step's "
         "level, with the model's sample; resampling jumps re-noise a stretch and redo it so that the "
@@ -106,19 +141,15 @@ class RePaintSettings(SamplerSettings):
     jump_length: int = _param(10, "resampling stretch length: every this many steps, go back up and redo them",
                               minimum=1)
     jump_n_sample: int = _param(10, "times each stretch is sampled (1: no resampling)", minimum=1)
-    n_sample: int = _param(1, "times each single step is sampled (re-noise one index and redo it)", minimum=1)
-    jump2_length: int = _param(1, "second-level stretch length, nested inside the first", minimum=1)
-    jump2_n_sample: int = _param(1, "times each second-level stretch is sampled", minimum=1)
-    jump3_length: int = _param(1, "third-level stretch length, nested inside the second", minimum=1)
-    jump3_n_sample: int = _param(1, "times each third-level stretch is sampled", minimum=1)
+    n_sample: int = _param(1, "times each single step is sampled (re-noise one index and redo it)", minimum=1,
+                              advanced=True)
+    jump2_length: int = _param(1, "second-level stretch length, nested inside the first", minimum=1, advanced=True)
+    jump2_n_sample: int = _param(1, "times each second-level stretch is sampled", minimum=1, advanced=True)
+    jump3_length: int = _param(1, "third-level stretch length, nested inside the second", minimum=1, advanced=True)
+    jump3_n_sample: int = _param(1, "times each third-level stretch is sampled", minimum=1, advanced=True)
     start_resampling: int = _param(RESAMPLE_EVERYWHERE, "resample only at or below this step index "
-                                   "(lower: resample only the late, detailed steps; faster)", minimum=0)
-
-    def times(self, max_length: int | None = None) -> list[int]:
-        return jump_schedule(
-            self.steps, n_sample=self.n_sample, jump_length=self.jump_length, jump_n_sample=self.jump_n_sample,
-            jump2_length=self.jump2_length, jump2_n_sample=self.jump2_n_sample, jump3_length=self.jump3_length,
-            jump3_n_sample=self.jump3_n_sample, start_resampling=self.start_resampling, max_length=max_length)
+                                   "(lower: resample only the late, detailed steps; faster)", minimum=0,
+                                   advanced=True)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -126,6 +157,9 @@ class DDNMSettings(SamplerSettings):
     """DDNM (Wang et al., ICLR 2023): null-space projection of the clean estimate, then a DDIM step."""
 
     name: ClassVar[str] = "ddnm"
+    implementation: ClassVar[str] = "models.samplers.ddnm:DDNM"
+    schedule: ClassVar[Mapping[str, str | int]] = schedule_from(jump_length="travel_length",
+                                                                jump_n_sample="travel_repeat")
     summary: ClassVar[str] = (
         "DDNM (Wang, Yu and Zhang, ICLR 2023): each step takes the model's clean estimate, puts the known "
         "pixels back into it (the null-space projection for a mask) and takes a DDIM step to the next "
@@ -137,10 +171,6 @@ class DDNMSettings(SamplerSettings):
     travel_length: int = _param(1, "time-travel stretch length: every this many steps, re-noise the estimate "
                                 "back up this many steps (1 with travel_repeat 1: no time travel)", minimum=1)
     travel_repeat: int = _param(1, "times each time-travel stretch is sampled", minimum=1)
-
-    def times(self, max_length: int | None = None) -> list[int]:
-        return jump_schedule(self.steps, jump_length=self.travel_length, jump_n_sample=self.travel_repeat,
-                             max_length=max_length)
 
 
 SETTINGS: Mapping[str, type[SamplerSettings]] = {cls.name: cls for cls in (RePaintSettings, DDNMSettings)}

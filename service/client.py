@@ -18,7 +18,9 @@ from typing import Iterator
 
 import httpx
 
-FINAL = ("succeeded", "failed", "canceled")
+from worker.jobs import JobStatus
+
+FINAL = tuple(s.value for s in JobStatus if s.final)  # the statuses a job never leaves
 
 
 class ApiError(RuntimeError):

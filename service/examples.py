@@ -1,7 +1,7 @@
 """Example inputs for `repaint example`: an image and a mask suited to a model (numpy + Pillow, no torch).
 
 - `faces32` (and `tiny`, and any model of 64 px or less): a held-out face of the procedural face
-  generator the demo model was trained on (`training/faces.py`), drawn at 4x the model's size so it
+  generator the demo model was trained on (`service/faces.py`), drawn at 4x the model's size so it
   can be seen, with a mask over one eye.
 - `celeba256`: the same generator's face at 256x256, a mask over one eye.
 - `places256`: a synthetic landscape with a house, the house masked.
@@ -24,7 +24,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 # The demo model's own face generator (torch-free), so the example is a face it knows.
-from training.faces import EVAL_SEEDS, SUPERSAMPLE, Colour, face, face_params
+from service.faces import EVAL_SEEDS, SUPERSAMPLE, Colour, face, face_params
 
 # --- Examples ----------------------------------------------------------------------------------
 

@@ -120,6 +120,7 @@ class SamplerParameter(BaseModel):
     minimum: int | float | None = None
     maximum: int | float | None = None
     description: str
+    advanced: bool = Field(False, description="rarely changed (the page shows it under 'more')")
 
 
 class SamplerPublic(BaseModel):
@@ -127,6 +128,20 @@ class SamplerPublic(BaseModel):
     description: str
     parameters: list[SamplerParameter] = Field(description="the form fields this sampler takes; sending a "
                                                "parameter of another sampler is refused (422)")
+    schedule: dict[str, str | int] = Field(description=(
+        "how the sampler walks the diffusion: each argument of the jump schedule (models/schedule.py: n_sample, "
+        "jump_length, jump_n_sample, jump2_length, jump2_n_sample, jump3_length, jump3_n_sample, "
+        "start_resampling), from the parameter named here or fixed at the number given; the evaluation count "
+        "of a setting follows from it"))
+    takes_model_defaults: bool = Field(description=(
+        "the model's own defaults (a model's `defaults`) replace this sampler's for the parameters both name"))
+
+
+class OutputFormatPublic(BaseModel):
+    media_type: str
+    suffix: str = Field(description="the file suffix of a result in this format")
+    max_side: int = Field(description="the largest side a result can have: larger uploads are refused at submit")
+    lossless: bool
 
 
 class ModelList(BaseModel):
@@ -134,6 +149,9 @@ class ModelList(BaseModel):
     models: list[ModelPublic]
     samplers: list[SamplerPublic] = Field(description="samplers for POST /inpaint sampler= (default: repaint)")
     presets: dict[str, QualityPreset] = Field(description="named sampling settings for POST /inpaint preset=")
+    output_formats: dict[str, OutputFormatPublic] = Field(
+        default_factory=dict, description="POST /inpaint output_format= values, each with its media type and file suffix")
+    strategies: list[str] = Field(default_factory=list, description="POST /inpaint strategy= values")
 
 
 class ModelExample(BaseModel):

@@ -139,6 +139,17 @@ def test_api_process_never_imports_torch():
     assert done.returncode == 0, done.stdout + done.stderr
 
 
+def test_serving_never_imports_training():
+    """The API (its examples draw the demo model's faces: service/faces.py) and the worker need
+    nothing from training/: a service can be shipped without it."""
+    code = ("import sys; from service.app import create_app; create_app(); "
+            "import service.cli, service.examples, worker.main; "
+            "bad = [m for m in sys.modules if m == 'training' or m.startswith('training.')]; "
+            "print(bad); sys.exit(1 if bad else 0)")
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
 def test_scale_from_zero_jobs_wait_for_the_first_worker(redis_server, redis_db):
     """No worker has ever registered (compose starting, workers scaled to zero by an autoscaler
     on the queue length): the default model still takes jobs, and the first worker runs them."""

@@ -240,11 +240,11 @@ def test_submit_runs_the_chosen_sampler_with_the_parameters_given(redis_server, 
 
 def test_submit_prints_the_refusal_of_a_parameter_of_another_sampler(redis_server, redis_db, example_pair):
     from models.sampler_settings import SETTINGS
-    from worker.params import QUALITY_PRESETS
+    from worker.presets import PRESETS
 
     # A preset and a sampler it does not use (presets may change sampler as they are measured).
-    preset, own, other = next((name, p["sampler"], s) for name, p in QUALITY_PRESETS.items()
-                              for s in SETTINGS if s != p["sampler"])
+    preset, own, other = next((name, p.sampler, s) for name, p in PRESETS.items()
+                              for s in SETTINGS if s != p.sampler)
     api = ApiProcess(redis_server.url)  # refused before anything is queued: no worker needed
     try:
         misplaced = run_submit(*example_pair, "--url", api.url, "--sampler", "repaint", "--eta", "0.5")

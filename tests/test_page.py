@@ -579,7 +579,7 @@ def cloudy_pier(seed: int, size=(640, 427), noise: float = 3.0) -> Image.Image:
 
 def held_out_faces(seeds, sizes):
     from service.examples import FACE_UPSCALE, face_example
-    from training.faces import face
+    from service.faces import face
 
     for seed in seeds:
         for size in sizes:
@@ -591,7 +591,7 @@ def test_the_drawing_statistic_separates_faces_from_photos():
     """The threshold keeps its margin on both sides: held-out faces (what faces32 knows) look like
     drawings, a real photograph (the calibration's most drawing-like one) and generated cloudy skies
     do not, whatever their size or compression."""
-    from training.faces import EVAL_SEEDS
+    from service.faces import EVAL_SEEDS
 
     faces = {name: picture_statistics(np.asarray(img))
              for name, img in held_out_faces(EVAL_SEEDS[:30], (32, 48, 64, 128, 256))}
@@ -626,7 +626,7 @@ SKIMAGE_DATA = os.environ.get("REPAINT_SKIMAGE_DATA")  # the skimage/data folder
 def test_the_drawing_statistic_calibration():
     """The numbers in CALIBRATION (and app.js's LOOK comment), measured again on real photographs:
     scikit-image's sample photographs (CC0 or public domain; not a dependency of this project)."""
-    from training.faces import EVAL_SEEDS
+    from service.faces import EVAL_SEEDS
 
     colour_photos = ["astronaut.png", "chelsea.png", "coffee.png", "rocket.jpg", "motorcycle_left.png",
                      "retina.jpg", "ihc.png"]
@@ -681,7 +681,7 @@ def test_the_page_says_what_each_model_knows_and_what_to_expect(faces32_service,
     """faces32 as `make serve` serves it: what it was trained on, where its weights come from, and,
     before anything runs, that a photograph or a large picture will not give what the user expects;
     then "Try an example" gives it a picture it knows, and that runs."""
-    from training.faces import EVAL_SEEDS, face
+    from service.faces import EVAL_SEEDS, face
     from worker.geometry import plan
 
     playwright = pytest.importorskip("playwright.sync_api")

@@ -14,7 +14,7 @@ from PIL import Image
 
 import models
 
-from .faces import face_batch
+from service.faces import face_batch
 
 
 def sample_grid(checkpoint: str | None, n: int = 16, steps: int = 250, seed: int = 0) -> np.ndarray:

@@ -20,7 +20,7 @@ import torch
 import models
 from models.presets import FACES32_CONF
 
-from .faces import TRAIN_SEEDS, face_batch
+from service.faces import TRAIN_SEEDS, face_batch
 
 
 def make_dataset(count: int, seed: int, size: int) -> torch.Tensor:

@@ -7,12 +7,11 @@ import io
 from PIL import Image
 
 from .geometry import to_l8
-
-OUTPUT_FORMATS = {"png": ("PNG", "image/png"), "jpeg": ("JPEG", "image/jpeg"), "webp": ("WEBP", "image/webp")}
+from .output_formats import OUTPUT_FORMATS
 
 
 def encode(image: Image.Image, output_format: str) -> bytes:
-    fmt, _ = OUTPUT_FORMATS[output_format]
+    fmt = OUTPUT_FORMATS[output_format].pil_format
     out = io.BytesIO()
     if fmt != "PNG" and image.mode.startswith("I"):
         image = to_l8(image)  # JPEG and WebP are 8-bit: scale 16-bit levels down, never clip

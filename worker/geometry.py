@@ -23,7 +23,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 from PIL import Image, ImageFilter
 
-STRATEGIES = ("auto", "crop", "resize")
+from .params import STRATEGIES
 # Context around the mask's bounding box for `crop`, as a fraction of the box's longer side.
 CONTEXT = 0.5
 

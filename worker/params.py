@@ -14,32 +14,17 @@ from typing import Any, Mapping
 from models.sampler_settings import (DEFAULT_SAMPLER, SETTINGS, SamplerSettings, SettingsError, owners_of,
                                      settings_class, settings_from_record)
 
-# Named sampling settings (`preset=` on POST /inpaint), each the best measured setting within its
-# budget of network evaluations (docs/quality.md tells how they were chosen and checked). A preset
-# may pick a sampler; explicit parameter fields override a preset's values.
-QUALITY_PRESETS: dict[str, dict[str, Any]] = {
-    "fast": {"sampler": "ddnm", "steps": 50, "travel_length": 10, "travel_repeat": 2},
-    "balanced": {"sampler": "ddnm", "steps": 100, "travel_length": 10, "travel_repeat": 3},
-    # On faces32 the lowest error at any cost is the balanced setting: more evaluations did not help.
-    "best": {"sampler": "ddnm", "steps": 100, "travel_length": 10, "travel_repeat": 3},
-    "paper": {"sampler": "repaint", "steps": 250, "jump_length": 10, "jump_n_sample": 10},
-}
-PRESET_BUDGETS = {"fast": 100, "balanced": 500, "best": None, "paper": None}
-PRESET_DESCRIPTIONS = {
-    "fast": "the best measured setting within 100 network evaluations",
-    "balanced": "the best measured setting within 500 network evaluations",
-    "best": "the best measured setting at any cost",
-    "paper": "the RePaint paper's setting: 250 steps, jumps of 10, 10 times (2,410 evaluations)",
-}
+from .output_formats import OUTPUT_FORMATS
+from .presets import PRESETS
 
+# How an image of another size reaches the model (worker.geometry.plan): crop around the mask,
+# resize the whole (padded) image, or auto.
+STRATEGIES = ("auto", "crop", "resize")
 
 # Fewer than 2 steps cannot be sampled: the fixed-variance schedules (faces32, tiny) take their
 # first variance from the second step, and one step of a diffusion model is noise anyway.
 MIN_STEPS = 2
 
-# The largest side each output encoder can write (WebP: 14-bit sizes; libjpeg: 65500 pixels).
-# Results have the upload's size, so an upload past these is refused at submit, not after sampling.
-MAX_OUTPUT_SIDE = {"png": 2**31 - 1, "jpeg": 65500, "webp": 16383}
 
 
 class ParamError(ValueError):
@@ -134,12 +119,13 @@ def check_class_label(info: dict, class_label: int | None, classifier_scale: flo
 
 
 def model_defaults(info: dict, sampler: str) -> dict[str, Any]:
-    """A model's default settings for a sampler: RePaint takes the model conf's schedule
-    (`schedule_jump_params`), other samplers their own defaults."""
-    if sampler != "repaint":
+    """A model's default settings for a sampler: the model's own (its conf's t_T, jump_length, ...)
+    for a sampler that takes them (`takes_model_defaults`), none for the others."""
+    cls = settings_class(sampler)
+    if not cls.takes_model_defaults:
         return {}
     d = info["defaults"]
-    return {k: d[k] for k in ("steps", "jump_length", "jump_n_sample", "n_sample") if k in d}
+    return {k: d[k] for k in cls.parameter_names() if k in d}
 
 
 def resolve_sampling(info: dict, *, preset: str | None, sampler: str | None,
@@ -152,21 +138,21 @@ def resolve_sampling(info: dict, *, preset: str | None, sampler: str | None,
     explicit = {k: v for k, v in fields.items() if v is not None}
     base: dict[str, Any] = {}
     if preset is not None:
-        if preset not in QUALITY_PRESETS:
-            raise ParamError(f"unknown preset {preset!r}; known: {sorted(QUALITY_PRESETS)}")
-        chosen = QUALITY_PRESETS[preset]
-        if sampler is not None and sampler != chosen["sampler"]:
-            raise ParamError(f"preset {preset} uses sampler {chosen['sampler']}, not {sampler}: "
+        if preset not in PRESETS:
+            raise ParamError(f"unknown preset {preset!r}; known: {sorted(PRESETS)}")
+        chosen = PRESETS[preset]
+        if sampler is not None and sampler != chosen.sampler:
+            raise ParamError(f"preset {preset} uses sampler {chosen.sampler}, not {sampler}: "
                              f"send the preset or the sampler")
-        name = chosen["sampler"]
-        base = {**model_defaults(info, name), **{k: v for k, v in chosen.items() if k != "sampler"}}
+        name = chosen.sampler
+        base = dict(chosen.values)
     else:
         name = sampler or DEFAULT_SAMPLER
-        base = model_defaults(info, name)
     try:
         cls = settings_class(name)
     except SettingsError as exc:
         raise ParamError(str(exc)) from None
+    base = {**model_defaults(info, name), **base}
     misplaced = sorted(k for k in explicit if k not in cls.parameter_names())
     if misplaced:
         raise ParamError("; ".join(f"{k} is a parameter of sampler {', '.join(owners_of(k))}, not of {name}"
@@ -197,16 +183,13 @@ def check_steps(steps: int, info: dict) -> None:
 
 def check_output_size(output_format: str, width: int, height: int) -> None:
     """Whether a result of this size can be written in this format (results keep the upload's size)."""
-    limit = MAX_OUTPUT_SIDE[output_format]
+    # Results have the upload's size, so an upload past the encoder's limit is refused at submit.
+    limit = OUTPUT_FORMATS[output_format].max_side
     if max(width, height) > limit:
         raise ParamError(f"{output_format} results can be at most {limit} pixels wide and high; this image is "
                          f"{width}x{height}: choose output_format=png")
 
 
-# Bytes per pixel and channel that a result may take, by format: PNG at worst about the raw
-# pixels (noise does not compress), JPEG (quality 95) and WebP (quality 92) well under half of
-# them for photographs. Measured figures are in docs/deployment.md (sizing).
-RESULT_BYTES_PER_VALUE = {"png": 1.0, "jpeg": 0.4, "webp": 0.4}
 CHANNELS = {"L": 1, "LA": 2, "I": 2, "I;16": 2, "P": 3, "RGB": 3, "RGBA": 4}
 
 
@@ -215,6 +198,6 @@ def expected_result_bytes(output_format: str, width: int, height: int, mode: str
     """Room a job's results (and its preview) may take in Redis: what admission keeps free for it
     until it finishes, so that an accepted job can always store what it made."""
     values = width * height * CHANNELS.get(mode, 3)
-    per_result = int(values * RESULT_BYTES_PER_VALUE[output_format]) + 4096
+    per_result = int(values * OUTPUT_FORMATS[output_format].bytes_per_value) + 4096
     preview = model_size * model_size * 3 + 4096
     return num_samples * per_result + preview

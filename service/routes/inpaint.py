@@ -12,10 +12,11 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, Depends, File, Form, Header, HTTPException, Request, Response, UploadFile, status
 
 from models.sampler_settings import SETTINGS, all_parameter_names
+from worker import output_formats
 from worker.jobs import JobStatus
 from worker.ledger import Admission, IdempotencyConflict, Refused, new_job_id
-from worker.params import (JobParams, ParamError, check_class_label, check_output_size, expected_result_bytes,
-                           resolve_sampling)
+from worker.params import (STRATEGIES, JobParams, ParamError, check_class_label, check_output_size,
+                           expected_result_bytes, resolve_sampling)
 from worker.webhooks_policy import EVENTS as WEBHOOK_EVENTS
 from worker.webhooks_policy import WebhookPolicy, WebhookRefused
 
@@ -110,15 +111,16 @@ def create_inpaint_job(
                                                           + _sampler_field("ddnm"))] = None,
     class_label: Annotated[int | None, Form(ge=0, description="class for class-conditional models")] = None,
     classifier_scale: Annotated[float | None, Form(ge=0, le=100, description="classifier guidance scale")] = None,
-    strategy: Annotated[Literal["auto", "crop", "resize"], Form(description=(
+    strategy: Annotated[Literal[STRATEGIES], Form(description=(  # type: ignore[valid-type]
         "how an image of another size reaches the model: crop around the mask, resize the whole "
         "(padded) image, or auto"))] = "auto",
     blend: Annotated[int | None, Form(ge=0, le=64, description=(
         "soft band, in pixels, outside the mask edge where the fill fades into the image; nothing under the "
         "mask is ever used (default: about one model pixel, at least 2)"))] = None,
     mask_dilate: Annotated[int, Form(ge=0, le=64, description="grow the mask by this many pixels")] = 0,
-    output_format: Annotated[Literal["png", "jpeg", "webp"], Form(description=(
-        "result format; only PNG keeps the pixels beyond the blend band bit for bit"))] = "png",
+    output_format: Annotated[output_formats.OutputFormatName, Form(description=(
+        "result format; only the lossless ones (GET /models: output_formats) keep the pixels beyond the "
+        "blend band bit for bit"))] = output_formats.DEFAULT,
     webhook: Annotated[str | None, Form(max_length=2000, description=(
         "URL to POST job events to (hosts the operator allows); signed with HMAC-SHA256"))] = None,
     webhook_events: Annotated[str, Form(description="comma-separated: started, progress, completed")] = (

@@ -7,6 +7,8 @@ from typing import Annotated
 from fastapi import APIRouter, HTTPException, Query, Response
 
 from worker.jobs import JobStatus
+from worker.output_formats import DEFAULT as DEFAULT_OUTPUT_FORMAT
+from worker.output_formats import OUTPUT_FORMATS
 
 from .. import jobstore
 from ..deps import ApiKey, CallerDep, LedgerDep, RedisDep, visible_job
@@ -66,5 +68,5 @@ def get_result(job_id: str, redis: RedisDep, ledger: LedgerDep, tenant: CallerDe
     data = jobstore.result_bytes(redis, job_id, index)
     if data is None:
         raise HTTPException(404, f"the result of job {job_id} has expired")
-    media = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp"}
-    return Response(content=data, media_type=media.get(r["params"].get("output_format", "png"), "image/png"))
+    output_format = OUTPUT_FORMATS.get(r["params"].get("output_format", DEFAULT_OUTPUT_FORMAT))
+    return Response(content=data, media_type=output_format.media_type if output_format else "image/png")

@@ -9,8 +9,10 @@ import io
 from fastapi import APIRouter, HTTPException
 from PIL import Image
 
-from models.sampler_settings import SETTINGS, settings_class
-from worker.params import PRESET_BUDGETS, PRESET_DESCRIPTIONS, QUALITY_PRESETS, model_defaults
+from models.sampler_settings import SETTINGS
+from worker import output_formats
+from worker.params import STRATEGIES, model_defaults
+from worker.presets import PRESETS
 
 from .. import jobstore
 from ..deps import ApiKey, RedisDep, SettingsDep
@@ -33,14 +35,14 @@ def list_models(redis: RedisDep, settings: SettingsDep) -> ModelList:
     served = {m.name: m for m in out}
     default_info = served[settings.default_model].model_dump() if settings.default_model in served else None
     presets = {}
-    for name, p in QUALITY_PRESETS.items():
-        cls = settings_class(p["sampler"])
-        values = {k: v for k, v in p.items() if k != "sampler"}
-        base = model_defaults(default_info, cls.name) if default_info else {}
-        presets[name] = QualityPreset(sampler=cls.name, settings=values, evaluations=cls(**{**base, **values}).evaluations,
-                                      budget=PRESET_BUDGETS.get(name), description=PRESET_DESCRIPTIONS.get(name, ""))
+    for name, p in PRESETS.items():
+        base = model_defaults(default_info, p.sampler) if default_info else {}
+        presets[name] = QualityPreset(sampler=p.sampler, settings=dict(p.values),
+                                      evaluations=p.settings(base).evaluations, budget=p.budget,
+                                      description=p.description)
     samplers = [SamplerPublic(**cls.describe()) for cls in SETTINGS.values()]
-    return ModelList(default=settings.default_model, models=out, samplers=samplers, presets=presets)
+    return ModelList(default=settings.default_model, models=out, samplers=samplers, presets=presets,
+                     output_formats=output_formats.describe(), strategies=list(STRATEGIES))
 
 
 def _png_data_url(image: Image.Image) -> str:

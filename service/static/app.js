@@ -26,7 +26,7 @@ const state = {
   view: "edit",                           // "edit": image + mask; "result": live estimate or result
   zoom: 1,                                // 1 = the image fits the box
   pointer: null, overStage: false, spaceDown: false, pan: null, splitDrag: false,
-  models: [], presets: {}, samplers: [], modelsLoaded: false, signature: null, loadingModels: null,
+  models: [], presets: {}, samplers: [], outputFormats: {}, modelsLoaded: false, signature: null, loadingModels: null,
   typed: {},                              // custom parameter values typed, per sampler: {sampler: {name: text}}
   job: null,                              // {id, total, fraction, previewStep, results, final, images}
   events: null,                           // the AbortController of the job's event stream
@@ -254,6 +254,7 @@ async function fetchModels() {
     state.models = data.models;
     state.presets = data.presets || {};
     state.samplers = data.samplers || [];
+    state.outputFormats = data.output_formats || {};
     // Rebuilt only when they change (the list refreshes in the background; an open menu stays open).
     const signature = JSON.stringify([data.models.map((m) => [m.name, m.defaults, m.diffusion_steps]),
                                       state.presets, state.samplers]);
@@ -469,7 +470,7 @@ $("model").addEventListener("change", () => { fillPresets($("preset").value); de
 // - colour: the share of pixels whose channels differ by more than LOOK.grey levels.
 // Calibrated with the Python mirror in tests/test_page.py (test_the_drawing_statistic_calibration;
 // test_the_drawing_statistic_separates_faces_from_photos keeps the margins): 100 held-out faces of
-// training/faces.py at 32 to 512 px and the 4x example: flat 0.850 to 0.996, colour 0.761 to 1.
+// service/faces.py at 32 to 512 px and the 4x example: flat 0.850 to 0.996, colour 0.761 to 1.
 // scikit-image's photographs as they are, as JPEG (quality 90, 60, 30) and resized (64 to 3000 px):
 // in colour (astronaut, chelsea, coffee, rocket, motorcycle, retina, ihc) flat 0.014 to 0.449; grey
 // or nearly (camera, moon, coins, textures, the Hubble deep field, a motion-blurred clock) flat up to
@@ -1479,9 +1480,10 @@ async function showResults(job) {
 }
 
 function resultName(job, i, blob) {
-  const ext = { "image/jpeg": "jpg", "image/webp": "webp", "image/png": "png" }[blob.type]
-    || { jpeg: "jpg", webp: "webp" }[job.format] || "png";
-  return `repaint-${job.id.slice(0, 8)}-${i + 1}.${ext}`;
+  // The suffix of the result's format, as GET /models lists the formats (worker/output_formats.py).
+  const format = Object.values(state.outputFormats).find((f) => f.media_type === blob.type)
+    || state.outputFormats[job.format];
+  return `repaint-${job.id.slice(0, 8)}-${i + 1}${format ? format.suffix : ".png"}`;
 }
 
 async function selectSample(i) {

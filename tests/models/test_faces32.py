@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 import models
 from models.presets import FACES32_SHA256
-from training.faces import EVAL_SEEDS, face
+from service.faces import EVAL_SEEDS, face
 from training.masks import eye_mask
 
 

@@ -209,9 +209,44 @@ def test_models_lists_the_samplers_and_their_parameters(client):
     assert set(samplers) == {"repaint", "ddnm"}
     params = {p["name"]: p for p in samplers["ddnm"]["parameters"]}
     assert params["eta"] == {"name": "eta", "type": "number", "default": 0.85, "minimum": 0.0, "maximum": 1.0,
-                             "description": params["eta"]["description"]}
+                             "description": params["eta"]["description"], "advanced": False}
+    # How each walks the diffusion, for clients (the page) that count evaluations themselves.
+    assert samplers["ddnm"]["schedule"]["jump_length"] == "travel_length"
+    assert samplers["ddnm"]["schedule"]["n_sample"] == 1
+    assert samplers["repaint"]["takes_model_defaults"] and not samplers["ddnm"]["takes_model_defaults"]
     assert {"steps", "jump_length", "jump_n_sample", "n_sample", "jump2_length", "jump2_n_sample", "jump3_length",
             "jump3_n_sample", "start_resampling"} == {p["name"] for p in samplers["repaint"]["parameters"]}
+
+
+def test_output_formats_and_strategies_are_defined_once_and_read_everywhere(client):
+    """worker/output_formats.py and worker.params.STRATEGIES: the form (its OpenAPI schema and its
+    validation), GET /models (which the page names its downloads from), the CLI's choices, folder
+    mode's suffixes and the encoder all read the one definition."""
+    import io
+
+    from PIL import Image
+
+    from service.cli import build_parser
+    from worker import encoding, output_formats
+    from worker.params import STRATEGIES
+
+    listing = client.get("/models").json()
+    assert list(listing["output_formats"]) == list(output_formats.NAMES)
+    assert listing["output_formats"]["jpeg"] == {"media_type": "image/jpeg", "suffix": ".jpg", "max_side": 65500,
+                                                 "lossless": False}
+    assert listing["strategies"] == list(STRATEGIES)
+    form = client.get("/openapi.json").json()["components"]["schemas"]["Body_create_inpaint_job_inpaint_post"]["properties"]
+    assert form["output_format"]["enum"] == list(output_formats.NAMES)
+    assert form["strategy"]["enum"] == list(STRATEGIES)
+    refused = post(client, output_format="gif")
+    assert refused.status_code == 422 and "gif" in refused.text
+    _, submit_parser = build_parser()
+    actions = {a.dest: a for a in submit_parser._actions}
+    assert list(actions["output_format"].choices) == list(output_formats.NAMES)
+    assert list(actions["strategy"].choices) == list(STRATEGIES)
+    for fmt in output_formats.FORMATS:  # what the encoder writes is what the format says
+        written = Image.open(io.BytesIO(encoding.encode(Image.new("RGB", (8, 8)), fmt.name)))
+        assert Image.MIME[written.format] == fmt.media_type
 
 
 def test_a_sampler_and_its_parameters_reach_the_job(client):
@@ -321,7 +356,7 @@ def faces32_client(redis_server, redis_db):
 def test_the_faces32_example_is_a_held_out_face_with_one_eye_masked(faces32_client):
     import numpy as np
 
-    from training.faces import EVAL_SEEDS, face_params
+    from service.faces import EVAL_SEEDS, face_params
 
     r = faces32_client.get("/models/faces32/example")
     assert r.status_code == 200, r.text

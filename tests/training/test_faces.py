@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from training.faces import EVAL_SEEDS, TRAIN_SEEDS, face, face_params
+from service.faces import EVAL_SEEDS, TRAIN_SEEDS, face, face_params
 from training.masks import FAMILIES, eye_mask, keep_mask
 
 

@@ -14,6 +14,7 @@ from models.sampler_settings import DDNMSettings, RePaintSettings
 from worker import catalog, jobs, ledger, params, rqside
 from worker.jobs import JobStatus
 from worker.params import JobParams, ParamError, check_for_model, count_evaluations, resolve_sampling
+from worker.presets import PRESETS
 
 
 def test_count_evaluations_equals_the_jump_schedule():
@@ -76,11 +77,10 @@ def test_one_set_of_rules_for_api_and_worker():
 
 def test_every_preset_is_within_its_budget_and_runs_its_sampler():
     tiny = catalog.MODELS["tiny"]
-    for name, record in params.QUALITY_PRESETS.items():
+    for name, preset in PRESETS.items():
         settings = _resolve(tiny, preset=name, max_evaluations=10**6)
-        assert settings.name == record["sampler"]
-        budget = params.PRESET_BUDGETS[name]
-        assert budget is None or settings.evaluations <= budget, (name, settings.evaluations)
+        assert settings.name == preset.sampler
+        assert preset.budget is None or settings.evaluations <= preset.budget, (name, settings.evaluations)
 
 
 def test_a_sampler_takes_only_its_own_parameters():

@@ -1,5 +1,9 @@
 """Procedural faces: deterministic per seed, with the parameters kept for semantic evaluation.
 
+What the demo model `faces32` was trained on (training/ draws its data here) and what the API's
+examples for it show (service/examples.py): beside the serving code, so that serving needs
+nothing from training/.
+
 Each face has a background gradient, a head (ellipse) in a skin colour, hair on top, two eyes
 that mirror each other in position, size and colour, and a mouth. Shapes are drawn at 4x and
 box-filtered down, so edges are anti-aliased. Training seeds and evaluation seeds come from
