@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import difflib
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 NUM_IMAGENET_CLASSES = 1000
 
@@ -304,8 +304,6 @@ def diffusion_config(conf: Mapping[str, Any]) -> DiffusionConfig:
     respacing = _get(conf, "timestep_respacing", "")
     respacing = str(respacing) if not isinstance(respacing, str) else respacing
     # Validate the respacing string now rather than at the first request.
-    from .diffusion import space_timesteps  # local import: diffusion imports this module
-
     if respacing:
         space_timesteps(steps, respacing)
     return DiffusionConfig(
@@ -342,3 +340,37 @@ def jump_params(conf: Mapping[str, Any]) -> JumpParams:
         jump_n_sample=_as_int("jump_n_sample", section.get("jump_n_sample", 10)),
         n_sample=_as_int("n_sample", section.get("n_sample", 1)),
     )
+
+
+def space_timesteps(num_timesteps: int, section_counts: str | Sequence[int]) -> list[int]:
+    """Which original timesteps a respaced process keeps, sorted.
+
+    `section_counts` is "250" (one section), "10,15,20" (equal-sized sections with their own
+    counts) or "ddimN" (DDIM's fixed stride). Each section keeps evenly spaced steps, rounded
+    with Python's round-half-to-even, as the reference does.
+    """
+    if isinstance(section_counts, str):
+        if section_counts.startswith("ddim"):
+            desired = int(section_counts[len("ddim"):])
+            for stride in range(1, num_timesteps):
+                if len(range(0, num_timesteps, stride)) == desired:
+                    return list(range(0, num_timesteps, stride))
+            raise ConfigError(f"cannot create exactly {desired} steps with an integer stride")
+        try:
+            section_counts = [int(x) for x in section_counts.split(",")]
+        except ValueError:
+            raise ConfigError(f"timestep_respacing must look like '250' or '10,20', got {section_counts!r}") from None
+    size_per, extra = divmod(num_timesteps, len(section_counts))
+    start = 0
+    kept: list[int] = []
+    for i, count in enumerate(section_counts):
+        size = size_per + (1 if i < extra else 0)
+        if not 1 <= count <= size:
+            raise ConfigError(f"cannot take {count} steps from a section of {size} diffusion steps")
+        stride = 1 if count <= 1 else (size - 1) / (count - 1)
+        position = 0.0
+        for _ in range(count):
+            kept.append(start + round(position))
+            position += stride
+        start += size
+    return sorted(set(kept))

@@ -23,7 +23,6 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from .config import ConfigError
-from .registry import Preset
 
 WEIGHT_NAMES = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin")
 SCHEDULER_FILE = "scheduler_config.json"
@@ -327,16 +326,3 @@ def model_card(spec: DiffusersSpec, name: str) -> dict:
 
 
 _PREDICTION_WORDS = {"epsilon": "predicts the noise", "start_x": "predicts the image", "v": "predicts v"}
-
-
-def preset_from_folder(folder: str | Path, *, name: str) -> Preset:
-    """A Preset for a diffusers folder: the paper's RePaint schedule on its own process."""
-    spec = read_folder(folder)
-    card = model_card(spec, name)
-    conf = {"image_size": spec.image_size, "diffusion_steps": spec.num_train_timesteps,
-            "timestep_respacing": "", "learn_sigma": spec.variance == "learned_range",
-            "schedule_jump_params": {"t_T": min(250, spec.num_train_timesteps), "n_sample": 1,
-                                     "jump_length": 10, "jump_n_sample": 10}}
-    return Preset(name=name, description=card["description"], conf=conf, framing=card["framing"],
-                  domain=card["domain"], photographic=card["photographic"], provenance=card["provenance"],
-                  licence=card["licence"], diffusers=spec)

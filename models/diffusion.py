@@ -15,7 +15,7 @@ from typing import Any, Mapping, Sequence
 
 import torch
 
-from .config import ConfigError, DiffusionConfig, diffusion_config
+from .config import ConfigError, DiffusionConfig, diffusion_config, space_timesteps
 
 
 class MeanType(str, enum.Enum):
@@ -43,40 +43,6 @@ def beta_schedule(name: str, num_steps: int) -> torch.Tensor:
                  for i in range(num_steps)]
         return torch.tensor(betas, dtype=torch.float64)
     raise ConfigError(f"unknown beta schedule {name!r}")
-
-
-def space_timesteps(num_timesteps: int, section_counts: str | Sequence[int]) -> list[int]:
-    """Which original timesteps a respaced process keeps, sorted.
-
-    `section_counts` is "250" (one section), "10,15,20" (equal-sized sections with their own
-    counts) or "ddimN" (DDIM's fixed stride). Each section keeps evenly spaced steps, rounded
-    with Python's round-half-to-even, as the reference does.
-    """
-    if isinstance(section_counts, str):
-        if section_counts.startswith("ddim"):
-            desired = int(section_counts[len("ddim"):])
-            for stride in range(1, num_timesteps):
-                if len(range(0, num_timesteps, stride)) == desired:
-                    return list(range(0, num_timesteps, stride))
-            raise ConfigError(f"cannot create exactly {desired} steps with an integer stride")
-        try:
-            section_counts = [int(x) for x in section_counts.split(",")]
-        except ValueError:
-            raise ConfigError(f"timestep_respacing must look like '250' or '10,20', got {section_counts!r}") from None
-    size_per, extra = divmod(num_timesteps, len(section_counts))
-    start = 0
-    kept: list[int] = []
-    for i, count in enumerate(section_counts):
-        size = size_per + (1 if i < extra else 0)
-        if not 1 <= count <= size:
-            raise ConfigError(f"cannot take {count} steps from a section of {size} diffusion steps")
-        stride = 1 if count <= 1 else (size - 1) / (count - 1)
-        position = 0.0
-        for _ in range(count):
-            kept.append(start + round(position))
-            position += stride
-        start += size
-    return sorted(set(kept))
 
 
 @dataclass(frozen=True)

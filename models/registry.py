@@ -12,12 +12,10 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any, Mapping
+from typing import Any, Mapping
 
 from .config import ConfigError, JumpParams, jump_params
-
-if TYPE_CHECKING:
-    from .diffusers_folder import DiffusersSpec
+from .diffusers_folder import DiffusersSpec, model_card, read_folder
 
 # The keys the official RePaint confs share (face_example.yml, test_*_256_*.yml).
 _ADM_256 = {
@@ -61,7 +59,6 @@ FACES32_CONF = {
 }
 
 
-
 WEIGHTS_DIR = Path(__file__).parent / "weights"
 
 # Licence notes, said once.
@@ -96,7 +93,7 @@ class Preset:
     photographic: bool | None = None  # True: photographs; False: drawings; None: not known
     provenance: str = ""
     licence: str = ""
-    diffusers: "DiffusersSpec | None" = None
+    diffusers: DiffusersSpec | None = None
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     @property
@@ -238,6 +235,17 @@ def resolve_model(ref: str | ModelRef) -> Preset:
         ref = parse_model_ref(ref)
     if ref.folder is None:
         return get_preset(ref.name)
-    from .diffusers_folder import preset_from_folder
-
     return preset_from_folder(ref.folder, name=ref.name)
+
+
+def preset_from_folder(folder: str | Path, *, name: str) -> Preset:
+    """A Preset for a diffusers folder: the paper's RePaint schedule on its own process."""
+    spec = read_folder(folder)
+    card = model_card(spec, name)
+    conf = {"image_size": spec.image_size, "diffusion_steps": spec.num_train_timesteps,
+            "timestep_respacing": "", "learn_sigma": spec.variance == "learned_range",
+            "schedule_jump_params": {"t_T": min(250, spec.num_train_timesteps), "n_sample": 1,
+                                     "jump_length": 10, "jump_n_sample": 10}}
+    return Preset(name=name, description=card["description"], conf=conf, framing=card["framing"],
+                  domain=card["domain"], photographic=card["photographic"], provenance=card["provenance"],
+                  licence=card["licence"], diffusers=spec)

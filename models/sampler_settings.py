@@ -4,8 +4,11 @@ Torch-free on purpose: the API validates a request with these classes and counts
 evaluations before it queues the job; the worker rebuilds the same settings from the job record
 and runs them with the sampler of the same name in `models.samplers` (the update math).
 
-Adding a sampler: a settings class here (its fields carry their rules in `metadata`), an entry
-in `SETTINGS`, and its update module in `models/samplers/`.
+Adding a sampler: a settings class (its fields carry their rules in `metadata`: see `_param`;
+`schedule` says how it walks the diffusion; `implementation` names its math, a
+`models.samplers.Sampler`) and one `register(...)` line. Nothing in `service/` changes: the API's
+form fields, GET /models, the page's controls, the CLI's flags and docs/api.md's parameter table
+are made from the registry.
 """
 
 from __future__ import annotations
@@ -173,7 +176,24 @@ class DDNMSettings(SamplerSettings):
     travel_repeat: int = _param(1, "times each time-travel stretch is sampled", minimum=1)
 
 
-SETTINGS: Mapping[str, type[SamplerSettings]] = {cls.name: cls for cls in (RePaintSettings, DDNMSettings)}
+# The samplers, by name: the one registry every reader (API form, GET /models, page, CLI, worker,
+# docs table) goes through.
+SETTINGS: dict[str, type[SamplerSettings]] = {}
+
+
+def register(cls: type[SamplerSettings]) -> type[SamplerSettings]:
+    """Add a sampler (its settings class; the class names its math in `implementation`)."""
+    if cls.name in SETTINGS and SETTINGS[cls.name] is not cls:
+        raise ValueError(f"a sampler named {cls.name!r} is registered already")
+    unknown = {source for source in cls.schedule.values() if isinstance(source, str)} - set(cls.parameter_names())
+    if unknown:
+        raise ValueError(f"{cls.__name__}.schedule names parameters it does not have: {sorted(unknown)}")
+    SETTINGS[cls.name] = cls
+    return cls
+
+
+register(RePaintSettings)
+register(DDNMSettings)
 DEFAULT_SAMPLER = RePaintSettings.name
 
 
@@ -199,3 +219,30 @@ def all_parameter_names() -> frozenset[str]:
 def owners_of(parameter: str) -> list[str]:
     """The samplers that take `parameter`."""
     return sorted(name for name, cls in SETTINGS.items() if parameter in cls.parameter_names())
+
+
+def _number(value: int | float) -> str:
+    return "everywhere" if value == RESAMPLE_EVERYWHERE else f"{value:,}" if isinstance(value, int) else f"{value:g}"
+
+
+def parameters_markdown() -> str:
+    """The sampler parameters as docs/api.md shows them (a test keeps the two the same): one row
+    per parameter and sampler, with its default, range and meaning."""
+    rows = ["| sampler | parameter | default | range | meaning |", "|---|---|---|---|---|"]
+    for cls in SETTINGS.values():
+        for f in fields(cls):
+            low, high = f.metadata.get("minimum"), f.metadata.get("maximum")
+            bounds = (f"{_number(low)} to {_number(high)}" if low is not None and high is not None else
+                      f"at least {_number(low)}" if low is not None else
+                      f"at most {_number(high)}" if high is not None else "")
+            default = f"the model's, else {_number(f.default)}" if cls.takes_model_defaults else _number(f.default)
+            rows.append(f"| `{cls.name}` | `{f.name}` | {default} | {bounds} | {f.metadata['doc']} |")
+    return "\n".join(rows) + "\n"
+
+
+if __name__ == "__main__":  # python -m models.sampler_settings --markdown: docs/api.md's table
+    import sys
+
+    if sys.argv[1:] != ["--markdown"]:
+        raise SystemExit("usage: python -m models.sampler_settings --markdown")
+    sys.stdout.write(parameters_markdown())

@@ -79,7 +79,7 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
                        body_timeout=settings.body_timeout)
     app.add_middleware(HttpMetricsMiddleware, metrics=HttpMetrics(registry))
 
-    for router in (inpaint.router, jobs.router, events.router, models.router, health.router):
+    for router in (inpaint.make_router(), jobs.router, events.router, models.router, health.router):
         app.include_router(router)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     install_docs(app)

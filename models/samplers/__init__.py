@@ -1,28 +1,64 @@
-"""The samplers' update math, by name: one module per sampler (settings: models.sampler_settings).
+"""The samplers' update math: one `Sampler` subclass per sampler, found from its settings.
 
-A sampler is three functions over a `Rows` view of the batch (the caller owns the forward pass,
-so samples of different samplers share it):
-- `move_up(batch, slot, state)`: the moves up the schedule that need no network (re-noising);
-- `network_input(rows) -> x`: draws the step's noise and builds the rows' network input;
-- `update(rows, x_in, model_output, classifier=, clip_denoised=) -> (x_next, x0_estimate)`.
+A sampler is two things, each defined once:
+- its settings (models.sampler_settings): a torch-free dataclass with the parameters, their rules
+  and the schedule, which the API validates requests with, and which names its math in
+  `implementation` ("module:Class");
+- its math: a `Sampler` here, three methods over a `Rows` view of the batch (the caller owns the
+  forward pass, so samples of different samplers share it).
+Registering the settings class (`models.sampler_settings.register`) is the one registry line:
+the API's form, GET /models, the page, the CLI and the worker all read the registry.
 """
 
 from __future__ import annotations
 
+import abc
+import importlib
 from dataclasses import dataclass, field
-from types import ModuleType
-from typing import TYPE_CHECKING, Any, Mapping
+from typing import Any, Callable, ClassVar, Mapping
 
 import torch
 
-from . import ddnm, repaint
+from ..sample_batch import SampleBatch, SampleState
+from ..sampler_settings import SamplerSettings, settings_class
 
-if TYPE_CHECKING:
-    from ..sampling import SampleBatch, SampleState
 
-Sampler = ModuleType
+class Sampler(abc.ABC):
+    """The update math of one sampler (stateless: per-sample state lives in the batch)."""
 
-SAMPLERS: Mapping[str, Sampler] = {"repaint": repaint, "ddnm": ddnm}
+    # The settings class this math runs (its `implementation` names this class).
+    settings: ClassVar[type[SamplerSettings]]
+
+    @abc.abstractmethod
+    def move_up(self, batch: SampleBatch, slot: int, state: SampleState) -> None:
+        """The moves up the schedule that need no network (re-noising), for the sample in row `slot`,
+        from `state.current` to `state.next`; advances `state.position` past them."""
+
+    @abc.abstractmethod
+    def network_input(self, rows: "Rows") -> torch.Tensor:
+        """Draw the step's noise (into `rows.scratch`) and build the rows' network input."""
+
+    @abc.abstractmethod
+    def update(self, rows: "Rows", x_in: torch.Tensor, model_output: torch.Tensor, *,
+               classifier: Callable | None, clip_denoised: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """(x_next, x0 estimate) for the rows, from the network's output on `x_in`."""
+
+
+_INSTANCES: dict[type[SamplerSettings], Sampler] = {}
+
+
+def sampler_for(settings: SamplerSettings | type[SamplerSettings] | str) -> Sampler:
+    """The math of a sampler, from its settings (an instance, the class or its name)."""
+    cls = settings_class(settings) if isinstance(settings, str) else (
+        settings if isinstance(settings, type) else type(settings))
+    sampler = _INSTANCES.get(cls)
+    if sampler is None:
+        module, _, name = cls.implementation.partition(":")
+        math = getattr(importlib.import_module(module), name)
+        if not (isinstance(math, type) and issubclass(math, Sampler)) or math.settings is not cls:
+            raise TypeError(f"{cls.implementation} is not the Sampler of {cls.__name__}")
+        sampler = _INSTANCES[cls] = math()
+    return sampler
 
 
 @dataclass
@@ -34,9 +70,9 @@ class Rows:
     coefficients [n x 1 x 1 x 1]. `scratch` keeps what `network_input` drew for `update`.
     """
 
-    batch: "SampleBatch"
+    batch: SampleBatch
     slots: list[int]
-    states: list["SampleState"]
+    states: list[SampleState]
     index: torch.Tensor | None
     pass_index: torch.Tensor | None
     c: Mapping[str, torch.Tensor]
@@ -48,7 +84,7 @@ class Rows:
 
     @property
     def sampler(self) -> Sampler:
-        return self.states[0].sampler
+        return sampler_for(self.states[0].params.sampler)
 
     def take(self, t: torch.Tensor) -> torch.Tensor:
         """These rows of a batch tensor."""

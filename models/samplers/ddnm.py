@@ -15,50 +15,50 @@ DDIM (eps - sqrt(1 - abar_a) * scale * grad log p(y | x_a)).
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Callable
+from typing import Callable, ClassVar
 
 import torch
 
 from ..diffusion import COEFFICIENTS, predict_eps_from_xstart, predict_xstart, predict_xstart_from_eps
 from ..guidance import classifier_gradient
-
-if TYPE_CHECKING:
-    from . import Rows
-    from ..sampling import SampleBatch, SampleState
+from ..sample_batch import SampleBatch, SampleState
+from ..sampler_settings import DDNMSettings
+from . import Rows, Sampler
 
 _SQRT_AC = COEFFICIENTS.index("sqrt_ac")
 _SQRT_1M_AC = COEFFICIENTS.index("sqrt_1m_ac")
 
 
-def move_up(batch: "SampleBatch", slot: int, state: "SampleState") -> None:
-    """Time travel: straight to the top of the climb, re-noising the projected estimate."""
-    while state.next > state.current:
-        state.position += 1
-    row = state.rows[state.current]
-    noise = state.randn(batch.x.shape[1:], batch.device)
-    batch.x[slot] = row[_SQRT_AC] * batch.pred_xstart[slot] + row[_SQRT_1M_AC] * noise
+class DDNM(Sampler):
+    settings: ClassVar[type[DDNMSettings]] = DDNMSettings
 
+    def move_up(self, batch: SampleBatch, slot: int, state: SampleState) -> None:
+        """Time travel: straight to the top of the climb, re-noising the projected estimate."""
+        while state.next > state.current:
+            state.position += 1
+        row = state.rows[state.current]
+        noise = state.randn(batch.x.shape[1:], batch.device)
+        batch.x[slot] = row[_SQRT_AC] * batch.pred_xstart[slot] + row[_SQRT_1M_AC] * noise
 
-def network_input(rows: "Rows") -> torch.Tensor:
-    """x_a itself: DDNM puts the known pixels into the estimate, not into the network's input."""
-    rows.scratch["noise"] = rows.noise()
-    return rows.take(rows.batch.x)
+    def network_input(self, rows: Rows) -> torch.Tensor:
+        """x_a itself: DDNM puts the known pixels into the estimate, not into the network's input."""
+        rows.scratch["noise"] = rows.noise()
+        return rows.take(rows.batch.x)
 
-
-def update(rows: "Rows", x_in: torch.Tensor, model_output: torch.Tensor, *, classifier: Callable | None,
-           clip_denoised: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    batch, c = rows.batch, rows.c
-    x0 = predict_xstart(batch.diffusion, model_output, x_in, c, clip_denoised=clip_denoised)
-    y = rows.labels
-    if classifier is not None and y is not None and any(s.params.classifier_scale for s in rows.states):
+    def update(self, rows: Rows, x_in: torch.Tensor, model_output: torch.Tensor, *, classifier: Callable | None,
+               clip_denoised: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        batch, c = rows.batch, rows.c
+        x0 = predict_xstart(batch.diffusion, model_output, x_in, c, clip_denoised=clip_denoised)
+        y = rows.labels
+        if classifier is not None and y is not None and any(s.params.classifier_scale for s in rows.states):
+            eps = predict_eps_from_xstart(x_in, x0, c)
+            eps = eps - c["sqrt_1m_ac"] * classifier_gradient(classifier, x_in, c["timestep"], y, c["guidance"])
+            x0 = predict_xstart_from_eps(x_in, eps, c)
+            if clip_denoised and batch.diffusion.clip_range is not None:
+                x0 = x0.clamp(-batch.diffusion.clip_range, batch.diffusion.clip_range)
         eps = predict_eps_from_xstart(x_in, x0, c)
-        eps = eps - c["sqrt_1m_ac"] * classifier_gradient(classifier, x_in, c["timestep"], y, c["guidance"])
-        x0 = predict_xstart_from_eps(x_in, eps, c)
-        if clip_denoised and batch.diffusion.clip_range is not None:
-            x0 = x0.clamp(-batch.diffusion.clip_range, batch.diffusion.clip_range)
-    eps = predict_eps_from_xstart(x_in, x0, c)
-    x0 = torch.where(rows.take(batch.keep), rows.take(batch.gt), x0)
-    eta = torch.tensor([[s.params.sampler.eta] for s in rows.states], dtype=torch.float64)
-    mix = torch.cat([eta, (1 - eta ** 2).sqrt()], dim=1).to(torch.float32).to(batch.device).view(-1, 2, 1, 1, 1)
-    x_next = c["sqrt_ac_prev"] * x0 + c["sqrt_1m_ac_prev"] * (mix[:, 0] * rows.scratch["noise"] + mix[:, 1] * eps)
-    return x_next, x0
+        x0 = torch.where(rows.take(batch.keep), rows.take(batch.gt), x0)
+        eta = torch.tensor([[s.params.sampler.eta] for s in rows.states], dtype=torch.float64)
+        mix = torch.cat([eta, (1 - eta ** 2).sqrt()], dim=1).to(torch.float32).to(batch.device).view(-1, 2, 1, 1, 1)
+        x_next = c["sqrt_ac_prev"] * x0 + c["sqrt_1m_ac_prev"] * (mix[:, 0] * rows.scratch["noise"] + mix[:, 1] * eps)
+        return x_next, x0

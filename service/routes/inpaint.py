@@ -3,20 +3,23 @@
 from __future__ import annotations
 
 import hashlib
+import inspect
 import io
 import json
 import logging
 import secrets
-from typing import Annotated, Literal
+from dataclasses import fields
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, File, Form, Header, HTTPException, Request, Response, UploadFile, status
 
-from models.sampler_settings import SETTINGS, all_parameter_names
+from models.sampler_settings import DEFAULT_SAMPLER, SETTINGS, all_parameter_names, owners_of
 from worker import output_formats
 from worker.jobs import JobStatus
 from worker.ledger import Admission, IdempotencyConflict, Refused, new_job_id
 from worker.params import (STRATEGIES, JobParams, ParamError, check_class_label, check_output_size,
                            expected_result_bytes, resolve_sampling)
+from worker.presets import PRESETS
 from worker.webhooks_policy import EVENTS as WEBHOOK_EVENTS
 from worker.webhooks_policy import WebhookPolicy, WebhookRefused
 
@@ -27,52 +30,81 @@ from ..tenancy import Tenant
 
 log = logging.getLogger("repaint.api")
 
-router = APIRouter(tags=["jobs"], dependencies=[ApiKey])
-
 # Seeds stay below 2^53 so that JavaScript clients (the page) read them back exactly.
 MAX_SEED = 2**53
 
-# The sampler parameters: every parameter of every sampler is a form field (a test checks that
-# the endpoint declares each); which of them a request may send depends on its sampler.
-SAMPLER_FIELDS = all_parameter_names()
-
-# The form fields of POST /inpaint (a test checks them against the endpoint's schema).
-FORM_FIELDS = frozenset({
+# The form fields of POST /inpaint besides the samplers' parameters (a test checks them against
+# the endpoint's schema); every parameter of every registered sampler is a field too.
+BASE_FORM_FIELDS = frozenset({
     "image", "mask", "model", "seed", "num_samples", "preset", "sampler", "class_label", "classifier_scale",
-    "strategy", "blend", "mask_dilate", "output_format", "webhook", "webhook_events"}) | SAMPLER_FIELDS
-
-_SAMPLERS_DOC = ", ".join(sorted(SETTINGS))
+    "strategy", "blend", "mask_dilate", "output_format", "webhook", "webhook_events"})
 
 
-def _sampler_field(sampler: str) -> str:
-    return f"(sampler {sampler}; GET /models lists its range and default)"
+def form_fields() -> frozenset[str]:
+    """Every form field POST /inpaint takes, the registered samplers' parameters included."""
+    return BASE_FORM_FIELDS | all_parameter_names()
 
 
-async def refuse_unknown_fields(request: Request) -> None:
-    """A misspelt field (`stpes`) would otherwise be ignored and the default used silently.
-    The form is already parsed (and cached on the request) by the time this runs."""
-    form = await request.form()
-    unknown = sorted(set(form.keys()) - FORM_FIELDS)
-    if unknown:
-        raise HTTPException(422, f"unknown form field(s) {unknown}; the fields are {sorted(FORM_FIELDS)}")
+def sampler_parameters() -> list[inspect.Parameter]:
+    """Each registered sampler's parameters as optional form fields, in the registry's order, so a
+    new sampler needs no change here: which of them a request may send depends on its sampler
+    (worker.params.resolve_sampling refuses the others)."""
+    out: dict[str, inspect.Parameter] = {}
+    for cls in SETTINGS.values():
+        for f in fields(cls):
+            if f.name in out:
+                continue
+            owners = owners_of(f.name)
+            who = "every sampler" if len(owners) == len(SETTINGS) else "sampler " + ", ".join(owners)
+            kind = float if isinstance(f.default, float) else int
+            description = f"{f.metadata['doc']} ({who}; GET /models lists its range and default)"
+            out[f.name] = inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=None,
+                                            annotation=Annotated[kind | None, Form(description=description)])
+    return list(out.values())
 
 
-@router.post(
-    "/inpaint", status_code=status.HTTP_202_ACCEPTED, response_model=JobCreated,
-    responses={401: {"model": ErrorBody, "description": "missing or wrong API key"},
-               404: {"model": ErrorBody, "description": "unknown model"},
-               409: {"model": ErrorBody, "description": "Idempotency-Key reused with a different upload"},
-               429: {"model": ErrorBody, "description": "the model's queue, or the API key's waiting jobs, "
-                                                        "are at their limit; see Retry-After"},
-               503: {"model": ErrorBody, "description": "busy decoding other uploads, or Redis unavailable; "
-                                                        "see Retry-After"},
-               507: {"model": ErrorBody, "description": "the job store (Redis) is full; see Retry-After"},
-               413: {"model": ErrorBody, "description": "upload or image too large"},
-               415: {"model": ErrorBody, "description": "not a PNG, JPEG or WebP"},
-               422: {"model": ErrorBody, "description": "invalid image, mask or parameter"}},
-    summary="Queue an inpainting job",
-    dependencies=[Depends(refuse_unknown_fields)],
-)
+def make_router() -> APIRouter:
+    """The POST /inpaint route, its form made from the samplers registered now (models.sampler_settings)."""
+    router = APIRouter(tags=["jobs"], dependencies=[ApiKey])
+    known = form_fields()
+
+    async def refuse_unknown_fields(request: Request) -> None:
+        """A misspelt field (`stpes`) would otherwise be ignored and the default used silently.
+        The form is already parsed (and cached on the request) by the time this runs."""
+        form = await request.form()
+        unknown = sorted(set(form.keys()) - known)
+        if unknown:
+            raise HTTPException(422, f"unknown form field(s) {unknown}; the fields are {sorted(known)}")
+
+    def endpoint(**kwargs: Any) -> JobCreated:
+        return create_inpaint_job(**kwargs)
+
+    # FastAPI reads the form from the signature: the fixed fields, then the samplers' parameters.
+    fixed = [q.replace(kind=inspect.Parameter.KEYWORD_ONLY)
+             for q in inspect.signature(create_inpaint_job).parameters.values() if q.kind != q.VAR_KEYWORD]
+    at = [q.name for q in fixed].index("sampler") + 1
+    endpoint.__signature__ = inspect.Signature(fixed[:at] + sampler_parameters() + fixed[at:])  # type: ignore[attr-defined]
+    endpoint.__name__ = endpoint.__qualname__ = "create_inpaint_job"
+    endpoint.__doc__ = create_inpaint_job.__doc__
+    router.add_api_route(
+        "/inpaint", endpoint, methods=["POST"], status_code=status.HTTP_202_ACCEPTED, response_model=JobCreated,
+        responses=RESPONSES, summary="Queue an inpainting job", dependencies=[Depends(refuse_unknown_fields)])
+    return router
+
+
+RESPONSES: dict[int | str, dict[str, Any]] = {
+    401: {"model": ErrorBody, "description": "missing or wrong API key"},
+    404: {"model": ErrorBody, "description": "unknown model"},
+    409: {"model": ErrorBody, "description": "Idempotency-Key reused with a different upload"},
+    429: {"model": ErrorBody, "description": "the model's queue, or the API key's waiting jobs, are at their limit; "
+                                             "see Retry-After"},
+    503: {"model": ErrorBody, "description": "busy decoding other uploads, or Redis unavailable; see Retry-After"},
+    507: {"model": ErrorBody, "description": "the job store (Redis) is full; see Retry-After"},
+    413: {"model": ErrorBody, "description": "upload or image too large"},
+    415: {"model": ErrorBody, "description": "not a PNG, JPEG or WebP"},
+    422: {"model": ErrorBody, "description": "invalid image, mask or parameter"}}
+
+
 def create_inpaint_job(
     redis: RedisDep,
     ledger: LedgerDep,
@@ -87,28 +119,12 @@ def create_inpaint_job(
     model: Annotated[str | None, Form(description="model name (GET /models); default: the service's")] = None,
     seed: Annotated[int | None, Form(ge=0, lt=MAX_SEED, description="random seed; drawn if omitted")] = None,
     num_samples: Annotated[int, Form(ge=1, description="independent results, seeds seed..seed+n-1")] = 1,
-    preset: Annotated[str | None, Form(description="quality preset: fast, balanced, best or paper (GET /models "
-                                                    "lists them, with their sampler and cost); explicit sampler "
-                                                    "parameters override its values")] = None,
-    sampler: Annotated[str | None, Form(description=f"sampler: {_SAMPLERS_DOC} (default: repaint, or the "
-                                                     "preset's); GET /models lists each one's parameters")] = None,
-    steps: Annotated[int | None, Form(description="sampling steps t_T, every sampler (default: the model's "
-                                                   "for repaint, the sampler's otherwise)")] = None,
-    jump_length: Annotated[int | None, Form(description="resampling stretch length " + _sampler_field("repaint"))] = None,
-    jump_n_sample: Annotated[int | None, Form(description="times each stretch is sampled " + _sampler_field("repaint"))] = None,
-    n_sample: Annotated[int | None, Form(description="times each single step is sampled " + _sampler_field("repaint"))] = None,
-    jump2_length: Annotated[int | None, Form(description="second-level stretch length " + _sampler_field("repaint"))] = None,
-    jump2_n_sample: Annotated[int | None, Form(description="times each second-level stretch is sampled "
-                                                           + _sampler_field("repaint"))] = None,
-    jump3_length: Annotated[int | None, Form(description="third-level stretch length " + _sampler_field("repaint"))] = None,
-    jump3_n_sample: Annotated[int | None, Form(description="times each third-level stretch is sampled "
-                                                           + _sampler_field("repaint"))] = None,
-    start_resampling: Annotated[int | None, Form(description="resample only at or below this step index "
-                                                             + _sampler_field("repaint"))] = None,
-    eta: Annotated[float | None, Form(description="share of fresh noise per step, 0..1 " + _sampler_field("ddnm"))] = None,
-    travel_length: Annotated[int | None, Form(description="time-travel stretch length " + _sampler_field("ddnm"))] = None,
-    travel_repeat: Annotated[int | None, Form(description="times each time-travel stretch is sampled "
-                                                          + _sampler_field("ddnm"))] = None,
+    preset: Annotated[str | None, Form(description=f"quality preset: {', '.join(PRESETS)} (GET /models lists them, "
+                                                    "with their sampler and cost); explicit sampler parameters "
+                                                    "override its values")] = None,
+    sampler: Annotated[str | None, Form(description=f"sampler: {', '.join(SETTINGS)} (default: {DEFAULT_SAMPLER}, "
+                                                     "or the preset's); GET /models lists each one's "
+                                                     "parameters")] = None,
     class_label: Annotated[int | None, Form(ge=0, description="class for class-conditional models")] = None,
     classifier_scale: Annotated[float | None, Form(ge=0, le=100, description="classifier guidance scale")] = None,
     strategy: Annotated[Literal[STRATEGIES], Form(description=(  # type: ignore[valid-type]
@@ -127,12 +143,10 @@ def create_inpaint_job(
         "started,progress,completed"),
     idempotency_key: Annotated[str | None, Header(max_length=200, description=(
         "client retries with the same key and upload get the same job instead of a new one"))] = None,
+    **sampler_fields: int | float | None,
 ) -> JobCreated:
+    """Queue a job; the samplers' parameters arrive in `sampler_fields` (see `make_router`)."""
     requested_model = model  # as sent: a retry must not depend on the service's default
-    sampler_fields = {"steps": steps, "jump_length": jump_length, "jump_n_sample": jump_n_sample, "n_sample": n_sample,
-                      "jump2_length": jump2_length, "jump2_n_sample": jump2_n_sample, "jump3_length": jump3_length,
-                      "jump3_n_sample": jump3_n_sample, "start_resampling": start_resampling, "eta": eta,
-                      "travel_length": travel_length, "travel_repeat": travel_repeat}
     model = model or settings.default_model
     return _create(redis, ledger, settings, tenant, request, response, image, mask, requested_model, model,
                    sampler_fields, seed, num_samples, preset, sampler, class_label, classifier_scale, strategy,

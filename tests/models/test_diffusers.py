@@ -12,7 +12,7 @@ import torch
 import models
 from models.config import ConfigError
 from models.diffusers_folder import DiffusersFolderError, read_folder
-from models.diffusion import space_timesteps
+from models.config import space_timesteps
 from models.sampler_settings import DDNMSettings, RePaintSettings
 
 diffusers = pytest.importorskip("diffusers")  # the optional extra; CI installs it

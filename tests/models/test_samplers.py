@@ -10,7 +10,7 @@ import torch
 
 import models
 from models.sampler_settings import SETTINGS, DDNMSettings, RePaintSettings, SettingsError
-from models.samplers import SAMPLERS
+from models.samplers import Sampler, sampler_for
 from models.sampling import SampleBatch, SampleParams, step
 from models.schedule import ScheduleTooLong, count_model_evaluations, jump_schedule
 
@@ -53,10 +53,11 @@ def test_settings_check_their_own_rules():
         DDNMSettings(travel_repeat=True)
 
 
-def test_every_sampler_has_settings_and_an_update_module():
-    assert set(SETTINGS) == set(SAMPLERS)
-    for module in SAMPLERS.values():
-        assert callable(module.move_up) and callable(module.network_input) and callable(module.update)
+def test_every_registered_sampler_s_settings_name_its_math():
+    for name, cls in SETTINGS.items():
+        math = sampler_for(name)
+        assert isinstance(math, Sampler) and type(math).settings is cls
+        assert sampler_for(cls()) is math  # one instance per sampler
 
 
 @pytest.mark.parametrize("settings", [DDNMSettings(steps=50), DDNMSettings(steps=50, eta=0.0),

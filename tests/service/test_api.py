@@ -62,12 +62,12 @@ def test_accepted_job_is_queued_with_location_and_defaults(client, redis_db):
 
 
 def test_the_known_form_fields_are_the_endpoints_fields(client):
-    from service.routes.inpaint import FORM_FIELDS
+    from service.routes.inpaint import form_fields
 
     schema = client.get("/openapi.json").json()
     ref = schema["paths"]["/inpaint"]["post"]["requestBody"]["content"]["multipart/form-data"]["schema"]["$ref"]
     fields = schema["components"]["schemas"][ref.rsplit("/", 1)[1]]["properties"]
-    assert set(fields) == FORM_FIELDS
+    assert set(fields) == form_fields()
 
 
 def test_seed_is_drawn_and_reported_when_omitted(client):
