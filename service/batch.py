@@ -22,6 +22,7 @@ from typing import TextIO
 
 import httpx
 
+from worker.jobs import JobStatus
 from worker.output_formats import DEFAULT as DEFAULT_OUTPUT_FORMAT
 from worker.output_formats import OUTPUT_FORMATS
 
@@ -358,7 +359,7 @@ class _Batch:
                     self.progress.advance(pair.name, data["step"] * samples)
 
             final = _retrying(lambda: self.client.wait(job_id, on_event=on_event))
-            if final["status"] != "succeeded":
+            if final["status"] != JobStatus.SUCCEEDED:
                 error = (final.get("error") or {}).get("message") or "no reason given"
                 self.fail(pair, EXIT_JOB_FAILED, f"job {job_id} {final['status']}: {error}")
                 return

@@ -11,6 +11,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from worker.jobs import JobStatus
+
 from .exit_codes import EXIT_JOB_FAILED, EXIT_OK, EXIT_REFUSED, EXIT_UNREACHABLE
 
 
@@ -95,7 +97,7 @@ def submit(args: argparse.Namespace) -> int:
             bar = ProgressBar(sys.stderr)
             final = client.wait(job_id, on_event=bar.update)
             bar.finish()
-            if final["status"] != "succeeded":
+            if final["status"] != JobStatus.SUCCEEDED:
                 error = final.get("error") or {}
                 print(f"job {job_id} {final['status']}: {error.get('message', '')}", file=sys.stderr)
                 return EXIT_JOB_FAILED

@@ -20,7 +20,7 @@ from worker import fairness, jobs
 
 from . import jobstore
 
-FINAL_STATUSES = ("succeeded", "failed", "canceled")
+FINAL_STATUSES = tuple(s.value for s in jobs.JobStatus if s.final)
 
 
 class RedisJobCollector:

@@ -152,6 +152,8 @@ class ModelList(BaseModel):
     output_formats: dict[str, OutputFormatPublic] = Field(
         default_factory=dict, description="POST /inpaint output_format= values, each with its media type and file suffix")
     strategies: list[str] = Field(default_factory=list, description="POST /inpaint strategy= values")
+    job_statuses: dict[str, bool] = Field(default_factory=dict, description=(
+        "every status a job can have (GET /jobs/<id>), in order, each with whether it is final"))
 
 
 class ModelExample(BaseModel):

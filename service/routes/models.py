@@ -11,6 +11,7 @@ from PIL import Image
 
 from models.sampler_settings import SETTINGS
 from worker import output_formats
+from worker.jobs import JobStatus
 from worker.params import STRATEGIES, model_defaults
 from worker.presets import PRESETS
 
@@ -42,7 +43,8 @@ def list_models(redis: RedisDep, settings: SettingsDep) -> ModelList:
                                       description=p.description)
     samplers = [SamplerPublic(**cls.describe()) for cls in SETTINGS.values()]
     return ModelList(default=settings.default_model, models=out, samplers=samplers, presets=presets,
-                     output_formats=output_formats.describe(), strategies=list(STRATEGIES))
+                     output_formats=output_formats.describe(), strategies=list(STRATEGIES),
+                     job_statuses={status.value: status.final for status in JobStatus})
 
 
 def _png_data_url(image: Image.Image) -> str:

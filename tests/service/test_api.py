@@ -231,6 +231,8 @@ def test_output_formats_and_strategies_are_defined_once_and_read_everywhere(clie
     from worker.params import STRATEGIES
 
     listing = client.get("/models").json()
+    assert listing["job_statuses"] == {"queued": False, "running": False, "succeeded": True, "failed": True,
+                                       "canceled": True}
     assert list(listing["output_formats"]) == list(output_formats.NAMES)
     assert listing["output_formats"]["jpeg"] == {"media_type": "image/jpeg", "suffix": ".jpg", "max_side": 65500,
                                                  "lossless": False}
