@@ -17,7 +17,8 @@ from dataclasses import asdict, dataclass, field, fields
 from functools import cached_property
 from typing import Any, ClassVar, Mapping
 
-from .schedule import RESAMPLE_EVERYWHERE, ScheduleTooLong, count_model_evaluations, jump_schedule
+from .schedule import (RESAMPLE_EVERYWHERE, ScheduleTooLong, count_evaluations_upto, count_model_evaluations,
+                       jump_schedule)
 
 
 class SettingsError(ValueError):
@@ -83,9 +84,7 @@ class SamplerSettings:
 
     def times(self, max_length: int | None = None) -> list[int]:
         """The respaced indices the sample visits, ending with -1 (see models.schedule)."""
-        arguments = {arg: getattr(self, source) if isinstance(source, str) else source
-                     for arg, source in self.schedule.items()}
-        return jump_schedule(self.steps, max_length=max_length, **arguments)
+        return jump_schedule(self.steps, max_length=max_length, **self.schedule_arguments())
 
     @cached_property
     def evaluations(self) -> int:
@@ -94,16 +93,25 @@ class SamplerSettings:
 
     def evaluations_within(self, limit: int) -> int:
         """Network evaluations per sample, refusing (SettingsError) past `limit` without building
-        a longer schedule: a schedule has at most one re-noising move per evaluation."""
+        a longer schedule: a schedule has at most one re-noising move per evaluation. The refusal
+        says what the settings ask for, counted up to ten times the limit (past that, "more than")."""
         try:
             count = count_model_evaluations(self.times(max_length=2 * limit + 2))
         except ScheduleTooLong:
-            count = limit + 1
-        if count > limit:
-            raise SettingsError(f"these settings need more than {limit} network evaluations per sample "
-                                f"(the limit)" if count == limit + 1 else
-                                f"these settings need {count} network evaluations per sample; the limit is {limit}")
+            count = None
+        if count is None or count > limit:
+            cap = 10 * limit
+            count = count if count is not None else count_evaluations_upto(
+                {"t_T": self.steps, **self.schedule_arguments()}, cap)
+            asked = f"{count:,}" if count is not None else f"more than {cap:,}"
+            raise SettingsError(f"these settings need {asked} network evaluations per sample; the limit is "
+                                f"{limit:,} (REPAINT_MAX_EVALUATIONS)")
         return count
+
+    def schedule_arguments(self) -> dict[str, int]:
+        """The jump schedule's arguments these settings give (see `schedule`)."""
+        return {arg: getattr(self, source) if isinstance(source, str) else source
+                for arg, source in self.schedule.items()}
 
     # ---- records -------------------------------------------------------------------------------
 

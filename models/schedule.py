@@ -6,6 +6,8 @@ before it queues the job, and must not import torch.
 
 from __future__ import annotations
 
+from typing import Iterator, Mapping
+
 # The reference's "never" for start_resampling: resampling is allowed at every index.
 RESAMPLE_EVERYWHERE = 100_000_000
 
@@ -31,6 +33,20 @@ def jump_schedule(t_T: int, *, n_sample: int = 1, jump_length: int = 10, jump_n_
     `max_length` bounds the list (ScheduleTooLong past it), so that parameters from a client
     cannot make the server build a schedule of billions of moves before counting its cost.
     """
+    times: list[int] = []
+    for t in walk_jump_schedule(t_T, n_sample=n_sample, jump_length=jump_length, jump_n_sample=jump_n_sample,
+                                jump2_length=jump2_length, jump2_n_sample=jump2_n_sample, jump3_length=jump3_length,
+                                jump3_n_sample=jump3_n_sample, start_resampling=start_resampling):
+        times.append(t)
+        if max_length is not None and len(times) > max_length:
+            raise ScheduleTooLong(f"the schedule visits more than {max_length} times")
+    return times
+
+
+def walk_jump_schedule(t_T: int, *, n_sample: int = 1, jump_length: int = 10, jump_n_sample: int = 10,
+                       jump2_length: int = 1, jump2_n_sample: int = 1, jump3_length: int = 1,
+                       jump3_n_sample: int = 1, start_resampling: int = RESAMPLE_EVERYWHERE) -> Iterator[int]:
+    """`jump_schedule`'s times one at a time (memory: the stretch boundaries, not the moves)."""
     for name, value, minimum in (("t_T", t_T, 1), ("n_sample", n_sample, 1), ("jump_length", jump_length, 1),
                                  ("jump_n_sample", jump_n_sample, 1), ("jump2_length", jump2_length, 1),
                                  ("jump2_n_sample", jump2_n_sample, 1), ("jump3_length", jump3_length, 1),
@@ -45,34 +61,39 @@ def jump_schedule(t_T: int, *, n_sample: int = 1, jump_length: int = 10, jump_n_
     levels = [[jump3_length, jump3_n_sample, fresh(jump3_length, jump3_n_sample)],
               [jump2_length, jump2_n_sample, fresh(jump2_length, jump2_n_sample)],
               [jump_length, jump_n_sample, fresh(jump_length, jump_n_sample)]]
-    times: list[int] = []
-
-    def visit(t: int) -> None:
-        times.append(t)
-        if max_length is not None and len(times) > max_length:
-            raise ScheduleTooLong(f"the schedule visits more than {max_length} times")
-
     t = t_T
     while t >= 1:
         t -= 1
-        visit(t)
+        yield t
         if t + 1 < t_T - 1 and t <= start_resampling:
             for _ in range(n_sample - 1):
-                visit(t + 1)
-                visit(t)
+                yield t + 1
+                yield t
         # Innermost level first, then outward; each level sees the index the inner one left.
         for depth, (length, _, jumps) in enumerate(levels):
             if jumps.get(t, 0) > 0 and t <= start_resampling - length:
                 jumps[t] -= 1
                 for _ in range(length):
                     t += 1
-                    visit(t)
+                    yield t
                 for inner in levels[:depth]:
                     inner[2] = fresh(inner[0], inner[1])
-    visit(-1)
-    return times
+    yield -1
 
 
 def count_model_evaluations(times: list[int]) -> int:
     """The number of reverse transitions, i.e. network evaluations, in a schedule."""
     return sum(1 for a, b in zip(times, times[1:]) if b < a)
+
+
+def count_evaluations_upto(settings: Mapping[str, int], cap: int) -> int | None:
+    """The network evaluations of a jump schedule (`jump_schedule`'s keyword arguments and t_T),
+    counted move by move without keeping them; None once the count passes `cap`."""
+    count, last = 0, None
+    for t in walk_jump_schedule(**settings):
+        if last is not None and t < last:
+            count += 1
+            if count > cap:
+                return None
+        last = t
+    return count

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import re
 import threading
 import time
 import warnings
@@ -81,14 +82,19 @@ def open_image(data: bytes, field: str, max_pixels: int) -> Image.Image:
         width, height = img.size
         # Refuse huge dimensions from the header, before decoding the pixels.
         if width * height > max_pixels:
-            raise HTTPException(413, f"{field} is {width}x{height}: more than the {max_pixels} pixel limit")
+            raise HTTPException(413, f"{field} is {width}x{height} ({width * height:,} pixels): more than the "
+                                     f"{max_pixels:,} pixel limit (REPAINT_MAX_IMAGE_PIXELS)")
         if getattr(img, "n_frames", 1) > 1:
             raise HTTPException(422, f"{field} is animated ({img.n_frames} frames): send a single still image")
         return decoding.finish(img)
     except HTTPException:
         raise
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise HTTPException(413, f"{field} has too many pixels") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        # Pillow refuses such a header before we see its size; its message carries the count.
+        claimed = re.search(r"\((\d+) pixels\)", str(exc))
+        size = f"{int(claimed.group(1)):,} pixels" if claimed else "more pixels than Pillow will open"
+        raise HTTPException(413, f"{field} claims {size}: more than the {max_pixels:,} pixel limit "
+                                 "(REPAINT_MAX_IMAGE_PIXELS)") from None
     except Exception as exc:  # Pillow raises many types for garbage and truncated files
         raise HTTPException(422, f"{field} is not a readable image: {exc}") from None
 

@@ -180,7 +180,7 @@ def _create(redis, ledger, settings, tenant: Tenant, request: Request, response:
         except IdempotencyConflict:
             raise HTTPException(409, "this Idempotency-Key was used for a different upload or parameters") from None
         if replayed_id is not None:
-            return _created(response, replayed_id, replayed=True)
+            return _created(response, replayed_id, ledger, replayed=True)
 
     served = jobstore.served_models(redis, settings)
     info = served.get(model)
@@ -227,7 +227,7 @@ def _create(redis, ledger, settings, tenant: Tenant, request: Request, response:
     if not replayed:
         log.info("job %s queued for tenant %s on model %s (%d bytes stored, %d reserved)", job_id, tenant.name,
                  model, len(prepared.image_bytes) + len(prepared.mask_png), admission.reserve_bytes)
-    return _created(response, job_id, replayed=replayed)
+    return _created(response, job_id, ledger, replayed=replayed)
 
 
 def _decoded(request: Request, settings, image: UploadFile, mask: UploadFile | None, image_bytes: bytes,
@@ -277,9 +277,13 @@ def _checked_webhook(url: str, events: list[str], policy: WebhookPolicy) -> str:
     return url
 
 
-def _created(response: Response, job_id: str, replayed: bool = False) -> JobCreated:
+def _created(response: Response, job_id: str, ledger, replayed: bool = False) -> JobCreated:
     response.headers["Location"] = f"/jobs/{job_id}"
+    status_now = JobStatus.QUEUED.value
     if replayed:
         response.headers["Idempotent-Replayed"] = "true"
-    return JobCreated(id=job_id, status=JobStatus.QUEUED.value if not replayed else "see links.self",
-                      links=Links(self=f"/jobs/{job_id}", result=f"/jobs/{job_id}/result"))
+        # The job's status now (it may have run since the first answer); a record already
+        # expired leaves the job's first status.
+        record = ledger.read(job_id)
+        status_now = record["status"] if record else status_now
+    return JobCreated(id=job_id, status=status_now, links=Links(self=f"/jobs/{job_id}", result=f"/jobs/{job_id}/result"))

@@ -37,7 +37,7 @@ def test_a_schedule_is_never_built_past_its_bound():
     with pytest.raises(ScheduleTooLong):
         jump_schedule(250, jump_n_sample=10**6, max_length=10_000)
     settings = RePaintSettings(jump_n_sample=1000, jump2_length=5, jump2_n_sample=1000)
-    with pytest.raises(SettingsError, match="more than 5000"):
+    with pytest.raises(SettingsError, match="need more than 50,000 network evaluations per sample; the limit is 5,000"):
         settings.evaluations_within(5000)
     assert RePaintSettings().evaluations_within(2410) == 2410
 

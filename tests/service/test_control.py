@@ -65,7 +65,11 @@ def test_idempotency_key_returns_the_same_job(redis_server, redis_db, tiny_descr
         again = post(client, headers={"Idempotency-Key": "abc"})
         assert first.status_code == again.status_code == 202
         assert first.json()["id"] == again.json()["id"] and again.headers["idempotent-replayed"] == "true"
+        assert again.json()["status"] == "queued"
         assert client.get("/models").json()["models"][0]["queued"] == 1
+        # A replay answers with the job's status now, a real one.
+        assert client.delete(f"/jobs/{first.json()['id']}").status_code in (200, 202)
+        assert post(client, headers={"Idempotency-Key": "abc"}).json()["status"] == "canceled"
         other = post(client, seed=2, headers={"Idempotency-Key": "abc"})
         assert other.status_code == 409 and "different" in other.json()["detail"]
         assert post(client, headers={"Idempotency-Key": "xyz"}).json()["id"] != first.json()["id"]

@@ -107,8 +107,12 @@ def test_a_sampler_takes_only_its_own_parameters():
 def test_a_schedule_from_a_client_is_never_built_past_the_limit():
     """Nested jumps multiply: 10^9 evaluations must be refused without building the schedule."""
     huge = dict(jump_n_sample=1000, jump2_length=5, jump2_n_sample=1000, jump3_length=2, jump3_n_sample=1000)
-    with pytest.raises(ParamError, match="more than 10000 network evaluations"):
+    with pytest.raises(ParamError, match=r"need more than 100,000 network evaluations per sample; the limit is "
+                                         r"10,000 \(REPAINT_MAX_EVALUATIONS\)"):
         _resolve(catalog.MODELS["tiny"], max_evaluations=10_000, **huge)
+    # Within ten times the limit, the refusal gives the count: 250 steps, jumps of 10, 30 times.
+    with pytest.raises(ParamError, match="need 7,210 network evaluations per sample; the limit is 5,000"):
+        _resolve(catalog.MODELS["tiny"], max_evaluations=5_000, steps=250, jump_length=10, jump_n_sample=30)
 
 
 def test_job_records_from_before_samplers_read_as_repaint():
