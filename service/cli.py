@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import os
 import shlex
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -28,6 +30,26 @@ def _embedded_redis():
     return server, f"unix://{server.socket_file}"
 
 
+def check_port(host: str, port: int) -> None:
+    """Exit with a one-line reason (code 2) when the API could not listen on host:port, before
+    anything else starts: uvicorn would end in a traceback-like "[Errno 98]" after Redis and the
+    worker had started."""
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
+            probe.bind(address)
+    except OSError as exc:
+        if exc.errno == errno.EADDRINUSE:
+            why = f"port {port} on {host} is in use (another service, or repaint already running)"
+        elif exc.errno == errno.EACCES:
+            why = f"port {port} on {host} needs privileges this user lacks"
+        else:
+            why = f"cannot listen on {host}:{port}: {exc.strerror or exc}"
+        print(f"repaint: {why}; choose another with REPAINT_PORT=8001 or --port 8001", file=sys.stderr)
+        sys.exit(EXIT_REFUSED)
+
+
 def run_api(host: str, port: int, workers: int = 1) -> None:
     import uvicorn
 
@@ -40,6 +62,7 @@ def run_api(host: str, port: int, workers: int = 1) -> None:
 
 def serve(args: argparse.Namespace) -> None:
     """Redis (embedded unless REPAINT_REDIS_URL is set), one worker and the API."""
+    check_port(args.host, args.port)
     env = dict(os.environ)
     server = None
     if not env.get("REPAINT_REDIS_URL"):
@@ -369,6 +392,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.command == "serve":
         serve(args)
     elif args.command == "api":
+        check_port(args.host, args.port)
         run_api(args.host, args.port, args.workers)
     else:
         from worker.main import main as worker_main

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -58,3 +59,20 @@ def test_repaint_serve_runs_a_job_from_upload_to_result_over_its_event_stream():
             raise
         os.unlink(log.name)
     assert code == 0
+
+
+def test_a_port_in_use_is_one_line_naming_the_setting_and_exit_code_2():
+    """Before anything starts (no embedded Redis, no worker): the user learns which setting to change."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("REPAINT_")}
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        for command in ("serve", "api"):
+            done = subprocess.run([sys.executable, "-m", "service.cli", command, "--port", str(port)], cwd=ROOT,
+                                  env=env, capture_output=True, text=True, timeout=60)
+            assert done.returncode == 2, done.stderr
+            lines = done.stderr.strip().splitlines()
+            assert len(lines) == 1 and f"port {port} on 127.0.0.1 is in use" in lines[0], done.stderr
+            assert "REPAINT_PORT" in lines[0] and "--port" in lines[0]
+            assert "embedded Redis" not in done.stderr
