@@ -36,6 +36,9 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
 DEFAULT_RETRY_AFTER = 10.0  # a 429 without Retry-After
 MAX_RETRY_AFTER = 300.0  # a Retry-After far in the future is a misconfigured proxy, not a plan
 TRANSPORT_RETRY_DELAYS = (1.0, 2.0)  # a dropped connection is retried twice before the service counts as gone
+# After Ctrl-C, how long the jobs in flight get to end (canceled, or their results written when
+# they had succeeded) before the summary: a canceled job ends at its next step.
+SETTLE_SECONDS = 30.0
 
 
 # ---- which files go together ------------------------------------------------------------------
@@ -318,6 +321,9 @@ class _Batch:
         self.upload = threading.Lock()
         self.failures: list[Failure] = []
         self.written: list[Path] = []
+        self.succeeded: set[str] = set()  # jobs of this run the service says succeeded
+        self.asked_to_cancel: dict[str, str] = {}  # job id -> image file name, after Ctrl-C
+        self.threads: list[threading.Thread] = []
 
     def stop(self, why: str, code: int) -> None:
         with self.changed:
@@ -359,6 +365,11 @@ class _Batch:
                     self.progress.advance(pair.name, data["step"] * samples)
 
             final = _retrying(lambda: self.client.wait(job_id, on_event=on_event))
+            if final["status"] == JobStatus.SUCCEEDED:
+                with self.lock:
+                    self.succeeded.add(job_id)
+            elif final["status"] == JobStatus.CANCELED and self.stopping:
+                raise _Halt(f"canceled: {self.stopping}", self.stop_code)
             if final["status"] != JobStatus.SUCCEEDED:
                 error = (final.get("error") or {}).get("message") or "no reason given"
                 self.fail(pair, EXIT_JOB_FAILED, f"job {job_id} {final['status']}: {error}")
@@ -463,6 +474,7 @@ class _Batch:
                                           name=f"repaint-batch-{pair.name}")
                 thread.start()
                 threads.append(thread)
+                self.threads.append(thread)
             for thread in threads:
                 while thread.is_alive():
                     thread.join(0.2)
@@ -471,7 +483,9 @@ class _Batch:
             return False
 
     def cancel_in_flight(self) -> list[str]:
-        """After Ctrl-C: cancel every job of this run that is queued or running; the names of their images."""
+        """After Ctrl-C: cancel every job of this run that is queued or running; the names of their
+        images. A job that had already succeeded is not canceled (the service leaves it as it is):
+        its thread writes its results, and it is not listed."""
         canceled = []
         try:
             self.stop("interrupted (Ctrl-C)", EXIT_INTERRUPTED)
@@ -483,11 +497,27 @@ class _Batch:
                 jobs = dict(self.in_flight)
             for job_id, name in jobs.items():
                 with contextlib.suppress(httpx.HTTPError, ApiError):
-                    self.client.cancel(job_id)
-                    canceled.append(f"{name} (job {job_id})")
+                    answer = self.client.cancel(job_id)
+                    if answer.get("status") != JobStatus.SUCCEEDED:
+                        self.asked_to_cancel[job_id] = name
+                        canceled.append(f"{name} (job {job_id})")
         except KeyboardInterrupt:
             pass  # a second Ctrl-C: leave now, with what was canceled so far
         return canceled
+
+    def settle(self, grace: float) -> list[str]:
+        """After the cancels: give each thread up to `grace` seconds to see how its job ended (a queued
+        one is canceled at once, a running one at its next step, one that succeeded meanwhile has its
+        results written), so the summary tells what happened. The names of the jobs canceled in the
+        end; a second Ctrl-C stops waiting."""
+        deadline = time.monotonic() + grace
+        with contextlib.suppress(KeyboardInterrupt):
+            for thread in self.threads:
+                while thread.is_alive() and time.monotonic() < deadline:
+                    thread.join(0.2)
+        with self.lock:
+            return [f"{name} (job {job_id})" for job_id, name in self.asked_to_cancel.items()
+                    if job_id not in self.succeeded]
 
 
 def _retrying(call):
@@ -564,7 +594,8 @@ def submit_folder(images: Path, masks: Path | None, out_dir: Path, fields: dict,
             batch = _Batch(client, fields, concurrency, progress)
             interrupted = not batch.run(todo)
             if interrupted:
-                canceled = batch.cancel_in_flight()
+                batch.cancel_in_flight()
+                canceled = batch.settle(SETTLE_SECONDS)
             progress.close()
         failures += batch.failures
 
