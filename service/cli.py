@@ -62,6 +62,8 @@ def run_api(host: str, port: int, workers: int = 1) -> None:
 
 def serve(args: argparse.Namespace) -> None:
     """Redis (embedded unless REPAINT_REDIS_URL is set), one worker and the API."""
+    from worker import run_file
+
     check_port(args.host, args.port)
     env = dict(os.environ)
     server = None
@@ -70,6 +72,11 @@ def serve(args: argparse.Namespace) -> None:
         env["REPAINT_REDIS_URL"] = os.environ["REPAINT_REDIS_URL"] = url
         print(f"repaint: embedded Redis at {url}", file=sys.stderr)
     worker = subprocess.Popen([sys.executable, "-m", "worker.main"], env=env)
+    api_host = "127.0.0.1" if args.host in ("0.0.0.0", "::", "") else args.host
+    api_url = f"http://[{api_host}]:{args.port}" if ":" in api_host else f"http://{api_host}:{args.port}"
+    where = run_file.write(env["REPAINT_REDIS_URL"], api_url)
+    print(f"repaint: tools started beside this one (python -m worker.health, repaint submit) find it through "
+          f"{where}", file=sys.stderr)
     # uvicorn handles SIGTERM itself, then sends it again to the process once it has stopped; with
     # the default action that kills us before the `finally` below could stop the worker and Redis.
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(0))
@@ -81,6 +88,7 @@ def serve(args: argparse.Namespace) -> None:
             worker.wait(timeout=30)
         except subprocess.TimeoutExpired:
             worker.kill()
+        run_file.remove()
         if server is not None:
             server.shutdown()
 
@@ -137,6 +145,15 @@ def submit(args: argparse.Namespace) -> int:
 
 
 DEFAULT_URL = "http://127.0.0.1:8000"
+
+
+def _default_url() -> str:
+    """--url's default: REPAINT_URL, else the API of a running `repaint serve` (its run file),
+    else DEFAULT_URL."""
+    from worker import run_file
+
+    record = run_file.read()
+    return os.environ.get("REPAINT_URL") or (record or {}).get("api_url") or DEFAULT_URL
 FALLBACK_MODEL = "faces32"  # what `repaint serve` serves by default
 
 
@@ -348,7 +365,8 @@ def build_parser() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
     folder.add_argument("--masks", metavar="DIR", help="the masks, named as the images")
     folder.add_argument("--concurrency", type=_positive_int, metavar="N",
                         help="jobs of this batch queued or running at once (default 4, at most 64)")
-    p.add_argument("--url", default=os.environ.get("REPAINT_URL", DEFAULT_URL))
+    p.add_argument("--url", default=_default_url(), help="the service (default: REPAINT_URL, else a running "
+                   "repaint serve's, else " + DEFAULT_URL + ")")
     p.add_argument("--api-key", default=os.environ.get("REPAINT_API_KEY"))
     p.add_argument("--model")
     from models.sampler_settings import DEFAULT_SAMPLER, SETTINGS
@@ -375,7 +393,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
     p.add_argument("-o", "--output", required=True, metavar="DIR", help="folder to write into (created if missing)")
     p.add_argument("--model", choices=_model_names(),
                    help="default: the running service's default model (faces32 when none answers)")
-    p.add_argument("--url", default=os.environ.get("REPAINT_URL", DEFAULT_URL),
+    p.add_argument("--url", default=_default_url(),
                    help="the service to ask for its model and to put in the printed commands")
     p.add_argument("--api-key", default=os.environ.get("REPAINT_API_KEY"), help="for GET /models (REPAINT_API_KEY)")
     return parser, submit_parser

@@ -6,7 +6,7 @@ from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from models.registry import parse_model_refs
-from worker import redis_url
+from worker import redis_url, run_file
 from worker.acks import Ack, AckMode
 
 from .tenancy import Keyring
@@ -16,8 +16,10 @@ class ApiSettings(BaseSettings):
     # hide_input_in_errors: a refused setting must not echo API keys or secrets into the log.
     model_config = SettingsConfigDict(env_prefix="REPAINT_", extra="ignore", hide_input_in_errors=True)
 
-    redis_url: str = Field("redis://127.0.0.1:6379/0", description="Redis shared with the workers: redis://, "
-                           "rediss://, unix:// or redis+sentinel://host:26379,.../<service>/<db> (Sentinel)")
+    redis_url: str = Field(default_factory=run_file.default_redis_url, description=(
+        "Redis shared with the workers: redis://, rediss://, unix:// or "
+        "redis+sentinel://host:26379,.../<service>/<db> (Sentinel); default: a running repaint serve's "
+        "embedded Redis (worker/run_file.py), else redis://127.0.0.1:6379/0"))
 
     @field_validator("redis_url")
     @classmethod

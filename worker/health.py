@@ -14,7 +14,7 @@ import sys
 
 from rq import Worker
 
-from . import jobs, redis_url
+from . import jobs, redis_url, run_file
 from .settings import WorkerSettings
 
 
@@ -28,6 +28,8 @@ def _compile_note(state: bytes | None) -> str:
 def main() -> int:
     settings = WorkerSettings()
     prefix = settings.worker_name or socket.gethostname()
+    # Which Redis this checked, and why that one: beside `repaint serve`, its embedded one.
+    print(f"Redis: {run_file.describe(settings.redis_url)}", file=sys.stderr)
     try:
         redis = redis_url.connect(settings.redis_url, socket_timeout=5)
         workers = [w for w in Worker.all(connection=redis) if w.name.startswith(prefix)]

@@ -124,6 +124,8 @@ def redacted(url: str) -> str:
             return f"{SENTINEL_SCHEME}://(unparsable)"
     parts = urlsplit(url)
     host = parts.netloc.rpartition("@")[2]
+    if parts.scheme == "unix":  # unix:///path: urlunsplit would drop the empty host's slashes
+        return f"unix://{host}{parts.path}"
     return parts._replace(netloc=host, query="").geturl()
 
 

@@ -36,6 +36,7 @@ def test_secrets_stay_out_of_logs():
     assert redacted("redis+sentinel://:pw@h1:1,h2:2/repaint/0?sentinel_password=sp") == \
         "redis+sentinel://h1:1,h2:2/repaint/0"
     assert "pw" not in redacted("redis://:pw@h:6379/0")
+    assert redacted("unix:///tmp/x/redis.socket?db=0") == "unix:///tmp/x/redis.socket"  # still a unix:// URL
     with pytest.raises(RedisUrlError) as refused:
         check("redis+sentinel://:hunter2@h/")
     assert "hunter2" not in str(refused.value)
