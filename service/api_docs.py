@@ -14,7 +14,7 @@ from pathlib import Path
 import fastapi_offline
 from fastapi import FastAPI, Request
 from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html, get_swagger_ui_oauth2_redirect_html
-from fastapi.responses import HTMLResponse
+from fastapi.responses import HTMLResponse, Response
 from fastapi.staticfiles import StaticFiles
 
 DOCS_URL = "/docs"
@@ -23,12 +23,32 @@ ASSETS_URL = "/docs-assets"
 # swagger-ui-bundle.js, swagger-ui.css, redoc.standalone.js and favicon.png.
 ASSETS = Path(fastapi_offline.__file__).parent / "static"
 
-# The pages may load nothing from other origins. ReDoc 2 always shows an "API docs by Redocly" footer whose
-# <img> comes from cdn.redoc.ly (no option turns it off; offline the image just hides itself): with this the
-# browser never even tries. Inline scripts and styles are FastAPI's page and the bundles' own; ReDoc's search
-# runs in a blob: worker.
+# The pages may load nothing from other origins. Inline scripts and styles are FastAPI's page and the
+# bundles' own; ReDoc's search runs in a blob: worker.
 DOCS_CSP = ("default-src 'self'; script-src 'self' 'unsafe-inline'; style-src 'self' 'unsafe-inline'; "
             "img-src 'self' data:; font-src 'self' data:; worker-src 'self' blob:; connect-src 'self'")
+
+
+# ReDoc 2 always shows an "API docs by Redocly" footer whose <img> comes from cdn.redoc.ly (no option turns it
+# off). The policy above would block it, with an error in the console; the bundle we serve names a blank
+# inline image instead, so the page asks no other host for anything.
+REDOCLY_LOGO = "https://cdn.redoc.ly/redoc/logo-mini.svg"
+BLANK_SVG = "data:image/svg+xml,%3Csvg xmlns=%22http://www.w3.org/2000/svg%22/%3E"
+REDOC_BUNDLE = "redoc-offline.standalone.js"
+
+
+def _redoc_bundle() -> Response:
+    """ReDoc's bundle with its footer logo inline (read once per process, about 1 MB)."""
+    global _REDOC_CACHE
+    if _REDOC_CACHE is None:
+        code = (ASSETS / "redoc.standalone.js").read_text(encoding="utf-8")
+        if REDOCLY_LOGO not in code:  # a new ReDoc: the test of the page's requests tells what it asks for
+            raise RuntimeError(f"redoc.standalone.js no longer names {REDOCLY_LOGO}")
+        _REDOC_CACHE = code.replace(REDOCLY_LOGO, BLANK_SVG).encode()
+    return Response(_REDOC_CACHE, media_type="text/javascript", headers={"Cache-Control": "public, max-age=86400"})
+
+
+_REDOC_CACHE: bytes | None = None
 
 
 def _same_origin_only(page: HTMLResponse) -> HTMLResponse:
@@ -43,6 +63,8 @@ def install_docs(app: FastAPI) -> None:
     if not app.openapi_url:
         return
     openapi_url = app.openapi_url
+    # Before the mount: a route of its own for the rewritten bundle.
+    app.add_api_route(f"{ASSETS_URL}/{REDOC_BUNDLE}", _redoc_bundle, include_in_schema=False)
     app.mount(ASSETS_URL, StaticFiles(directory=ASSETS), name="docs-assets")
 
     @app.get(DOCS_URL, include_in_schema=False)
@@ -71,7 +93,7 @@ def install_docs(app: FastAPI) -> None:
         return _same_origin_only(get_redoc_html(
             openapi_url=root + openapi_url,
             title=f"{app.title} - ReDoc",
-            redoc_js_url=f"{root}{ASSETS_URL}/redoc.standalone.js",
+            redoc_js_url=f"{root}{ASSETS_URL}/{REDOC_BUNDLE}",
             redoc_favicon_url=f"{root}{ASSETS_URL}/favicon.png",
             with_google_fonts=False,
         ))

@@ -85,10 +85,12 @@ def make_router() -> APIRouter:
     at = [q.name for q in fixed].index("sampler") + 1
     endpoint.__signature__ = inspect.Signature(fixed[:at] + sampler_parameters() + fixed[at:])  # type: ignore[attr-defined]
     endpoint.__name__ = endpoint.__qualname__ = "create_inpaint_job"
-    endpoint.__doc__ = create_inpaint_job.__doc__
     router.add_api_route(
         "/inpaint", endpoint, methods=["POST"], status_code=status.HTTP_202_ACCEPTED, response_model=JobCreated,
-        responses=RESPONSES, summary="Queue an inpainting job", dependencies=[Depends(refuse_unknown_fields)])
+        responses=RESPONSES, summary="Queue an inpainting job", dependencies=[Depends(refuse_unknown_fields)],
+        description=("Upload an image and a mask (or an image whose transparent pixels are the region to fill); "
+                     "the job waits in its model's queue for a worker. Each sampler's parameters are form fields: "
+                     "send only those of the sampler the job runs (GET /models lists them, with their ranges)."))
     return router
 
 
