@@ -579,7 +579,7 @@ def submit_folder(images: Path, masks: Path | None, out_dir: Path, fields: dict,
     if todo:
         with RepaintClient(url, api_key=api_key) as client:
             try:
-                client.models()  # is the service there, does it take our key: one clear answer, not one per image
+                listing = client.models()  # is the service there, does it take our key: one clear answer, not one per image
             except KeyboardInterrupt:
                 say("interrupted: nothing was submitted")
                 return EXIT_INTERRUPTED
@@ -589,6 +589,11 @@ def submit_folder(images: Path, masks: Path | None, out_dir: Path, fields: dict,
             except httpx.HTTPError as exc:
                 say(f"cannot reach {url}: {type(exc).__name__}: {exc}")
                 return EXIT_UNREACHABLE
+            model = fields.get("model") or listing.get("default")
+            broken = (listing.get("unavailable") or {}).get(model)
+            if broken is not None:  # every job would be refused with this: say it once
+                say(f"refused by {url}: {broken['reason']}")
+                return EXIT_REFUSED
             say(f"submitting {len(todo)} job(s) to {url}, at most {concurrency} at a time; results in {out_dir}")
             progress = BatchProgress(stream, len(todo))
             batch = _Batch(client, fields, concurrency, progress)

@@ -11,6 +11,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 from pathlib import Path
 
 from worker.jobs import JobStatus
@@ -61,7 +62,9 @@ def run_api(host: str, port: int, workers: int = 1) -> None:
 
 
 def serve(args: argparse.Namespace) -> None:
-    """Redis (embedded unless REPAINT_REDIS_URL is set), one worker and the API."""
+    """Redis (embedded unless REPAINT_REDIS_URL is set), one worker and the API. When the worker
+    exits on its own (it cannot load its model, or it declared itself defunct), the API stops too,
+    with the worker's reason and exit code: an all-in-one without its worker can do nothing."""
     from worker import run_file
 
     check_port(args.host, args.port)
@@ -77,12 +80,28 @@ def serve(args: argparse.Namespace) -> None:
     where = run_file.write(env["REPAINT_REDIS_URL"], api_url)
     print(f"repaint: tools started beside this one (python -m worker.health, repaint submit) find it through "
           f"{where}", file=sys.stderr)
+    stopping, lost = threading.Event(), {}
+
+    def watch_worker() -> None:
+        code = worker.wait()
+        if stopping.is_set():
+            return
+        lost["code"] = code if code else 1
+        print(f"repaint: the worker exited (code {code}): {_worker_failure(env['REPAINT_REDIS_URL'])}; stopping",
+              file=sys.stderr)
+        os.kill(os.getpid(), signal.SIGINT)  # uvicorn stops on it, as on Ctrl-C
+
+    threading.Thread(target=watch_worker, name="repaint-serve-worker", daemon=True).start()
     # uvicorn handles SIGTERM itself, then sends it again to the process once it has stopped; with
     # the default action that kills us before the `finally` below could stop the worker and Redis.
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(0))
     try:
         run_api(args.host, args.port)
+    except KeyboardInterrupt:
+        if not lost:
+            raise
     finally:
+        stopping.set()
         worker.send_signal(signal.SIGTERM)
         try:
             worker.wait(timeout=30)
@@ -91,6 +110,27 @@ def serve(args: argparse.Namespace) -> None:
         run_file.remove()
         if server is not None:
             server.shutdown()
+    if lost:
+        sys.exit(lost["code"])
+
+
+def _worker_failure(url: str) -> str:
+    """Why serve's worker could not start, as it recorded it (worker.startup), else where to look."""
+    from models.registry import parse_model_ref
+    from worker import redis_url, startup
+    from worker.settings import WorkerSettings
+
+    settings = WorkerSettings(redis_url=url)
+    model = parse_model_ref(settings.model).name
+    try:
+        entries = startup.failures(redis_url.connect(url, socket_timeout=5), model)
+    except Exception:  # noqa: BLE001 - the log above still says it
+        entries = []
+    here = [e for e in entries if e["where"] == (settings.worker_name or socket.gethostname())]
+    if here:
+        return f"model {model} {'cannot load' if here[-1]['stage'] == 'load' else 'fails its self-test'}: " \
+               f"{here[-1]['reason']}"
+    return "see its log above"
 
 
 DEFAULT_CONCURRENCY = 4  # jobs of a folder in flight at once: enough to keep a worker's batch full
@@ -186,7 +226,7 @@ def example(args: argparse.Namespace) -> int:
     """Write an example image.png and mask.png for a model into a folder; print the commands to run next."""
     from worker.catalog import MODELS
 
-    from .examples import example_for_model
+    from .examples import example_for_model, why_no_example
 
     if args.model:
         entry, chosen, note = MODELS[args.model], "as asked", None
@@ -199,9 +239,8 @@ def example(args: argparse.Namespace) -> int:
     if ex is None:
         if note:
             print(note)
-        print(f"No example for {model} ({chosen}): the service has no picture like its training images "
-              f"({entry.get('domain') or 'not stated'}; {size}x{size}). Use one of your own: "
-              f"repaint submit IMAGE MASK -o OUT --model {model}", file=sys.stderr)
+        print(f"{why_no_example(entry)} ({chosen}): repaint submit IMAGE MASK -o OUT --model {model}",
+              file=sys.stderr)
         return EXIT_JOB_FAILED
     folder = Path(args.output).expanduser().resolve()
     image, mask, result = folder / "image.png", folder / "mask.png", folder / "result.png"

@@ -191,3 +191,15 @@ def example_for_model(info: Mapping[str, Any]) -> Example | None:
     ex.notes.append(f"This cartoon face is only a stand-in for the face photographs {name} was trained on: "
                     f"any aligned face photo works better (any size; a mask of the same size, white = fill).")
     return ex
+
+
+def why_no_example(info: Mapping[str, Any]) -> str:
+    """Why `example_for_model` has nothing for this model, in one sentence the API and the CLI share."""
+    name, domain = info["name"], (info.get("domain") or "").strip()
+    if not domain or domain.startswith("not stated"):
+        trained_on = ("its folder does not say what it was trained on (a repaint.json with a 'domain' "
+                      "says it)")
+    else:
+        trained_on = f"it was trained on {domain}"
+    return (f"no example for model {name!r}: {trained_on}, and the service has no picture like those; "
+            "open one of your own")

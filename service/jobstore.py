@@ -10,7 +10,7 @@ from datetime import datetime, timezone
 from redis import Redis
 from rq import Worker
 
-from worker import catalog, jobs, rqside
+from worker import catalog, jobs, rqside, startup
 from worker.ledger import Ledger
 
 from .settings import ApiSettings
@@ -56,6 +56,42 @@ def served_models(redis: Redis, settings: ApiSettings) -> dict[str, dict]:
     out = catalog.configured_entries(settings.model, settings.models)
     out.update(catalog.live_models(redis))
     return out
+
+
+def unavailable_models(redis: Redis, settings: ApiSettings) -> dict[str, dict]:
+    """The models this API is asked to serve that cannot take jobs now, each with `reason` (one line
+    for people), `startup_failures` (why workers could not start it) and live `workers`: a
+    configured model no worker can start (every one that tried failed, none is live), or one this
+    process cannot read that no live worker describes."""
+    live = catalog.live_models(redis)
+    unreadable = catalog.unreadable_configured(settings.model, settings.models)
+    names = set(catalog.served_models(settings.model, settings.models)) | set(live)
+    out = {}
+    for name in sorted(names):
+        reason = unavailable_reason(redis, settings, name, live_entry=name in live, unreadable=unreadable.get(name))
+        if reason is not None:
+            out[name] = {"reason": reason, "startup_failures": startup.failures(redis, name),
+                         "workers": Worker.count(connection=redis, queue=queue_for(redis, name))}
+    return out
+
+
+def unavailable_reason(redis: Redis, settings: ApiSettings, model: str, *, live_entry: bool | None = None,
+                       unreadable: str | None = None) -> str | None:
+    """Why jobs for `model` cannot be taken now (None: they can, or the model is unknown here)."""
+    failures = startup.failures(redis, model)
+    if failures:
+        workers = Worker.count(connection=redis, queue=queue_for(redis, model))
+        if workers == 0:
+            return startup.summary(model, failures, workers) + ": fix the model and restart its workers"
+        return None
+    if live_entry is None:
+        live_entry = model in catalog.live_models(redis)
+    if unreadable is None and not live_entry:
+        unreadable = catalog.unreadable_configured(settings.model, settings.models).get(model)
+    if unreadable is not None and not live_entry:
+        return (f"model {model} is configured but this API cannot read it ({unreadable}), and no worker "
+                f"describes it yet: jobs are taken once a worker serves it")
+    return None
 
 
 def worker_counts(redis: Redis, model: str) -> tuple[int, list[dict]]:

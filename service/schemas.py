@@ -79,6 +79,20 @@ class ModelDefaults(BaseModel):
     classifier_scale: float = 0.0
 
 
+class StartupFailure(BaseModel):
+    where: str = Field(description="the worker's REPAINT_WORKER_NAME, else its host")
+    stage: Literal["load", "self-test"] = Field(description="load: the weights or folder; self-test: the first "
+                                                "forward pass")
+    reason: str
+    since: str = Field(description="when this failure first came (ISO 8601); a worker restarted in a loop renews it")
+
+
+class UnavailableModel(BaseModel):
+    reason: str = Field(description="one line: why jobs for this model are refused (503) now")
+    workers: int = Field(description="live workers serving it (0)")
+    startup_failures: list[StartupFailure] = Field(default_factory=list)
+
+
 class ModelPublic(BaseModel):
     name: str
     description: str
@@ -102,6 +116,8 @@ class ModelPublic(BaseModel):
     defunct_workers: int = Field(0, description="workers of this model that declared themselves broken and "
                                  "exited within the last hour (details: /readyz)")
     queued: int = Field(description="jobs waiting in this model's queue")
+    startup_failures: list[StartupFailure] = Field(default_factory=list, description=(
+        "workers that could not start serving this model, and why (a worker that starts clears its own)"))
 
 
 class QualityPreset(BaseModel):
@@ -152,6 +168,9 @@ class ModelList(BaseModel):
     output_formats: dict[str, OutputFormatPublic] = Field(
         default_factory=dict, description="POST /inpaint output_format= values, each with its media type and file suffix")
     strategies: list[str] = Field(default_factory=list, description="POST /inpaint strategy= values")
+    unavailable: dict[str, UnavailableModel] = Field(default_factory=dict, description=(
+        "models this service is asked to serve that cannot take jobs now, with why: every worker that tried "
+        "failed to start them (their jobs are refused with 503 and this reason)"))
     job_statuses: dict[str, bool] = Field(default_factory=dict, description=(
         "every status a job can have (GET /jobs/<id>), in order, each with whether it is final"))
 

@@ -135,7 +135,7 @@ def test_a_diffusers_folder_of_churches_gets_no_cartoon_face(tmp_path):
     finally:
         server.shutdown()
     assert not (tmp_path / "out").exists()
-    assert "No example for church" in done.stderr and "church exteriors" in done.stderr
+    assert "no example for model 'church'" in done.stderr and "church exteriors" in done.stderr
     assert "repaint submit IMAGE MASK -o OUT --model church" in done.stderr
 
 

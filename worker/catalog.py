@@ -42,7 +42,7 @@ def default_model_name(default: str) -> str:
 def configured_entries(default: str, extra: str) -> dict[str, dict]:
     """Descriptions of the configured models that can be read here. A folder this process cannot
     read (mounted only where the workers run) is left out with a warning: a live worker's entry
-    describes it once one starts."""
+    describes it once one starts (`unreadable_configured` says why it is left out)."""
     out = {}
     for ref in parse_model_refs(default, extra):
         entry = describe_ref(ref)
@@ -51,17 +51,26 @@ def configured_entries(default: str, extra: str) -> dict[str, dict]:
     return out
 
 
-@functools.lru_cache(maxsize=256)
+def unreadable_configured(default: str, extra: str) -> dict[str, str]:
+    """The configured models this process cannot describe, with why (a folder's config or weights)."""
+    return {ref.name: why for ref in parse_model_refs(default, extra) if (why := _described(ref)[1]) is not None}
+
+
 def describe_ref(ref: ModelRef) -> dict | None:
     """A model's entry (read once per process: a folder's files are read at the first request)."""
+    return _described(ref)[0]
+
+
+@functools.lru_cache(maxsize=256)
+def _described(ref: ModelRef) -> tuple[dict | None, str | None]:
     if ref.folder is None:
-        return MODELS[ref.name]
+        return MODELS[ref.name], None
     try:
-        return resolve_model(ref).describe(classifier=False)
+        return resolve_model(ref).describe(classifier=False), None
     except ConfigError as exc:
         log.warning("model %s (%s) cannot be described here, waiting for a worker's entry: %s",
                     ref.name, ref.folder, exc)
-        return None
+        return None, str(exc)
 
 
 def live_models(redis) -> dict[str, dict]:

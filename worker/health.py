@@ -14,7 +14,9 @@ import sys
 
 from rq import Worker
 
-from . import jobs, redis_url, run_file
+from models.registry import parse_model_ref
+
+from . import jobs, redis_url, run_file, startup
 from .settings import WorkerSettings
 
 
@@ -36,8 +38,14 @@ def main() -> int:
         alive = [w.name for w in workers]
         defunct = {name: redis.get(jobs.defunct_key(name)) for name in alive}
         compile_states = {w.name: redis.hget(w.key, jobs.WORKER_COMPILE_FIELD) for w in workers}
+        model = parse_model_ref(settings.model).name
+        failed_here = [f for f in startup.failures(redis, model) if f["where"] == prefix]
     except Exception as exc:
         print(f"unhealthy: {exc}", file=sys.stderr)
+        return 1
+    if failed_here and not alive:
+        f = failed_here[-1]
+        print(f"unhealthy: {startup.summary(model, [f], 0)}")
         return 1
     broken = {name: json.loads(raw)["reason"] for name, raw in defunct.items() if raw is not None}
     if broken:

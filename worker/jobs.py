@@ -155,6 +155,12 @@ def defunct_key(worker_name: str) -> str:
 WORKER_COMPILE_FIELD = "repaint_compile"
 
 
+def startup_failures_key(model: str) -> str:
+    """Hash: where (a worker's host or name) -> why a worker there could not start serving `model`
+    (worker.startup)."""
+    return f"{PREFIX}:startup-failures:{model}"
+
+
 def speed_key(model: str) -> str:
     """Measured seconds per batched forward pass (one evaluation of every sample in flight).
 

@@ -16,6 +16,7 @@ import socket
 import sys
 import time
 import uuid
+from typing import Callable
 
 from redis import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -25,8 +26,9 @@ from rq.worker import WorkerStatus
 
 from models.checkpoints import CheckpointError
 from models.config import ConfigError
+from models.registry import parse_model_ref
 
-from . import jobs, redis_url, rqside
+from . import jobs, redis_url, rqside, startup
 from .acks import AckUnsupported
 from .allocator import reuse_tensor_blocks
 from .engine import BatchEngine
@@ -94,22 +96,30 @@ def build_worker(settings: WorkerSettings, redis: Redis, runtime: Runtime, webho
     return worker
 
 
-def main(settings: WorkerSettings | None = None) -> None:
+def main(settings: WorkerSettings | None = None, *,
+         make_runtime: Callable[[WorkerSettings], Runtime] = Runtime) -> None:
+    """Serve until stopped. `make_runtime` builds the resident model from the settings (a
+    Runtime, or a subclass that overrides one of its hooks, as rq's workers are extended)."""
     settings = settings or WorkerSettings()
     logging.basicConfig(level=settings.log_level, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     reuse_tensor_blocks()  # before the first tensor: passes reuse their blocks (worker.allocator)
     redis = redis_url.connect(settings.redis_url, socket_timeout=30, socket_connect_timeout=5,
                            health_check_interval=15)
+    model_name = parse_model_ref(settings.model).name
+    where = settings.worker_name or socket.gethostname()
     try:
-        runtime = Runtime(settings)  # before taking any job: a bad checkpoint or folder stops here, loudly
+        runtime = make_runtime(settings)  # before taking any job: a bad checkpoint or folder stops here, loudly
     except (ConfigError, CheckpointError) as exc:
-        # A configuration to fix, not a crash to restart: one clear message, exit 78 (EX_CONFIG).
+        # A configuration to fix, not a crash to restart: one clear message, on record for the API
+        # and the page too (worker.startup), and exit 78 (EX_CONFIG).
         log.error("cannot serve model %r: %s", settings.model, exc)
+        startup.record(redis, model_name, where, "load", str(exc))
         sys.exit(CONFIG_EXIT_CODE)
     try:
         runtime.self_test()  # and so does a device that cannot run it
-    except Exception:
+    except Exception as exc:
         log.exception("the model's self-test forward pass failed: this worker takes no job")
+        startup.record(redis, model_name, where, "self-test", f"{type(exc).__name__}: {exc}")
         sys.exit(DEFUNCT_EXIT_CODE)
     describe = runtime.describe()
     webhooks = build_webhooks(settings, redis, Ledger(redis, result_ttl=settings.result_ttl))
@@ -124,6 +134,7 @@ def main(settings: WorkerSettings | None = None) -> None:
                 sys.exit(CONFIG_EXIT_CODE)
             register_model(redis, describe)
             redis.delete(jobs.defunct_key(worker.name))
+            startup.clear(redis, runtime.preset.name, where)  # serving now: an earlier failure here is over
         except (RedisConnectionError, RedisTimeoutError) as exc:
             log.error("redis unavailable (%s); retrying in %.0fs", exc, delay)
             time.sleep(delay)

@@ -5,6 +5,8 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
+from worker import startup
+
 from .. import jobstore
 from ..deps import RedisDep, SettingsDep
 
@@ -21,23 +23,32 @@ def healthz() -> dict:
 def readyz(redis: RedisDep, settings: SettingsDep, request: Request):
     """200 when Redis answers: jobs are accepted and wait in their queue, even while no worker is
     live (workers starting, a deploy, autoscaling from zero). The body says, per model, how many
-    workers are live, which declared themselves defunct and how much work waits, and `warnings`
-    names what keeps queued jobs from running. 503 when Redis is unreachable."""
+    workers are live, which declared themselves defunct, which could not start it and why, and how
+    much work waits; `warnings` names what keeps jobs from running. `status` is "degraded" while a
+    model cannot take jobs (every worker that tried to start it failed): its jobs are refused with
+    the reason. 503 when Redis is unreachable."""
     try:
         redis.ping()
     except Exception as exc:
         return JSONResponse({"status": "unavailable", "detail": f"redis unreachable: {exc}"}, status_code=503)
     models, warnings = {}, []
-    for name in sorted(jobstore.served_models(redis, settings)):
+    unavailable = jobstore.unavailable_models(redis, settings)
+    for name in sorted(set(jobstore.served_models(redis, settings)) | set(unavailable)):
         workers, defunct = jobstore.worker_counts(redis, name)
         queued = jobstore.queue_for(redis, name).count
-        models[name] = {"workers": workers, "defunct": defunct, "queued": queued}
-        if workers == 0 and (queued or name == settings.default_model):
-            warnings.append(f"no live worker for model {name}: {queued} job(s) wait until one starts")
+        failures = startup.failures(redis, name)
+        models[name] = {"workers": workers, "defunct": defunct, "queued": queued, "startup_failures": failures}
+        if name in unavailable:
+            models[name]["unavailable"] = unavailable[name]["reason"]
+            warnings.append(unavailable[name]["reason"])
+        else:
+            if workers == 0 and (queued or name == settings.default_model):
+                warnings.append(f"no live worker for model {name}: {queued} job(s) wait until one starts")
+            warnings += [f"a worker at {f['where']} could not start model {name}: {f['reason']}" for f in failures]
         for d in defunct:
             warnings.append(f"worker {d['worker']} declared itself defunct: {d['reason']}")
     hooks = request.app.state.webhooks
     if hooks.entries and not hooks.enabled:
         warnings.append(f"webhooks are off: {hooks.disabled_reason}")
-    return {"status": "ready", "model": settings.default_model, "workers": models[settings.default_model]["workers"]
+    return {"status": "degraded" if unavailable else "ready", "model": settings.default_model, "workers": models[settings.default_model]["workers"]
             if settings.default_model in models else 0, "models": models, "warnings": warnings}

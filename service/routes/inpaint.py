@@ -100,7 +100,8 @@ RESPONSES: dict[int | str, dict[str, Any]] = {
     409: {"model": ErrorBody, "description": "Idempotency-Key reused with a different upload"},
     429: {"model": ErrorBody, "description": "the model's queue, or the API key's waiting jobs, are at their limit; "
                                              "see Retry-After"},
-    503: {"model": ErrorBody, "description": "busy decoding other uploads, or Redis unavailable; see Retry-After"},
+    503: {"model": ErrorBody, "description": "the model cannot be served now (why: its workers' startup failure), "
+                                             "busy decoding other uploads, or Redis unavailable; see Retry-After"},
     507: {"model": ErrorBody, "description": "the job store (Redis) is full; see Retry-After"},
     413: {"model": ErrorBody, "description": "upload or image too large"},
     415: {"model": ErrorBody, "description": "not a PNG, JPEG or WebP"},
@@ -186,6 +187,11 @@ def _create(redis, ledger, settings, tenant: Tenant, request: Request, response:
 
     served = jobstore.served_models(redis, settings)
     info = served.get(model)
+    # A model whose every worker failed to start (or that nothing here can describe) would keep the
+    # job waiting forever: refuse it with the reason instead.
+    problem = jobstore.unavailable_reason(redis, settings, model, live_entry=info is not None)
+    if problem is not None:
+        raise HTTPException(503, problem, headers={"Retry-After": "30"})
     if info is None:
         raise HTTPException(404, f"unknown model {model!r}; available: {sorted(served)}")
     if num_samples > settings.max_num_samples:

@@ -10,15 +10,16 @@ from fastapi import APIRouter, HTTPException
 from PIL import Image
 
 from models.sampler_settings import SETTINGS
-from worker import output_formats
+from worker import output_formats, startup
 from worker.jobs import JobStatus
 from worker.params import STRATEGIES, model_defaults
 from worker.presets import PRESETS
 
 from .. import jobstore
 from ..deps import ApiKey, RedisDep, SettingsDep
-from ..examples import example_for_model
-from ..schemas import ErrorBody, ModelExample, ModelList, ModelPublic, QualityPreset, SamplerPublic
+from ..examples import example_for_model, why_no_example
+from ..schemas import (ErrorBody, ModelExample, ModelList, ModelPublic, QualityPreset, SamplerPublic,
+                       StartupFailure, UnavailableModel)
 
 router = APIRouter(tags=["models"], dependencies=[ApiKey])
 
@@ -28,11 +29,13 @@ def list_models(redis: RedisDep, settings: SettingsDep) -> ModelList:
     """Every model jobs can be submitted for, including configured models with no live worker
     yet (their jobs wait in the queue until a worker starts: `workers` is 0, `queued` counts them)."""
     out = []
+    unavailable = jobstore.unavailable_models(redis, settings)
     for name, info in sorted(jobstore.served_models(redis, settings).items()):
         workers, defunct = jobstore.worker_counts(redis, name)
         fields = {k: v for k, v in info.items() if k in ModelPublic.model_fields}
         out.append(ModelPublic(**fields, default=name == settings.default_model, workers=workers,
-                               defunct_workers=len(defunct), queued=jobstore.queue_for(redis, name).count))
+                               defunct_workers=len(defunct), queued=jobstore.queue_for(redis, name).count,
+                               startup_failures=[_failure(f) for f in startup.failures(redis, name)]))
     served = {m.name: m for m in out}
     default_info = served[settings.default_model].model_dump() if settings.default_model in served else None
     presets = {}
@@ -44,7 +47,15 @@ def list_models(redis: RedisDep, settings: SettingsDep) -> ModelList:
     samplers = [SamplerPublic(**cls.describe()) for cls in SETTINGS.values()]
     return ModelList(default=settings.default_model, models=out, samplers=samplers, presets=presets,
                      output_formats=output_formats.describe(), strategies=list(STRATEGIES),
-                     job_statuses={status.value: status.final for status in JobStatus})
+                     job_statuses={status.value: status.final for status in JobStatus},
+                     unavailable={name: UnavailableModel(reason=u["reason"], workers=u["workers"],
+                                                         startup_failures=[_failure(f) for f in u["startup_failures"]])
+                                  for name, u in unavailable.items()})
+
+
+def _failure(entry: dict) -> StartupFailure:
+    return StartupFailure(where=entry["where"], stage=entry["stage"], reason=entry["reason"],
+                          since=jobstore.iso(entry["since"]))
 
 
 def _png_data_url(image: Image.Image) -> str:
@@ -65,8 +76,6 @@ def model_example(name: str, redis: RedisDep, settings: SettingsDep) -> ModelExa
     info = {"name": name, **served[name]}
     ex = example_for_model(info)
     if ex is None:
-        trained_on = info.get("domain") or "images it does not describe"
-        raise HTTPException(404, f"no example for model {name!r}: it was trained on {trained_on}, and the service "
-                                 f"has no picture like those; open one of your own")
+        raise HTTPException(404, why_no_example(info))
     return ModelExample(model=name, width=ex.image.width, height=ex.image.height, image=_png_data_url(ex.image),
                         mask=_png_data_url(ex.mask), form=ex.form, shows=ex.shows, hides=ex.hides, notes=ex.notes)

@@ -407,7 +407,13 @@ def test_every_preset_has_an_example_and_a_diffusers_folder_only_for_a_domain_we
         "church": json.dumps({**base, "name": "church", "image_size": 256, "framing": "region",
                               "domain": "photographs of church exteriors (LSUN church), 256x256"}),
         "celebahq": json.dumps({**base, "name": "celebahq", "image_size": 256, "framing": "whole",
-                                "domain": "aligned, centred photographs of faces (CelebA-HQ), 256x256"})})
+                                "domain": "aligned, centred photographs of faces (CelebA-HQ), 256x256"}),
+        "tinyddpm": json.dumps({**base, "name": "tinyddpm", "image_size": 32, "framing": "region", "photographic": None,
+                                "domain": "not stated: the folder does not say what the model was trained on (add a "
+                                          "repaint.json with a 'domain'); expect good fills only on images like its "
+                                          "training set, 32x32"})})
+    unstated = faces32_client.get("/models/tinyddpm/example").json()["detail"]
+    assert "its folder does not say what it was trained on" in unstated and "trained on not stated" not in unstated
     r = faces32_client.get("/models/church/example")
     assert r.status_code == 404 and "no example for model 'church'" in r.json()["detail"], r.text
     assert "church exteriors" in r.json()["detail"]
