@@ -54,13 +54,23 @@ def walk_jump_schedule(t_T: int, *, n_sample: int = 1, jump_length: int = 10, ju
         if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
             raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
 
-    def fresh(length: int, n: int) -> dict[int, int]:
-        # Jumps left per landing index: the stretch boundaries below t_T - length.
-        return {j: n - 1 for j in range(0, t_T - length, length)}
+    class Level:
+        """One level of jumps: the jumps left at each stretch boundary below t_T - length. A reset
+        (an outer level's jump) starts a new generation instead of rebuilding the table, so resets
+        cost nothing however short the outer stretches are."""
 
-    levels = [[jump3_length, jump3_n_sample, fresh(jump3_length, jump3_n_sample)],
-              [jump2_length, jump2_n_sample, fresh(jump2_length, jump2_n_sample)],
-              [jump_length, jump_n_sample, fresh(jump_length, jump_n_sample)]]
+        def __init__(self, length: int, n: int):
+            self.length, self.n, self.generation = length, n, 0
+            self.left: dict[int, tuple[int, int]] = {}  # boundary -> (generation, jumps left)
+
+        def jumps_left(self, t: int) -> int:
+            if self.n <= 1 or t >= t_T - self.length or t % self.length:
+                return 0
+            generation, left = self.left.get(t, (-1, 0))
+            return left if generation == self.generation else self.n - 1
+
+    levels = [Level(jump3_length, jump3_n_sample), Level(jump2_length, jump2_n_sample),
+              Level(jump_length, jump_n_sample)]
     t = t_T
     while t >= 1:
         t -= 1
@@ -70,14 +80,15 @@ def walk_jump_schedule(t_T: int, *, n_sample: int = 1, jump_length: int = 10, ju
                 yield t + 1
                 yield t
         # Innermost level first, then outward; each level sees the index the inner one left.
-        for depth, (length, _, jumps) in enumerate(levels):
-            if jumps.get(t, 0) > 0 and t <= start_resampling - length:
-                jumps[t] -= 1
-                for _ in range(length):
+        for depth, level in enumerate(levels):
+            left = level.jumps_left(t)
+            if left > 0 and t <= start_resampling - level.length:
+                level.left[t] = (level.generation, left - 1)
+                for _ in range(level.length):
                     t += 1
                     yield t
                 for inner in levels[:depth]:
-                    inner[2] = fresh(inner[0], inner[1])
+                    inner.generation += 1
     yield -1
 
 
