@@ -9,6 +9,7 @@ import contextlib
 import io
 import math
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -20,6 +21,7 @@ from PIL import Image, ImageDraw
 from tests.procs import ROOT, ApiProcess, WorkerProcess
 
 SHOTS = ROOT / "docs" / "screenshots"
+MODULES = ROOT / "service" / "static" / "js"
 WIDE = (480, 240)
 # Long enough (460 evaluations) to see the job running with a live estimate, which the server only
 # serves past a third of the evaluations (custom RePaint parameters).
@@ -45,6 +47,13 @@ def browser_page(playwright):
             yield page, errors
         finally:
             browser.close()
+
+
+def in_module(page, module: str, expression: str, arg=None):
+    """`expression` evaluated in the page, with its module service/static/js/<module>.js as `m` (the
+    instance the page runs: a module loads once per URL) and `arg` as `arg`."""
+    return page.evaluate(f"async (arg) => {{ const m = await import('/static/js/{module}.js'); return {expression}; }}",
+                         arg)
 
 
 @pytest.fixture()
@@ -126,7 +135,7 @@ def paint_line(page, image_width: int, brush: int, start: tuple[float, float], e
     page.evaluate(SET_RANGE, ["brush", brush])
     stroke(page, (image["x"] + start[0] * scale, image["y"] + start[1] * scale),
            ((image["x"] + end[0] * scale, image["y"] + end[1] * scale), steps))
-    return page.evaluate("maskBox()")
+    return in_module(page, "notices", "m.maskBox()")
 
 
 
@@ -427,6 +436,22 @@ def test_the_page_asks_for_an_api_key_and_sends_it_everywhere(keyed_service, tmp
         assert not errors, errors
 
 
+def test_the_page_modules_import_in_one_direction():
+    """The page's ES modules (service/static/js/) import one another without a cycle, as the Python
+    packages do (tests/test_imports.py), and each starts by saying what it is for."""
+    imports = {}
+    for path in sorted(MODULES.glob("*.js")):
+        text = path.read_text()
+        assert text.startswith("// "), path.name
+        imports[path.name] = set(re.findall(r'(?:from|import)\s+"\./([\w-]+\.js)"', text))
+    assert not {dep for deps in imports.values() for dep in deps} - imports.keys()
+    left = dict(imports)
+    while ready := [name for name, deps in left.items() if not deps & left.keys()]:
+        for name in ready:
+            del left[name]
+    assert not left, f"modules in or above an import cycle: {sorted(left)}"
+
+
 # Settings whose evaluation counts the page computes as models/schedule.py does.
 SCHEDULES = [
     {"steps": 250, "jump_length": 10, "jump_n_sample": 10},
@@ -438,6 +463,7 @@ SCHEDULES = [
 
 
 def test_the_page_runs_a_custom_sampler_and_shows_its_settings(service, tmp_path):
+    from models.sampler_settings import NEUTRAL_SCHEDULE, settings_class
     from models.schedule import count_model_evaluations, jump_schedule
 
     playwright = pytest.importorskip("playwright.sync_api")
@@ -446,6 +472,9 @@ def test_the_page_runs_a_custom_sampler_and_shows_its_settings(service, tmp_path
     listing = httpx.get(f"{service.url}/models").json()
     ddnm = next(s for s in listing["samplers"] if s["name"] == "ddnm")
     with browser_page(playwright) as (page, errors):
+        # A sampler the page has never heard of, added to the service's own listing: its controls and
+        # its evaluation count must come from GET /models alone (checked at the end).
+        page.route("**/models", with_throwaway_sampler)
         page.goto(service.url + "/")
         page.wait_for_function("document.querySelector('#model-notes').textContent.includes('worker')")
 
@@ -453,7 +482,15 @@ def test_the_page_runs_a_custom_sampler_and_shows_its_settings(service, tmp_path
         for settings in SCHEDULES:
             steps = settings["steps"]
             expected = count_model_evaluations(jump_schedule(steps, **{k: v for k, v in settings.items() if k != "steps"}))
-            assert page.evaluate("(s) => scheduleEvaluations(s.steps, s)", settings) == expected, settings
+            arguments = {**NEUTRAL_SCHEDULE, **{k: v for k, v in settings.items() if k != "steps"}}
+            assert in_module(page, "schedule", "m.scheduleEvaluations(arg.steps, arg.arguments)",
+                             {"steps": steps, "arguments": arguments}) == expected, settings
+        # And each sampler's, from its `schedule` in GET /models.
+        for sampler in listing["samplers"]:
+            defaults = {param["name"]: param["default"] for param in sampler["parameters"]}
+            assert in_module(page, "schedule", "m.samplerEvaluations(arg.sampler, arg.defaults)",
+                             {"sampler": sampler, "defaults": defaults}) == \
+                settings_class(sampler["name"])(**defaults).evaluations, sampler["name"]
 
         page.set_input_files("#file", str(tmp_path / "wide.png"))
         page.wait_for_selector("#stage:not(.empty)")
@@ -486,8 +523,27 @@ def test_the_page_runs_a_custom_sampler_and_shows_its_settings(service, tmp_path
         assert eta["description"] in page.text_content("#param-hint")
         page.screenshot(path=str(SHOTS / "page-sampler.png"))
 
+        # The throwaway sampler: its parameters as controls (the advanced one under "more"), its own
+        # defaults (it takes no model's), and the count its schedule gives, as Python counts it.
+        page.select_option("#sampler", "throwaway")
+        names = page.eval_on_selector_all("#custom input", "is => is.map(i => i.name)")
+        assert names == ["steps", "hops", "wiggle"], names
+        assert page.locator("#params #param-hops").count() == 1
+        assert page.locator("#more-params-list #param-wiggle").count() == 1 and page.is_visible("#more-params")
+        assert (page.input_value("#param-steps"), page.input_value("#param-hops")) == ("40", "3")
+        settings = {"steps": 61, "hops": 7, "wiggle": 0.25}
+        for name, value in settings.items():
+            page.fill(f"#param-{name}", str(value))
+        # Resolved as models/sampler_settings.py `SamplerSettings.times` resolves a sampler's schedule.
+        arguments = {arg: settings[source] if isinstance(source, str) else source
+                     for arg, source in THROWAWAY_SAMPLER["schedule"].items()}
+        expected = count_model_evaluations(jump_schedule(settings["steps"], **arguments))
+        assert page.text_content("#cost") == f"throwaway: {expected:,} network evaluations per sample."
+        page.select_option("#sampler", "ddnm")  # as it was typed
+        assert page.text_content("#cost") == "ddnm: 10 network evaluations per sample."
+
         # Sent: the sampler and its own fields only; the job runs them and the page says so.
-        fields = page.evaluate("async () => [...(await jobForm()).keys()]")
+        fields = in_module(page, "jobs", "[...(await m.jobForm()).keys()]")
         assert fields == ["image", "mask", "model", "sampler", "steps", "eta", "travel_length", "travel_repeat",
                           "num_samples"], fields
         with page.expect_response("**/inpaint") as submitted:
@@ -504,11 +560,35 @@ def test_the_page_runs_a_custom_sampler_and_shows_its_settings(service, tmp_path
         assert not errors, errors
 
 
+def throwaway_parameter(name: str, default: int | float, *, minimum: int | float = 1, advanced: bool = False) -> dict:
+    return {"name": name, "type": "number" if isinstance(default, float) else "integer", "default": default,
+            "minimum": minimum, "maximum": None, "description": f"{name}, for the test", "advanced": advanced}
+
+
+THROWAWAY_SAMPLER = {
+    "name": "throwaway", "description": "a sampler only tests/test_page.py knows",
+    "parameters": [throwaway_parameter("steps", 40), throwaway_parameter("wiggle", 0.5, minimum=0.0, advanced=True),
+                   throwaway_parameter("hops", 3)],
+    "schedule": {"n_sample": 1, "jump_length": "hops", "jump_n_sample": 2, "jump2_length": 1, "jump2_n_sample": 1,
+                 "jump3_length": 1, "jump3_n_sample": 1, "start_resampling": 100_000_000},
+    "takes_model_defaults": False,
+}
+
+
+def with_throwaway_sampler(route):
+    """GET /models as the service answers it, with THROWAWAY_SAMPLER added to `samplers`."""
+    response = route.fetch()
+    listing = response.json()
+    listing["samplers"].append(THROWAWAY_SAMPLER)
+    route.fulfill(response=response, json=listing)
+
+
 # ---------------------------------------------------------------- the drawing statistic
 #
-# app.js `pictureStatistics`, mirrored: how much a picture looks like a flat-coloured drawing. The page
-# tells users of a model not trained on photographs (faces32) that their upload looks like a photograph
-# when `flat` < DRAWING_FLAT, or that it is mostly grey when `colour` < DRAWING_COLOUR.
+# `pictureStatistics` of service/static/js/notices.js, mirrored: how much a picture looks like a
+# flat-coloured drawing. The page tells users of a model not trained on photographs (faces32) that their
+# upload looks like a photograph when `flat` < DRAWING_FLAT, or that it is mostly grey when
+# `colour` < DRAWING_COLOUR.
 
 LOOK_SIDE, FLAT_LEVELS, EDGE_LEVELS, GREY_LEVELS = 128, 1.5, 12, 16
 DRAWING_FLAT, DRAWING_COLOUR = 0.65, 0.4
@@ -624,8 +704,8 @@ SKIMAGE_DATA = os.environ.get("REPAINT_SKIMAGE_DATA")  # the skimage/data folder
 @pytest.mark.skipif(not SKIMAGE_DATA, reason="set REPAINT_SKIMAGE_DATA to the skimage/data folder of an unzipped "
                     "scikit-image wheel (pip download scikit-image --no-deps) to rerun the calibration")
 def test_the_drawing_statistic_calibration():
-    """The numbers in CALIBRATION (and app.js's LOOK comment), measured again on real photographs:
-    scikit-image's sample photographs (CC0 or public domain; not a dependency of this project)."""
+    """The numbers in CALIBRATION (and the LOOK comment in service/static/js/notices.js), measured again on
+    real photographs: scikit-image's sample photographs (CC0 or public domain; not a dependency of this project)."""
     from service.faces import EVAL_SEEDS
 
     colour_photos = ["astronaut.png", "chelsea.png", "coffee.png", "rocket.jpg", "motorcycle_left.png",
@@ -658,7 +738,11 @@ def test_the_drawing_statistic_calibration():
     assert all(looks_like_a_drawing(f) for f in faces) and not any(looks_like_a_drawing(p) for p in colour + grey)
 
 
-STATISTICS = "() => pictureStatistics(document.getElementById('image-canvas'))"
+def page_statistics(page) -> dict | None:
+    """The page's drawing statistic of the image it shows."""
+    return in_module(page, "notices", "m.pictureStatistics(document.getElementById('image-canvas'))")
+
+
 PAINTED_MASK = """() => {
   const c = document.getElementById('mask-canvas');
   const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
@@ -722,8 +806,8 @@ def test_the_page_says_what_each_model_knows_and_what_to_expect(faces32_service,
             fill = np.zeros((height, width), bool)
             fill[y0:y1, x0:x1] = True
             expected = plan(width, height, fill, size, strategy, framing)
-            got = page.evaluate("(a) => modelPlan(...a)", [size, framing, strategy, width, height,
-                                                           {"x0": x0, "y0": y0, "x1": x1, "y1": y1}])
+            got = in_module(page, "notices", "m.modelPlan(...arg)", [size, framing, strategy, width, height,
+                                                                    {"x0": x0, "y0": y0, "x1": x1, "y1": y1}])
             assert (got["strategy"], got["side"]) == (expected.strategy, expected.side), (width, height, got, expected)
 
         # A held-out face at 4x: what faces32 knows, at the example's scale. Nothing to say.
@@ -732,7 +816,7 @@ def test_the_page_says_what_each_model_knows_and_what_to_expect(faces32_service,
         for name in pictures:  # the page's statistic is the Python mirror's, to the last bit
             page.set_input_files("#file", str(tmp_path / name))
             page.wait_for_function(f"document.querySelector('#image-canvas').width === {pictures[name].width}")
-            assert page.evaluate(STATISTICS) == picture_statistics(np.asarray(pictures[name])), name
+            assert page_statistics(page) == picture_statistics(np.asarray(pictures[name])), name
             text = notices(page)
             if name == "face128.png":
                 assert text == "" and page.is_hidden("#notices")
@@ -806,7 +890,7 @@ def test_the_page_says_what_each_model_knows_and_what_to_expect(faces32_service,
         page.wait_for_function("document.querySelector('#image-canvas').width === 128")
         mask = np.asarray(data_url_image(example["mask"])) > 127
         assert page.evaluate(PAINTED_MASK) == "".join("1" if v else "0" for v in mask.ravel())
-        assert page.evaluate(STATISTICS) == picture_statistics(np.asarray(data_url_image(example["image"]).convert("RGB")))
+        assert page_statistics(page) == picture_statistics(np.asarray(data_url_image(example["image"]).convert("RGB")))
         assert notices(page) == ""
         note = page.text_content("#example-note")
         assert page.is_visible("#example-note") and note.startswith("Example for faces32: a held-out procedural face")
@@ -819,14 +903,15 @@ def test_the_page_says_what_each_model_knows_and_what_to_expect(faces32_service,
         assert notices(page).startswith("This looks like a flat-coloured drawing. places256 was trained on photographs")
         assert page.locator("#notices .notice.mild").count() == 1
         assert "Made for faces32, not for places256." in page.text_content("#example-note")
-        assert "strategy" not in page.evaluate("async () => [...(await jobForm()).keys()]")
+        assert "strategy" not in in_module(page, "jobs", "[...(await m.jobForm()).keys()]")
         page.select_option("#model", "faces32")
 
         # It runs, with the example's fields (cheap settings: DDNM, 10 steps).
         page.select_option("#preset", "custom")
         page.select_option("#sampler", "ddnm")
         page.fill("#param-steps", "10")
-        fields = page.evaluate("async () => [...(await jobForm()).entries()].filter(([k]) => k !== 'image' && k !== 'mask')")
+        fields = in_module(page, "jobs",
+                           "[...(await m.jobForm()).entries()].filter(([k]) => k !== 'image' && k !== 'mask')")
         assert ["strategy", "resize"] in fields and ["model", "faces32"] in fields, fields
         with page.expect_response("**/inpaint") as submitted:
             page.click("#submit")
@@ -839,7 +924,7 @@ def test_the_page_says_what_each_model_knows_and_what_to_expect(faces32_service,
         # Another image is not the example: its fields are no longer sent.
         page.set_input_files("#file", str(tmp_path / "face128.png"))
         page.wait_for_function("document.querySelector('#example-note').hidden")
-        fields = page.evaluate("async () => [...(await jobForm()).keys()]")
+        fields = in_module(page, "jobs", "[...(await m.jobForm()).keys()]")
         assert "strategy" not in fields
         assert not errors, errors
 
