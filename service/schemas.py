@@ -163,7 +163,8 @@ class OutputFormatPublic(BaseModel):
 class ModelList(BaseModel):
     default: str
     models: list[ModelPublic]
-    samplers: list[SamplerPublic] = Field(description="samplers for POST /inpaint sampler= (default: repaint)")
+    samplers: list[SamplerPublic] = Field(description="samplers for POST /inpaint sampler=")
+    default_sampler: str = Field(description="the sampler a job runs when it names neither a sampler nor a preset")
     presets: dict[str, QualityPreset] = Field(description="named sampling settings for POST /inpaint preset=")
     output_formats: dict[str, OutputFormatPublic] = Field(
         default_factory=dict, description="POST /inpaint output_format= values, each with its media type and file suffix")

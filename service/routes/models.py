@@ -9,7 +9,7 @@ import io
 from fastapi import APIRouter, HTTPException
 from PIL import Image
 
-from models.sampler_settings import SETTINGS
+from models.sampler_settings import DEFAULT_SAMPLER, SETTINGS
 from worker import output_formats, startup
 from worker.jobs import JobStatus
 from worker.params import STRATEGIES, model_defaults
@@ -45,8 +45,8 @@ def list_models(redis: RedisDep, settings: SettingsDep) -> ModelList:
                                       evaluations=p.settings(base).evaluations, budget=p.budget,
                                       description=p.description)
     samplers = [SamplerPublic(**cls.describe()) for cls in SETTINGS.values()]
-    return ModelList(default=settings.default_model, models=out, samplers=samplers, presets=presets,
-                     output_formats=output_formats.describe(), strategies=list(STRATEGIES),
+    return ModelList(default=settings.default_model, models=out, samplers=samplers, default_sampler=DEFAULT_SAMPLER,
+                     presets=presets, output_formats=output_formats.describe(), strategies=list(STRATEGIES),
                      job_statuses={status.value: status.final for status in JobStatus},
                      unavailable={name: UnavailableModel(reason=u["reason"], workers=u["workers"],
                                                          startup_failures=[_failure(f) for f in u["startup_failures"]])
