@@ -162,11 +162,16 @@ def _env(redis_url: str, defaults: dict | None = None, **extra: str) -> dict:
 
 
 class WorkerProcess:
-    def __init__(self, redis_url: str, name: str, model: str = "tiny", **extra: str):
+    """`python -m worker.main` with `extra` in its environment; with `faults` (arguments of
+    tests/fault_worker.py, e.g. ["--oom-above", "2"]), that worker on a misbehaving device."""
+
+    def __init__(self, redis_url: str, name: str, model: str = "tiny", *, faults: list[str] | None = None,
+                 **extra: str):
         self.name = name
         self.log = tempfile.NamedTemporaryFile(prefix=f"repaint-{name}-", suffix=".log", delete=False)
+        command = ["-m", "tests.fault_worker", *faults] if faults else ["-m", "worker.main"]
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "worker.main"], cwd=ROOT, stdout=self.log, stderr=subprocess.STDOUT,
+            [sys.executable, *command], cwd=ROOT, stdout=self.log, stderr=subprocess.STDOUT,
             env=_env(redis_url, {
                 # One thread per worker: tests run several processes on two cores.
                 "REPAINT_TORCH_THREADS": "1", "REPAINT_DEVICE": "cpu", "REPAINT_LOG_LEVEL": "WARNING"},

@@ -75,7 +75,8 @@ def test_running_jobs_are_all_in_rqs_started_registry(api, redis_server, redis_d
     try:
         client = api.client()
         image, mask = face_and_mask()
-        ids = [submit(client, image, mask, steps=100, jump_length=10, jump_n_sample=5) for _ in range(3)]
+        # 190 evaluations each: time enough to see the three running together.
+        ids = [submit(client, image, mask, steps=100, jump_length=10, jump_n_sample=2) for _ in range(3)]
         queue = Queue(jobs.queue_name("tiny"), connection=redis_db, serializer=JSONSerializer)
         started = wait_until(lambda: set(StartedJobRegistry(queue=queue).get_job_ids()) == set(ids)
                              and [client.get(f"/jobs/{i}").json()["status"] for i in ids] == ["running"] * 3,
@@ -93,7 +94,7 @@ def test_bad_job_fails_alone_while_its_neighbour_finishes(api, redis_server, red
     try:
         client = api.client()
         image, mask = face_and_mask()
-        good = submit(client, image, mask, steps=100, jump_length=10, jump_n_sample=5)
+        good = submit(client, image, mask, steps=100, jump_length=10, jump_n_sample=3)  # 280 evaluations
         wait_until(lambda: client.get(f"/jobs/{good}").json()["status"] == "running", 60, "good job running")
         info = json.loads(redis_db.hget(jobs.models_key(), "tiny"))
         redis_db.hset(jobs.models_key(), "tiny", json.dumps({**info, "class_cond": True, "num_classes": 10}))

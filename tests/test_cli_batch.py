@@ -315,7 +315,12 @@ def test_at_most_n_jobs_wait_in_the_queue_and_ctrl_c_cancels_them(idle_service, 
                        "--concurrency", "2", *CHEAP)
     try:
         ids = wait_until(lambda: len(job_ids(svc.redis)) >= 2 and job_ids(svc.redis), 30, "two jobs")
-        time.sleep(1.0)  # no worker: the batch must not submit a third while two wait
+        # No worker: the batch must not submit a third while two wait. The window starts once it
+        # follows both jobs (their event streams are open: its two places are taken), and lasts
+        # five turns of its loop for a free place (0.2 s each): nothing to await for a "not".
+        wait_until(lambda: all(n == 1 for _, n in svc.redis.pubsub_numsub(*map(events_channel, ids))), 30,
+                   "the batch to follow both jobs")
+        time.sleep(1.0)
         assert job_ids(svc.redis) == ids and len(ids) == 2
         assert set(statuses(svc.url, ids).values()) == {"queued"}
         proc.send_signal(signal.SIGINT)

@@ -396,13 +396,13 @@ def test_disk_acknowledgements_are_refused_at_start_without_waitaof():
 
 @pytest.mark.slow
 @pytest.mark.parametrize("crash", ["process", "host"])
-def test_memory_mode_over_ten_kills(crash):
+def test_memory_mode_over_ten_kills_loses_at_most_the_fsync_window(crash):
     crash_run(mode="memory", crash=crash, kills=10, load_seconds=(2, 4), max_requests=1500, final_timeout=300)
 
 
 @pytest.mark.slow
 @needs_waitaof
 @pytest.mark.parametrize("crash", ["process", "host"])
-def test_disk_mode_over_ten_kills(crash):
+def test_disk_mode_over_ten_kills_loses_nothing_acknowledged(crash):
     crash_run(mode="disk", crash=crash, kills=10, load_seconds=(2, 4), clients=8, max_requests=1500,
               final_timeout=300)

@@ -536,7 +536,7 @@ def test_a_primary_failover_keeps_every_acknowledged_job(mode):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("mode,replicas", [("memory", 1), ("replica", 1), ("memory", 2), ("replica", 2)])
-def test_five_failovers_in_a_row(mode, replicas):
+def test_five_failovers_in_a_row_keep_what_each_mode_promises(mode, replicas):
     """Each kill's server restarted on its data and made a replica of the new primary by the
     sentinels before the next kill. With one replica, replica mode answers 503 from each kill
     until then."""
@@ -546,7 +546,7 @@ def test_five_failovers_in_a_row(mode, replicas):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("mode,replicas", [("memory", 1), ("replica", 1), ("replica", 2)])
-def test_a_paused_replica(mode, replicas):
+def test_a_paused_replica_loses_nothing(mode, replicas):
     """A replica stopped (SIGSTOP) for a few seconds under load: nothing is lost. In replica mode
     with one replica every submission answered meanwhile is a 503 (nothing can be confirmed);
     with two, or in memory mode, they go on being accepted."""

@@ -12,6 +12,7 @@ from PIL import Image
 
 from tests.conftest import face_and_mask
 from tests.procs import ApiProcess, RedisServer, WorkerProcess, submit, wait_final, wait_until
+from worker import jobs
 
 LONG = {"steps": 250, "jump_length": 10, "jump_n_sample": 4}  # 250 + 3*10*24 = 970 evaluations
 MEDIUM = {"steps": 100, "jump_length": 10, "jump_n_sample": 3}  # 100 + 2*10*9 = 280 evaluations
@@ -75,10 +76,12 @@ def test_lost_job_fails_with_a_reason_after_its_last_attempt(redis_server, redis
 def test_sigterm_finishes_the_running_job_then_exits(api, redis_server, redis_db):
     client = api.client()
     worker = WorkerProcess(redis_server.url, "graceful").wait_ready(redis_db)
-    job_id = submit(client, *face_and_mask(), steps=100, jump_length=10, jump_n_sample=5)
+    job_id = submit(client, *face_and_mask(), **MEDIUM)
     wait_until(lambda: running_with_progress(client, job_id), 60, "job running")
     worker.proc.send_signal(signal.SIGTERM)
+    at_sigterm = client.get(f"/jobs/{job_id}").json()
     assert worker.proc.wait(timeout=120) == 0
+    assert at_sigterm["status"] == "running" and at_sigterm["progress"]["step"] < at_sigterm["progress"]["total"]
     job = client.get(f"/jobs/{job_id}").json()
     assert job["status"] == "succeeded" and job["attempts"] == 1
 
@@ -106,18 +109,17 @@ def test_redis_restart_keeps_queued_jobs_and_everyone_reconnects():
     worker = None
     try:
         client = api.client()
-        worker = WorkerProcess(server.url, "survivor").wait_ready(server.client())
-        worker.stop()  # registered the model; now nobody takes jobs
-        queued = [submit(client, *face_and_mask(), **FAST) for _ in range(3)]
+        queued = [submit(client, *face_and_mask(), **FAST) for _ in range(3)]  # no worker yet: they wait
         server.stop(signal.SIGTERM)
         r = client.get(f"/jobs/{queued[0]}")
         assert r.status_code == 503 and "Redis" in r.json()["detail"] and r.headers["retry-after"]
         server.start()
         assert wait_until(lambda: client.get(f"/jobs/{queued[0]}").status_code == 200, 30, "API recovery")
         assert all(client.get(f"/jobs/{j}").json()["status"] == "queued" for j in queued)
-        worker = WorkerProcess(server.url, "survivor2").wait_ready(server.client())
+        worker = WorkerProcess(server.url, "survivor").wait_ready(server.client())
         assert all(wait_final(client, j)["status"] == "succeeded" for j in queued)
-        # The running worker rides out a restart by itself.
+        # The running worker rides out a restart by itself. The sleep is the fault's length (Redis
+        # down for 2 s, so that the worker's connection fails), not a wait for something to happen.
         server.stop(signal.SIGTERM)
         time.sleep(2)
         server.start()
@@ -132,13 +134,14 @@ def test_redis_restart_keeps_queued_jobs_and_everyone_reconnects():
 
 def test_out_of_memory_shrinks_the_batch_instead_of_failing_jobs(api, redis_server, redis_db):
     client = api.client()
-    worker = WorkerProcess(redis_server.url, "tight", REPAINT_TEST_OOM_ABOVE="2",
+    worker = WorkerProcess(redis_server.url, "tight", faults=["--oom-above", "2"],
                            REPAINT_MAX_BATCH="8").wait_ready(redis_db)
     try:
         ids = [submit(client, *face_and_mask(seed=i), steps=50, jump_length=5, jump_n_sample=3) for i in range(5)]
         assert [wait_final(client, i)["status"] for i in ids] == ["succeeded"] * 5
         text = client.get("/metrics").text
         assert 'repaint_jobs_total{model="tiny",status="failed"} 0.0' in text
+        assert "limit now 2 samples per pass" in worker.output(), worker.output()[-3000:]  # it did run out, and shrank
     finally:
         worker.stop()
 
@@ -148,7 +151,7 @@ def test_a_lone_job_larger_than_memory_runs_in_smaller_passes(api, redis_server,
     samples run over passes of two, and the result is the one a roomy worker makes."""
     client = api.client()
     job = dict(steps=10, jump_length=5, jump_n_sample=2, num_samples=4, seed=3)
-    worker = WorkerProcess(redis_server.url, "tight-alone", REPAINT_TEST_OOM_ABOVE="2",
+    worker = WorkerProcess(redis_server.url, "tight-alone", faults=["--oom-above", "2"],
                            REPAINT_MAX_BATCH="8").wait_ready(redis_db)
     try:
         tight = wait_final(client, submit(client, *face_and_mask(seed=4), **job))
@@ -170,7 +173,7 @@ def test_a_sample_that_never_fits_is_tried_once_more_then_fails(api, redis_serve
     """Running out of memory alone may be memory held elsewhere at that moment: the job is queued
     once more, free; the second time it fails for good, saying so."""
     client = api.client()
-    worker = WorkerProcess(redis_server.url, "no-room", REPAINT_TEST_OOM_ABOVE="0").wait_ready(redis_db)
+    worker = WorkerProcess(redis_server.url, "no-room", faults=["--oom-above", "0"]).wait_ready(redis_db)
     try:
         job = wait_final(client, submit(client, *face_and_mask(), **FAST))
         assert job["status"] == "failed" and job["error"]["type"] == "out_of_memory", job
@@ -224,8 +227,12 @@ def test_poison_job_fails_after_one_attempt_while_its_neighbour_succeeds(api, re
         assert job["attempts"] == 1 and "webp" in job["error"]["message"]
         assert wait_final(client, neighbour)["status"] == "succeeded"
         assert worker.proc.poll() is None
-        time.sleep(2)
-        assert client.get(f"/jobs/{poison}").json()["attempts"] == 1  # never started again
+        # Never started again: a job submitted after it has run to the end on the one worker,
+        # which would have met the poison again first had it gone back to the queue.
+        assert wait_final(client, submit(client, *face_and_mask(), **FAST))["status"] == "succeeded"
+        job = client.get(f"/jobs/{poison}").json()
+        assert job["status"] == "failed" and job["attempts"] == 1, job
+        assert redis_db.llen(f"rq:queue:{jobs.queue_name('tiny')}") == 0
     finally:
         worker.stop()
 
@@ -243,7 +250,7 @@ def test_redis_down_longer_than_the_heartbeat_ttl_leaves_no_job_running():
         ids = [submit(client, *face_and_mask(seed=i), **MEDIUM) for i in range(4)]
         wait_until(lambda: any(running_with_progress(client, j) for j in ids), 60, "jobs running")
         server.stop(signal.SIGTERM)
-        time.sleep(18)
+        time.sleep(18)  # the fault itself: Redis away for longer than the TTL, so every lease lapses
         server.start()
         finished = [wait_final(client, j, timeout=240) for j in ids]
         assert [j["status"] for j in finished] == ["succeeded"] * 4, finished
@@ -260,7 +267,7 @@ def test_redis_down_longer_than_the_heartbeat_ttl_leaves_no_job_running():
 
 def test_a_stuck_forward_pass_is_reaped_and_its_worker_exits_defunct(api, redis_server, redis_db):
     client = api.client()
-    stuck = WorkerProcess(redis_server.url, "stuck", REPAINT_TEST_HANG_SECONDS="120", REPAINT_STALL_TIMEOUT="2",
+    stuck = WorkerProcess(redis_server.url, "stuck", faults=["--hang-seconds", "120"], REPAINT_STALL_TIMEOUT="2",
                           **FAST_DETECTION).wait_ready(redis_db)
     job_id = submit(client, *face_and_mask(), **FAST)
     wait_until(lambda: client.get(f"/jobs/{job_id}").json()["status"] == "running", 60, "job running")
@@ -278,7 +285,7 @@ def test_a_stuck_forward_pass_is_reaped_and_its_worker_exits_defunct(api, redis_
 def test_repeated_forward_pass_failures_make_the_worker_defunct(api, redis_server, redis_db):
     """A sticky device error used to fail every job the worker took, using up their attempts."""
     client = api.client()
-    broken = WorkerProcess(redis_server.url, "broken", REPAINT_TEST_FAIL_PASSES="true",
+    broken = WorkerProcess(redis_server.url, "broken", faults=["--fail-passes"],
                            REPAINT_MAX_PASS_FAILURES="2").wait_ready(redis_db)
     ids = [submit(client, *face_and_mask(seed=i), **FAST) for i in range(2)]
     assert broken.proc.wait(timeout=60) == 70

@@ -59,6 +59,16 @@ class BatchWorker(SimpleWorker):
         finally:
             self.set_state(WorkerStatus.IDLE)
 
+    def subscribe(self) -> None:
+        """RQ's own listener for its commands (`rq suspend`, shutdown, ...), polling every second
+        rather than every 60 s: at teardown redis-py (8.2) joins that thread, and one that saw the
+        UNSUBSCRIBE before the stop waits out a whole poll, so a SIGTERMed worker took up to a
+        minute to exit (one stop in four or five; tests/worker/test_worker_stop.py)."""
+        self.pubsub = self.connection.pubsub()
+        self.pubsub.subscribe(**{self.pubsub_channel_name: self.handle_payload})
+        self.pubsub_thread = self.pubsub.run_in_thread(sleep_time=1, daemon=True,
+                                                       exception_handler=self._pubsub_exception_handler)
+
     def get_heartbeat_ttl(self, job, working_time: float = 0.0) -> int:
         # Short, refreshed every few seconds by the heartbeat thread: a dead worker's jobs are
         # found within about twice this many seconds, not at the job timeout.
@@ -97,9 +107,9 @@ def build_worker(settings: WorkerSettings, redis: Redis, runtime: Runtime, webho
 
 
 def main(settings: WorkerSettings | None = None, *,
-         make_runtime: Callable[[WorkerSettings], Runtime] = Runtime) -> None:
-    """Serve until stopped. `make_runtime` builds the resident model from the settings (a
-    Runtime, or a subclass that overrides one of its hooks, as rq's workers are extended)."""
+         make_runtime: Callable[[WorkerSettings], Runtime] | None = None) -> None:
+    """Serve until stopped. `make_runtime` builds the resident model from the settings (default:
+    Runtime; or a subclass that overrides one of its hooks, as rq's workers are extended)."""
     settings = settings or WorkerSettings()
     logging.basicConfig(level=settings.log_level, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     reuse_tensor_blocks()  # before the first tensor: passes reuse their blocks (worker.allocator)
@@ -108,7 +118,8 @@ def main(settings: WorkerSettings | None = None, *,
     model_name = parse_model_ref(settings.model).name
     where = settings.worker_name or socket.gethostname()
     try:
-        runtime = make_runtime(settings)  # before taking any job: a bad checkpoint or folder stops here, loudly
+        # Before taking any job: a bad checkpoint or folder stops here, loudly.
+        runtime = (make_runtime or Runtime)(settings)
     except (ConfigError, CheckpointError) as exc:
         # A configuration to fix, not a crash to restart: one clear message, on record for the API
         # and the page too (worker.startup), and exit 78 (EX_CONFIG).

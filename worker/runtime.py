@@ -327,14 +327,6 @@ class Runtime:
     def step(self, batch: models.SampleBatch, cap: int | None = None) -> int:
         """One network evaluation for every unfinished sample; returns how many ran. `cap`: no
         pass is padded to more samples than this (the scheduler's current limit)."""
-        limit = self.settings.test_oom_above
-        live = sum(not s.done for s in batch.states)
-        if limit is not None and live and min(live, cap or live) > limit:  # passes hold at most `cap`
-            raise torch.OutOfMemoryError(f"simulated: more than {limit} samples in one forward pass")
-        if self.settings.test_fail_passes:
-            raise RuntimeError("simulated: the device failed (REPAINT_TEST_FAIL_PASSES)")
-        if self.settings.test_hang_seconds:
-            time.sleep(self.settings.test_hang_seconds)
         with torch.inference_mode(), self._autocast():
             ran = models.step(self.network(cap), batch, classifier=self.classifier())
         if ran and self.device.type == "cuda":

@@ -7,7 +7,7 @@ from typing import Literal
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from . import redis_url
+from . import redis_url, run_file
 from .acks import Ack, AckMode
 
 
@@ -15,8 +15,10 @@ class WorkerSettings(BaseSettings):
     # hide_input_in_errors: a refused setting must not echo API keys or secrets into the log.
     model_config = SettingsConfigDict(env_prefix="REPAINT_", extra="ignore", hide_input_in_errors=True)
 
-    redis_url: str = Field("redis://127.0.0.1:6379/0", description="Redis shared with the API: redis://, "
-                           "rediss://, unix:// or redis+sentinel://host:26379,.../<service>/<db> (Sentinel)")
+    redis_url: str = Field(default_factory=run_file.default_redis_url, description=(
+        "Redis shared with the API: redis://, rediss://, unix:// or "
+        "redis+sentinel://host:26379,.../<service>/<db> (Sentinel); default: a running repaint serve's "
+        "embedded Redis (worker/run_file.py), else redis://127.0.0.1:6379/0"))
 
     @field_validator("redis_url")
     @classmethod
@@ -67,11 +69,6 @@ class WorkerSettings(BaseSettings):
                                    "before the worker declares itself defunct and exits")
     shutdown_grace: float = Field(50.0, ge=0, description="seconds a SIGTERMed worker keeps finishing its jobs "
                                   "before it puts the rest back in the queue")
-    test_oom_above: int | None = Field(None, ge=0, description="testing aid: raise out-of-memory when a "
-                                       "forward pass has more samples than this (0: every pass)")
-    test_fail_passes: bool = Field(False, description="testing aid: every forward pass fails (a broken device)")
-    test_hang_seconds: float | None = Field(None, gt=0, description="testing aid: every forward pass first "
-                                            "hangs this many seconds (a stuck device)")
     preview_interval: float = Field(3.0, gt=0, description="seconds between preview images of a running job")
     webhook_secret: str = Field("", description="shared secret that signs webhook bodies (HMAC-SHA256); "
                                 "webhooks are off without one")

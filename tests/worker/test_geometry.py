@@ -146,7 +146,7 @@ def test_nothing_under_the_mask_shows_in_the_result(runtime, size, mode, box, st
     assert inpaint(runtime, img, fill, strategy) == inpaint(runtime, other_img, fill, strategy)
 
 
-def test_jpeg_and_webp_outputs(runtime):
+def test_jpeg_and_webp_outputs_keep_the_upload_s_size(runtime):
     img = photo(120, 90)
     mask = Image.fromarray(box_mask(120, 90, (30, 30, 60, 60)).astype(np.uint8) * 255)
     buf, mbuf = io.BytesIO(), io.BytesIO()

@@ -242,7 +242,7 @@ def test_cancel_queued_job_cleans_rq_with_ttls(ledger, redis_db):
     assert redis_db.hget(f"rq:job:{job_id}", "status") == b"canceled"
 
 
-def test_cancel_against_success(ledger, redis_db):
+def test_cancel_against_success_the_first_to_commit_wins(ledger, redis_db):
     """Whichever commits first wins; the other is a no-op."""
     job_id, _ = create(ledger)
     lease = started(ledger, redis_db)

@@ -25,9 +25,11 @@ class RecordingLedger:
 
     def __init__(self, gate: threading.Event | None = None, fail_first: bool = False):
         self.writes, self.gate, self.fail_first = [], gate, fail_first
+        self.at_gate = threading.Event()
 
     def progress(self, updates, previews):
         if self.gate is not None:
+            self.at_gate.set()
             self.gate.wait(5)
             self.gate = None
         if self.fail_first:
@@ -47,10 +49,13 @@ def test_submit_returns_at_once_and_a_newer_snapshot_replaces_one_not_yet_writte
     reporter = ProgressReporter(ledger, preview_png=None, webhooks=Webhooks(), on_lost=lambda leases: None)
     t0 = time.monotonic()
     reporter.submit(snapshot(1))  # the thread takes it and waits at the gate (a slow Redis)
-    time.sleep(0.05)
+    waited = time.monotonic() - t0
+    assert ledger.at_gate.wait(5)
+    t0 = time.monotonic()
     reporter.submit(snapshot(2))  # waits
     reporter.submit(snapshot(3))  # replaces 2: one snapshot waits at most
-    assert time.monotonic() - t0 < 0.5  # the loop never waited for Redis
+    waited += time.monotonic() - t0
+    assert waited < 0.5  # the loop never waited for Redis
     gate.set()
     assert reporter.drain()
     assert ledger.writes == [[1], [3]]
