@@ -11,14 +11,16 @@ import math
 import os
 import re
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 import numpy as np
 import pytest
 from PIL import Image, ImageDraw
+from redis import Redis
 
-from tests.procs import ROOT, ApiProcess, WorkerProcess
+from tests.procs import ROOT, ApiProcess, WorkerProcess, wait_until
 
 SHOTS = ROOT / "docs" / "screenshots"
 MODULES = ROOT / "service" / "static" / "js"
@@ -56,11 +58,20 @@ def in_module(page, module: str, expression: str, arg=None):
                          arg)
 
 
+@dataclass
+class Service:
+    """The API's address, and the Redis and the worker behind it (for a test that breaks them)."""
+
+    url: str
+    redis: Redis
+    worker: WorkerProcess
+
+
 @pytest.fixture()
 def service(redis_server, redis_db):
     api = ApiProcess(redis_server.url)
     worker = WorkerProcess(redis_server.url, "page", REPAINT_PREVIEW_INTERVAL="0.3").wait_ready(redis_db)
-    yield api
+    yield Service(api.url, redis_db, worker)
     worker.stop()
     api.stop()
 
@@ -110,6 +121,22 @@ def box(page, selector: str) -> dict:
 
 def assert_same_box(a: dict, b: dict, tolerance: float = 1.0) -> None:
     assert all(abs(a[k] - b[k]) <= tolerance for k in ("x", "y", "width", "height")), (a, b)
+
+
+# Laptop screens the page must fit: what a job shows under the box stays in view there.
+SCREENS = [{"width": 1280, "height": 900}, {"width": 1366, "height": 768}]
+
+
+def assert_in_view(page, *selectors: str) -> None:
+    """Each element shown and wholly inside the viewport, with the page scrolled to the top: seen
+    without scrolling."""
+    page.evaluate("window.scrollTo(0, 0)")
+    screen = page.viewport_size
+    for selector in selectors:
+        b = box(page, selector)
+        assert b is not None, f"{selector} is not shown"
+        assert b["x"] >= 0 and b["y"] >= 0 and b["x"] + b["width"] <= screen["width"] \
+            and b["y"] + b["height"] <= screen["height"], (selector, b, screen)
 
 
 def to_screen(canvas_box: dict, x: float, y: float) -> tuple[float, float]:
@@ -463,8 +490,11 @@ SCHEDULES = [
 
 
 def test_the_page_runs_a_custom_sampler_and_shows_its_settings(service, tmp_path):
+    """The form from GET /models alone (a sampler the page never heard of, the default sampler); then
+    the model breaking under it: a worker elsewhere that could not start it, then none that can."""
     from models.sampler_settings import NEUTRAL_SCHEDULE, settings_class
     from models.schedule import count_model_evaluations, jump_schedule
+    from worker import startup
 
     playwright = pytest.importorskip("playwright.sync_api")
     SHOTS.mkdir(parents=True, exist_ok=True)
@@ -472,8 +502,8 @@ def test_the_page_runs_a_custom_sampler_and_shows_its_settings(service, tmp_path
     listing = httpx.get(f"{service.url}/models").json()
     ddnm = next(s for s in listing["samplers"] if s["name"] == "ddnm")
     with browser_page(playwright) as (page, errors):
-        # A sampler the page has never heard of, added to the service's own listing: its controls and
-        # its evaluation count must come from GET /models alone (checked at the end).
+        # A sampler the page has never heard of, added to the service's own listing as its default: its
+        # controls and its evaluation count must come from GET /models alone (checked below).
         page.route("**/models", with_throwaway_sampler)
         page.goto(service.url + "/")
         page.wait_for_function("document.querySelector('#model-notes').textContent.includes('worker')")
@@ -498,8 +528,15 @@ def test_the_page_runs_a_custom_sampler_and_shows_its_settings(service, tmp_path
         page.evaluate(SET_RANGE, ["brush", 44])
         stroke(page, to_screen(image, 226, 150), (to_screen(image, 254, 172), 6))
 
-        # Custom: the RePaint form has the model's defaults, its rare parameters folded under "more".
+        # The model default is the listing's `default_sampler` (the throwaway, listed last) with its own
+        # defaults (it takes no model's); custom starts from it too.
+        default = throwaway_evaluations({"steps": 40, "hops": 3})
+        assert page.text_content("#preset option[value='']") == f"model default — throwaway, {default:,} evaluations"
         page.select_option("#preset", "custom")
+        assert page.input_value("#sampler") == "throwaway"
+
+        # Custom RePaint: the model's defaults, its rare parameters folded under "more".
+        page.select_option("#sampler", "repaint")
         assert page.input_value("#param-steps") == "250" and page.input_value("#param-jump-length") == "10"
         assert page.is_hidden("#param-start-resampling")
         page.click("#more-params summary")
@@ -534,10 +571,7 @@ def test_the_page_runs_a_custom_sampler_and_shows_its_settings(service, tmp_path
         settings = {"steps": 61, "hops": 7, "wiggle": 0.25}
         for name, value in settings.items():
             page.fill(f"#param-{name}", str(value))
-        # Resolved as models/sampler_settings.py `SamplerSettings.times` resolves a sampler's schedule.
-        arguments = {arg: settings[source] if isinstance(source, str) else source
-                     for arg, source in THROWAWAY_SAMPLER["schedule"].items()}
-        expected = count_model_evaluations(jump_schedule(settings["steps"], **arguments))
+        expected = throwaway_evaluations(settings)
         assert page.text_content("#cost") == f"throwaway: {expected:,} network evaluations per sample."
         page.select_option("#sampler", "ddnm")  # as it was typed
         assert page.text_content("#cost") == "ddnm: 10 network evaluations per sample."
@@ -557,6 +591,60 @@ def test_the_page_runs_a_custom_sampler_and_shows_its_settings(service, tmp_path
         assert page.text_content("#job-settings").startswith("ddnm · steps 10 · eta 0.5 · travel length 1 · "
                                                              "travel repeat 1 — 10 evaluations per sample")
         shown_result_size(page)
+
+        # A worker elsewhere could not start tiny, this one serves it: a quiet word, the reason folded.
+        startup.record(service.redis, "tiny", "gpu-box-2", "load", "cannot read /weights/tiny.pt: truncated")
+        in_module(page, "models", "m.loadModels()")
+        assert page.text_content("#model-notes .failures summary") == "1 other worker could not start it"
+        assert "gpu-box-2 (loading, since " in page.text_content("#model-notes .failures")
+        assert "cannot read /weights/tiny.pt: truncated" in page.text_content("#model-notes .failures")
+        assert page.is_hidden("#model-unavailable") and page.is_enabled("#submit") and page.is_visible("#try-example")
+
+        # Then this worker goes, and fails to start again: no worker can take tiny's jobs. A job sent
+        # from the form as it was is refused (503) with the reason, which the page shows; the form
+        # then says it of the model, and takes no job for it. (Until the job is sent, the page's
+        # periodic refresh of GET /models gets the listing of before: it must not learn it first.)
+        before = page.evaluate("fetch('/models').then((r) => r.json())")
+        sent = []
+        page.unroute("**/models")
+        page.route("**/models", lambda route: with_throwaway_sampler(route) if sent else route.fulfill(json=before))
+        page.route("**/inpaint", lambda route: (sent.append(True), route.continue_()))
+        service.worker.stop()
+        startup.record(service.redis, "tiny", "page", "self-test", "RuntimeError: the self-test pass gave NaN")
+        wait_until(lambda: "tiny" in httpx.get(f"{service.url}/models").json()["unavailable"], 10, "tiny refused")
+        reason = httpx.get(f"{service.url}/models").json()["unavailable"]["tiny"]["reason"]
+        assert "self-test" in reason and "0 live worker(s)" in reason, reason
+        with page.expect_response("**/inpaint") as refused:
+            page.click("#submit")
+        assert refused.value.status == 503 and refused.value.json()["detail"] == reason
+        page.wait_for_selector("#model-unavailable:not([hidden])")
+        assert page.text_content("#error") == reason
+        assert page.text_content("#model-unavailable") == f"Cannot take jobs: {reason}"
+        assert page.text_content("#model option:checked") == "tiny (unavailable)"
+        assert page.is_disabled("#submit") and page.get_attribute("#submit", "title") == reason
+        assert page.is_hidden("#try-example") and page.text_content("#model-notes") == ""
+
+        # Opened afresh: the same, and no example offered, in the column or in the empty box.
+        page.reload()
+        page.wait_for_selector("#model-unavailable:not([hidden])")
+        assert page.text_content("#model-unavailable") == f"Cannot take jobs: {reason}"
+        assert page.is_hidden("#try-example") and "example" not in page.inner_text("#stage .placeholder")
+        page.set_input_files("#file", str(tmp_path / "wide.png"))
+        page.wait_for_selector("#stage:not(.empty)")
+        image = box(page, "#image-canvas")
+        stroke(page, to_screen(image, 226, 150), (to_screen(image, 254, 172), 6))
+        assert page.is_disabled("#submit") and page.is_hidden("#notices")
+        page.mouse.move(10, 10)
+        page.screenshot(path=str(SHOTS / "page-model-broken.png"))
+
+        # A listing with no model to serve still names the ones it cannot, with why.
+        page.unroute("**/models")
+        page.route("**/models", without_models)
+        in_module(page, "models", "m.loadModels()")
+        page.wait_for_function("document.querySelector('#model-info').hidden")
+        assert page.eval_on_selector_all("#model option", "os => os.map(o => o.textContent)") == ["tiny (unavailable)"]
+        assert page.text_content("#model-unavailable") == f"Cannot take jobs: {reason}"
+        assert page.is_disabled("#submit") and page.is_hidden("#try-example")
         assert not errors, errors
 
 
@@ -575,11 +663,32 @@ THROWAWAY_SAMPLER = {
 }
 
 
+def throwaway_evaluations(settings: dict) -> int:
+    """Evaluations per sample of THROWAWAY_SAMPLER with `settings`, its schedule resolved as
+    models/sampler_settings.py `SamplerSettings.times` resolves a sampler's."""
+    from models.schedule import count_model_evaluations, jump_schedule
+
+    arguments = {arg: settings[source] if isinstance(source, str) else source
+                 for arg, source in THROWAWAY_SAMPLER["schedule"].items()}
+    return count_model_evaluations(jump_schedule(settings["steps"], **arguments))
+
+
 def with_throwaway_sampler(route):
-    """GET /models as the service answers it, with THROWAWAY_SAMPLER added to `samplers`."""
+    """GET /models as the service answers it, with THROWAWAY_SAMPLER added to `samplers` (last) and
+    made the `default_sampler`."""
     response = route.fetch()
     listing = response.json()
     listing["samplers"].append(THROWAWAY_SAMPLER)
+    listing["default_sampler"] = THROWAWAY_SAMPLER["name"]
+    route.fulfill(response=response, json=listing)
+
+
+def without_models(route):
+    """GET /models as the service answers it, less its `models`: as it answers when it can describe
+    none of the models it is asked to serve (a folder it cannot read); they stay under `unavailable`."""
+    response = route.fetch()
+    listing = response.json()
+    listing["models"] = []
     route.fulfill(response=response, json=listing)
 
 
@@ -844,9 +953,34 @@ def test_the_page_says_what_each_model_knows_and_what_to_expect(faces32_service,
         page.set_viewport_size({"width": 1280, "height": 1100})  # the whole column: info and notices
         page.mouse.move(10, 10)
         page.screenshot(path=str(SHOTS / "page-model-info.png"))
+        page.click("#model-origin summary")  # folded again
+
+        # Run anyway, on laptop screens: with both notices in the column, the job's progress and Cancel
+        # are in view under the box while it runs, the before/after slider and Download once it is done.
+        # (DDNM: 200 steps, canceled; then 10.)
+        page.select_option("#preset", "custom")
+        page.select_option("#sampler", "ddnm")
+        page.fill("#param-steps", "200")
+        page.click("#submit")
+        page.wait_for_function("document.querySelector('#progress').value >= 0.05")
+        for screen in SCREENS:
+            page.set_viewport_size(screen)
+            assert page.locator("#notices .notice").count() == 2
+            assert_in_view(page, "#stage", "#progress", "#status-line", "#cancel")
+        page.screenshot(path=str(SHOTS / "page-running-1366x768.png"))
+        page.click("#cancel")
+        page.wait_for_function("document.querySelector('#status-line').textContent === 'Canceled.'")
+        assert page.is_hidden("#cancel") and page.get_attribute("#view-edit", "aria-selected") == "true"
+        page.fill("#param-steps", "10")
+        page.click("#submit")
+        shown_result_size(page)
+        for screen in reversed(SCREENS):
+            page.set_viewport_size(screen)
+            assert page.locator("#notices .notice").count() == 2 and page.is_hidden("#run-tools")
+            assert_in_view(page, "#stage", "#compare", "#toggle", "#download", "#continue")
+        page.screenshot(path=str(SHOTS / "page-result-1280x900.png"))
         page.set_viewport_size({"width": 1280, "height": 820})
         page.keyboard.press("Control+z")
-        page.click("#model-origin summary")  # folded again
 
         # Switched after the upload: the notices follow the model. tiny says nothing of its domain; a
         # model of photographs has nothing to say of a photograph, only of its scale once there is a mask.
@@ -917,6 +1051,10 @@ def test_the_page_says_what_each_model_knows_and_what_to_expect(faces32_service,
             page.click("#submit")
         assert submitted.value.status == 202, submitted.value.text()
         assert shown_result_size(page) == (128, 128)
+        for screen in SCREENS:  # a square picture, and the example's caption under the box too
+            page.set_viewport_size(screen)
+            assert_in_view(page, "#stage", "#example-note", "#compare", "#download")
+        page.set_viewport_size({"width": 1280, "height": 820})
         job = httpx.get(f"{service.url}/jobs/{submitted.value.json()['id']}").json()
         assert job["status"] == "succeeded" and job["plan"]["strategy"] == "resize", job
         assert (job["params"]["sampler"], job["params"]["steps"]) == ("ddnm", 10)

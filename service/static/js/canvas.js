@@ -2,6 +2,7 @@
 // and strokes are kept as a list (undo/redo replays them). The eraser, undo/redo/clear, an
 // example's mask as one layer, and the mask as a PNG to send.
 
+import { unavailable } from "./catalog.js";
 import { brushWidth, drawCursor, flashCursor, imagePoint } from "./cursor.js";
 import { $, maskCanvas, maskCtx } from "./dom.js";
 import { updateNotices } from "./notices.js";
@@ -60,7 +61,10 @@ export function updateButtons() {
   $("undo").disabled = state.ops.length === 0;
   $("redo").disabled = state.redone.length === 0;
   $("clear").disabled = !state.painted;
-  $("submit").disabled = !state.file || !state.painted || state.submitting;
+  // A model the service refuses jobs for (GET /models `unavailable`) takes none from here either.
+  const broken = unavailable();
+  $("submit").disabled = !state.file || !state.painted || state.submitting || Boolean(broken);
+  $("submit").title = broken ? broken.reason : "";
   for (const id of ["zoom-in", "zoom-out", "zoom-fit", "zoom-1"]) if (!state.width) $(id).disabled = true;
 }
 

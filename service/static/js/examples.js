@@ -1,7 +1,8 @@
 // The model's example (GET /models/{name}/example): a picture it knows with a mask, fetched once
-// per model, and the "Try an example" button shown for the models that have one.
+// per model, and the "Try an example" button shown for the models that have one and take jobs.
 
 import { api, errorText } from "./api.js";
+import { unavailable } from "./catalog.js";
 import { $ } from "./dom.js";
 
 // The examples, fetched once per model: {model, data} (GET /models/{name}/example), or null when the
@@ -22,12 +23,18 @@ export function exampleFor(name) {
   return examples.get(name);
 }
 
+function offer(shown) {
+  // The button, and the empty box's mention of it.
+  $("try-example").hidden = !shown;
+  $("placeholder-example").hidden = !shown;
+}
+
 export function offerExample(m) {
-  const button = $("try-example");
-  if (!m) { button.hidden = true; return; }
+  // Not for a model the service refuses jobs for: its example could not run.
+  if (!m || unavailable(m.name)) { offer(false); return; }
   exampleFor(m.name).then((ex) => {
-    if ($("model").value !== m.name) return;  // another model was chosen meanwhile
-    button.hidden = !ex;
-    button.title = ex ? `Open a picture ${m.name} knows, with its mask painted: ${ex.data.shows}` : "";
-  }, () => { button.hidden = true; });
+    if ($("model").value !== m.name || unavailable(m.name)) return;  // another model meanwhile, or it broke
+    offer(Boolean(ex));
+    $("try-example").title = ex ? `Open a picture ${m.name} knows, with its mask painted: ${ex.data.shows}` : "";
+  }, () => offer(false));
 }

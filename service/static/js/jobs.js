@@ -7,7 +7,8 @@
 
 import { api, errorText } from "./api.js";
 import { hasPaint, maskBlob, updateButtons } from "./canvas.js";
-import { $, fmt, previewImage, resultImage, showError } from "./dom.js";
+import { isFinal } from "./catalog.js";
+import { $, fmt, label, previewImage, resultImage, showError } from "./dom.js";
 import { loadModels } from "./models.js";
 import { activeExample } from "./notices.js";
 import { loadPreview, render, setView, showJobSettings, showResults } from "./results.js";
@@ -144,9 +145,11 @@ function finish(job, text) {
   stopEvents();
   $("status-line").textContent = text;
   $("cancel").hidden = true;
-  $("preview-note").hidden = true;
   render();
 }
+
+// What the page says of a final status (which statuses are final, GET /models `job_statuses` says).
+const FINAL_TEXT = { succeeded: "Done.", failed: "Failed.", canceled: "Canceled." };
 
 function onJobEvent(job, event) {
   if (state.job !== job) return;
@@ -154,23 +157,23 @@ function onJobEvent(job, event) {
   try { data = JSON.parse(event.data); } catch (_) { return; }
   if (event.type === "status") {
     if (job.final) return;
-    if (data.status === "queued") {
+    if (isFinal(data.status)) {
+      const text = FINAL_TEXT[data.status] || `${label(data.status)[0].toUpperCase()}${label(data.status).slice(1)}.`;
+      finish(job, text);
+      if (data.status === "succeeded") {
+        $("progress").value = 1;
+        showResults(job);
+        return;
+      }
+      if (data.error || data.status === "failed") {
+        showError(`The job failed: ${data.error ? data.error.message : "the job failed"}`);
+      }
+      setView("edit");
+    } else if (data.status === "queued") {
       $("status-line").textContent = data.position != null
         ? `Queued: ${data.position === 0 ? "next in line" : `${data.position} job(s) ahead`}` : "Queued";
-    } else if (data.status === "running") {
-      if (!job.total) $("status-line").textContent = "Running…";
-    } else if (data.status === "succeeded") {
-      $("progress").value = 1;
-      finish(job, "Done.");
-      showResults(job);
-    } else if (data.status === "failed") {
-      const message = data.error ? data.error.message : "the job failed";
-      finish(job, "Failed.");
-      showError(`The job failed: ${message}`);
-      setView("edit");
-    } else if (data.status === "canceled") {
-      finish(job, "Canceled.");
-      setView("edit");
+    } else if (!job.total) {
+      $("status-line").textContent = "Running…";  // running, or a status the page has no words for
     }
   } else if (event.type === "progress") {
     if (job.final) return;
@@ -237,8 +240,13 @@ $("options").addEventListener("submit", async (event) => {
         return jobForm();
       },
     });
-    if (!response.ok) { showError(await errorText(response)); return; }
+    if (!response.ok) {
+      showError(await errorText(response));
+      if (response.status === 503) loadModels();  // perhaps the model became unavailable: the form says so
+      return;
+    }
     const created = await response.json();
+    if (!state.modelsLoaded) await loadModels();  // which statuses are final
     forgetJob();
     const job = { id: created.id, total: null, fraction: 0, previewStep: null, results: null, final: false,
                   images: new Map() };
@@ -248,7 +256,6 @@ $("options").addEventListener("submit", async (event) => {
     $("progress").value = 0;
     $("status-line").textContent = "Queued";
     $("cancel").hidden = false;
-    $("preview-note").hidden = false;
     setView("result");
     follow(job, (event) => onJobEvent(job, event));
     showJobSettings(job);

@@ -1,11 +1,13 @@
-// The form made from GET /models: the model menu and what each model is, the quality presets, and
-// a custom sampler's controls with the cost of the choice. Everything about a sampler comes from
-// the listing (its parameters with their ranges, which ones sit under "more", its `schedule` for
-// the evaluation count, whether a model's defaults apply to it), so a sampler or a parameter the
-// service adds shows up here as it is.
+// The form made from GET /models: the model menu and what each model is (or why the service cannot
+// take jobs for it), the quality presets, and a custom sampler's controls with the cost of the
+// choice. Everything about a sampler comes from the listing (its parameters with their ranges, which
+// ones sit under "more", its `schedule` for the evaluation count, whether a model's defaults apply to
+// it, which one a job runs by default), so a sampler or a parameter the service adds shows up here
+// as it is.
 
 import { api, errorText } from "./api.js";
-import { defaultSampler, listing, modelDefaults, samplerInfo, selectedModel, setListing } from "./catalog.js";
+import { updateButtons } from "./canvas.js";
+import { defaultSampler, listing, modelDefaults, samplerInfo, selectedModel, setListing, unavailable } from "./catalog.js";
 import { $, bold, fmt, label, showError } from "./dom.js";
 import { offerExample } from "./examples.js";
 import { updateNotices } from "./notices.js";
@@ -52,20 +54,24 @@ async function fetchModels() {
     if (!response.ok) throw new Error(await errorText(response));
     const data = await response.json();
     setListing(data);
+    // The models, then those the service only names as unavailable (every worker that tried to start
+    // them failed): named too, with why, rather than left out.
+    const names = [...new Set([...data.models.map((m) => m.name), ...Object.keys(listing.unavailable)])];
     // Rebuilt only when they change (the list refreshes in the background; an open menu stays open).
-    const now = JSON.stringify([data.models.map((m) => [m.name, m.defaults, m.diffusion_steps]),
-                                listing.presets, listing.samplers]);
+    const now = JSON.stringify([names, Object.keys(listing.unavailable),
+                                data.models.map((m) => [m.name, m.defaults, m.diffusion_steps]),
+                                listing.presets, listing.samplers, listing.defaultSampler]);
     if (now !== signature) {
       signature = now;
       const model = $("model");
       const keep = state.modelsLoaded ? model.value : data.default;
       model.innerHTML = "";
-      for (const m of data.models) {
-        const option = new Option(m.name, m.name);
-        option.selected = m.name === keep;
+      for (const name of names) {
+        const option = new Option(unavailable(name) ? `${name} (unavailable)` : name, name);
+        option.selected = name === keep;
         model.add(option);
       }
-      if (!data.models.length) model.add(new Option("no model is being served yet", ""));
+      if (!names.length) model.add(new Option("no model is being served yet", ""));
       const sampler = $("sampler");
       const keepSampler = sampler.value;
       sampler.innerHTML = "";
@@ -134,19 +140,48 @@ function showHint(input) {
   $("param-hint").textContent = input ? input.dataset.hint : sampler ? sampler.description : "";
 }
 
+const plural = (n, word) => `${n} ${word}${n === 1 ? "" : "s"}`;
+const utcTime = (iso) => `${new Date(iso).toISOString().slice(11, 16)} UTC`;
+
 function describeModel() {
   const m = selectedModel();
+  const broken = unavailable();
   const notes = $("model-notes");
+  const open = Boolean(notes.querySelector("details[open]"));  // kept open across the refreshes
   notes.classList.remove("warn");
   describeDomain(m);
+  describeUnavailable(broken);
   offerExample(m);
   updateNotices();
-  if (!m) { notes.textContent = ""; return; }
-  notes.textContent = `${m.workers} worker${m.workers === 1 ? "" : "s"}, ${m.queued} queued`;
+  updateButtons();
+  if (!m || broken) { notes.textContent = ""; return; }  // the reason, above, says it all
+  notes.textContent = `${plural(m.workers, "worker")}, ${m.queued} queued`;
   if (m.workers === 0) {
     notes.append(document.createElement("br"), "No worker runs this model now: jobs wait in the queue until one starts.");
     notes.classList.add("warn");
   }
+  const failures = m.startup_failures || [];
+  if (failures.length) {
+    // Served by other workers: a quiet word, the reasons one click away.
+    const details = document.createElement("details");
+    details.className = "failures";
+    details.open = open;
+    const summary = document.createElement("summary");
+    summary.textContent = `${plural(failures.length, "other worker")} could not start it`;
+    details.append(summary, ...failures.map((f) => {
+      const p = document.createElement("p");
+      p.textContent = `${f.where} (${f.stage === "load" ? "loading" : "self-test"}, since ${utcTime(f.since)}): ${f.reason}`;
+      return p;
+    }));
+    notes.append(details);
+  }
+}
+
+function describeUnavailable(broken) {
+  // Why the service refuses jobs for the chosen model, in its own words (the 503's reason too).
+  const el = $("model-unavailable");
+  el.hidden = !broken;
+  if (broken) el.replaceChildren(bold("Cannot take jobs: "), broken.reason);
 }
 
 function describeDomain(m) {

@@ -3,7 +3,7 @@
 // or the model will see it at a much coarser scale than it has. They never block a job. And, while
 // the model's example is open, what it shows and the fields it is sent with.
 
-import { selectedModel } from "./catalog.js";
+import { selectedModel, unavailable } from "./catalog.js";
 import { $, bold, fmt, maskCanvas, maskCtx } from "./dom.js";
 import { state } from "./state.js";
 
@@ -198,7 +198,8 @@ function describeExample() {
 export function updateNotices() {
   const box = $("notices");
   const m = selectedModel();
-  const notices = m && state.width ? [domainNotice(m), sizeNotice(m)].filter(Boolean) : [];
+  // None for a model that cannot take jobs: what it would make is beside the point.
+  const notices = m && !unavailable(m.name) && state.width ? [domainNotice(m), sizeNotice(m)].filter(Boolean) : [];
   box.replaceChildren(...notices.map((n) => {
     const p = document.createElement("p");
     p.className = `notice ${n.kind}`;

@@ -1,8 +1,9 @@
 // What the box shows: the image with its mask ("edit"), or ("result") the live estimate while a job
 // runs and its results (one per sample) when it is done, all at the same size, with the
-// before/after split; and what else a job gives: its settings as it runs them, the sample buttons
-// and the download. Images are fetched with the key and shown from object URLs, which are revoked
-// when they are replaced or the job is forgotten.
+// before/after split; and what else a job gives: its progress under the box while it runs (the
+// result's tools take that place), its settings as it runs them, the sample buttons and the
+// download. Images are fetched with the key and shown from object URLs, which are revoked when they
+// are replaced or the job is forgotten.
 
 import { api, errorText } from "./api.js";
 import { defaultSampler, outputFormat, samplerInfo } from "./catalog.js";
@@ -31,8 +32,8 @@ export function render() {
   maskCanvas.hidden = Boolean(showingResult || showingPreview);
   for (const el of stage.querySelectorAll(".corner")) el.hidden = !showingResult;
   $("result-tools").hidden = !showingResult;
+  $("run-tools").hidden = !job || Boolean(showingResult);  // the result's tools take its place
   $("view-tools").hidden = !state.width;
-  $("preview-note").hidden = !job || job.final || job.previewStep != null;
   $("view-edit").setAttribute("aria-selected", String(state.view === "edit"));
   $("view-result").setAttribute("aria-selected", String(state.view === "result"));
   $("view-result").disabled = !job;
