@@ -80,10 +80,12 @@ def test_ctrl_c_while_a_succeeded_job_s_result_is_on_its_way_writes_and_counts_i
     written, canceled = int(summary.group(1)), int(summary.group(2))
     files = sorted(p.name for p in out.iterdir())
     statuses = {i: httpx.get(f"{service.url}/jobs/{i}").json()["status"] for i in job_ids(service.redis) - before}
-    # Exact: every file the run wrote is counted, every job it says it canceled was canceled, and
-    # every job the service ran to success has its file.
+    # Exact: every file the run wrote is counted (the job whose result was held among them), and
+    # every job it says it canceled was canceled. A job whose submission was still on its way at
+    # Ctrl-C may succeed after it without being followed: it is neither written nor called canceled,
+    # and a rerun makes it.
     assert written == len(files) >= 1, stderr
     assert canceled == sum(s == "canceled" for s in statuses.values()), (stderr, statuses)
-    assert len(files) == sum(s == "succeeded" for s in statuses.values()), (files, statuses)
+    assert len(files) <= sum(s == "succeeded" for s in statuses.values()), (files, statuses)
     for name in files:
         assert name.removesuffix(".png") not in summary.group(3), stderr

@@ -134,7 +134,8 @@ def test_samples_of_different_samplers_share_a_pass_and_get_what_they_get_alone(
     assert passes == max(p.sampler.evaluations for p in params)  # one pass serves every sampler
     for i in range(3):
         alone, _, _ = run([i])
-        torch.testing.assert_close(shared[i], alone[0], atol=1e-4, rtol=0)
+        # float32 kernels differ with the batch's size; 5e-4 is far below a level (2/255).
+        torch.testing.assert_close(shared[i], alone[0], atol=5e-4, rtol=0)
         known = keep[i].expand_as(alone[0]) > 0.5
         assert torch.equal(shared[i][known], image[i][known])
 
