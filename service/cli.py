@@ -128,8 +128,7 @@ def _worker_failure(url: str) -> str:
         entries = []
     here = [e for e in entries if e["where"] == (settings.worker_name or socket.gethostname())]
     if here:
-        return f"model {model} {'cannot load' if here[-1]['stage'] == 'load' else 'fails its self-test'}: " \
-               f"{here[-1]['reason']}"
+        return f"model {model} {startup.what_failed(here[-1])}"
     return "see its log above"
 
 

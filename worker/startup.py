@@ -58,7 +58,10 @@ def summary(model: str, entries: list[dict], workers: int) -> str:
     """One line for people: "model broken: cannot load: ... (at vm-1 since 12:03:10 UTC); 0 workers"."""
     newest = entries[-1]
     when = time.strftime("%H:%M:%S UTC", time.gmtime(newest["since"]))
-    verb = "cannot load" if newest["stage"] == "load" else "its self-test pass fails"
     more = f" (and {len(entries) - 1} other place(s))" if len(entries) > 1 else ""
-    return (f"model {model}: {verb}: {newest['reason']} (at {newest['where']}{more}, since {when}); "
-            f"{workers} live worker(s)")
+    return f"model {model}: {what_failed(newest)} (at {newest['where']}{more}, since {when}); {workers} live worker(s)"
+
+
+def what_failed(entry: dict) -> str:
+    """"cannot load: <reason>" or "its self-test pass fails: <reason>"."""
+    return f"{'cannot load' if entry['stage'] == 'load' else 'its self-test pass fails'}: {entry['reason']}"

@@ -36,7 +36,8 @@ def readyz(redis: RedisDep, settings: SettingsDep, request: Request):
     for name in sorted(set(jobstore.served_models(redis, settings)) | set(unavailable)):
         workers, defunct = jobstore.worker_counts(redis, name)
         queued = jobstore.queue_for(redis, name).count
-        failures = startup.failures(redis, name)
+        # An unavailable model's failures were read with it; the others' are read here.
+        failures = unavailable[name]["startup_failures"] if name in unavailable else startup.failures(redis, name)
         models[name] = {"workers": workers, "defunct": defunct, "queued": queued, "startup_failures": failures}
         if name in unavailable:
             models[name]["unavailable"] = unavailable[name]["reason"]
@@ -50,5 +51,6 @@ def readyz(redis: RedisDep, settings: SettingsDep, request: Request):
     hooks = request.app.state.webhooks
     if hooks.entries and not hooks.enabled:
         warnings.append(f"webhooks are off: {hooks.disabled_reason}")
-    return {"status": "degraded" if unavailable else "ready", "model": settings.default_model, "workers": models[settings.default_model]["workers"]
-            if settings.default_model in models else 0, "models": models, "warnings": warnings}
+    default_workers = models[settings.default_model]["workers"] if settings.default_model in models else 0
+    return {"status": "degraded" if unavailable else "ready", "model": settings.default_model,
+            "workers": default_workers, "models": models, "warnings": warnings}
