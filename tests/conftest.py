@@ -3,12 +3,25 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
 import torch
 
 REFERENCE = Path(__file__).parent / "data" / "reference"
+
+# pytest-xdist runs the suite in several processes (most of the end-to-end tests wait on real
+# faults: a heartbeat TTL, Redis held down); the CPU-bound tests in each share the cores.
+_TEST_PROCESSES = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+if _TEST_PROCESSES > 1:
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // _TEST_PROCESSES))
+
+
+def pytest_xdist_auto_num_workers(config) -> int:
+    """`-n auto`: at least three processes even on two cores (the fault tests mostly wait), at
+    most six (each starts its own API, workers and Redis servers)."""
+    return max(3, min(6, os.cpu_count() or 1))
 
 
 @pytest.fixture(scope="session")

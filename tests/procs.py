@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import os
+import random
 import re
 import shutil
 import signal
@@ -20,8 +21,51 @@ from redis import Redis
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def free_port() -> int:
+def _ephemeral_floor() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
+# Listening ports come from below the kernel's ephemeral range, not from port 0: a server the
+# tests stop and start again on its port (Redis, a primary after a failover) must find it free,
+# and an ephemeral port can be taken meanwhile by any outgoing connection on the machine. Each
+# pytest-xdist process draws from its own slice, so two test processes never pick the same port,
+# and a process never hands out a port twice.
+_PORTS_FLOOR = 20000
+_handed_out: set[int] = set()
+
+
+def _port_slice() -> range:
+    ceiling = _ephemeral_floor()
+    if ceiling - _PORTS_FLOOR < 1000:
+        return range(0)
+    index = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw") or 0)
+    count = max(1, int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")))
+    width = (ceiling - _PORTS_FLOOR) // count
+    return range(_PORTS_FLOOR + index * width, _PORTS_FLOOR + (index + 1) * width)
+
+
+def _bindable(port: int) -> bool:
     with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def free_port() -> int:
+    ports = _port_slice()
+    if len(ports):
+        start = random.randrange(len(ports))
+        for offset in range(len(ports)):
+            port = ports[(start + offset) % len(ports)]
+            if port not in _handed_out and _bindable(port):
+                _handed_out.add(port)
+                return port
+    with socket.socket() as s:  # no room below the ephemeral range: let the kernel choose
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import re
 import signal
 import time
 
@@ -141,7 +142,11 @@ def test_out_of_memory_shrinks_the_batch_instead_of_failing_jobs(api, redis_serv
         assert [wait_final(client, i)["status"] for i in ids] == ["succeeded"] * 5
         text = client.get("/metrics").text
         assert 'repaint_jobs_total{model="tiny",status="failed"} 0.0' in text
-        assert "limit now 2 samples per pass" in worker.output(), worker.output()[-3000:]  # it did run out, and shrank
+        # It did run out, and shrank to what fits. The new limit is half the pass that failed
+        # (3 samples in flight give 1, 4 or 5 give 2), which depends on how many jobs had
+        # joined the batch when it ran out; every limit it logged fits the 2 that fit.
+        limits = [int(n) for n in re.findall(r"limit now (\d+) samples per pass", worker.output())]
+        assert limits and all(n <= 2 for n in limits), worker.output()[-3000:]
     finally:
         worker.stop()
 

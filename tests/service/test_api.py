@@ -86,7 +86,9 @@ def test_result_before_finish_is_409_with_status(client):
     assert r.status_code == 409 and r.json()["detail"]["status"] == "queued"
 
 
-@pytest.mark.parametrize("path", [f"/jobs/{uuid.uuid4()}", "/jobs/not-a-uuid", f"/jobs/{uuid.uuid4()}/result"])
+# Fixed ids (a job that was never made): pytest-xdist needs every process to collect the same tests.
+@pytest.mark.parametrize("path", ["/jobs/3f1c2a9e-7b4d-4e8a-9c61-5d2e8f0b7a14", "/jobs/not-a-uuid",
+                                  "/jobs/8a7e6d5c-4b3a-4921-8f0e-1d2c3b4a5968/result"])
 def test_unknown_jobs_are_404(client, path):
     r = client.get(path)
     assert r.status_code == 404 and "detail" in r.json()
